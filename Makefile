@@ -1,0 +1,33 @@
+# maas: the two front-door commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: setup build release run test lint fmt bench clean
+
+## Install system packages and libtorch (.venv); idempotent.
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --bins
+
+release: setup
+	$(CARGO) build --release --workspace --bins
+
+## Train the demo model if needed, start PostgreSQL, backend and gateway, print a curl.
+run: release
+	@scripts/with-services.sh --data .data/run env MAAS_PROFILE=release scripts/run.sh
+
+## The whole suite against a real PostgreSQL and Redis (started privately when needed).
+test: build
+	@scripts/with-services.sh $(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf target .data

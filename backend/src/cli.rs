@@ -1,0 +1,223 @@
+//! The command line: `maas-backend serve` and `maas-backend train`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::repository::{ModelRepository, RepositoryOptions};
+use crate::server::{router, serve, AppState, ServerOptions};
+use crate::train::{train, TrainOptions};
+use crate::worker::WorkerOptions;
+
+/// Open Inference Protocol v2 inference server for dense models on libtorch.
+#[derive(Debug, Parser)]
+#[command(name = "maas-backend", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load every model in the repository and serve them over HTTP.
+    Serve(ServeArgs),
+    /// Train a dense classifier on a CSV table into a new version of a model.
+    Train(TrainArgs),
+}
+
+/// `maas-backend serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The model repository: `<repo>/<model>/config.toml` and `<repo>/<model>/<N>/`.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, env = "MAAS_BACKEND_LISTEN", default_value = "127.0.0.1:8001")]
+    pub listen: String,
+    /// libtorch intra-op threads per forward pass.
+    #[arg(long, env = "MAAS_BACKEND_INTRA_OP_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub intra_op_threads: i32,
+    /// Requests that may wait per model version before new ones get 503.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_capacity: u32,
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// `maas-backend train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// CSV table without header: feature columns, then an integer label; gzip if it ends in .gz.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The model repository to write the new version into.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// The model's name (its folder in the repository).
+    #[arg(long)]
+    pub model: String,
+    /// Hidden layer width (used when the model has no config.toml yet).
+    #[arg(long, default_value_t = 128)]
+    pub hidden: i64,
+    /// Passes over the training rows.
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    /// Rows per optimizer step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 0.001)]
+    pub lr: f64,
+    /// Seed of the split, the initial weights and the shuffles.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of rows held out to measure the test accuracy.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// libtorch intra-op threads for training. The default 1 is the fastest for small models:
+    /// more threads mostly synchronize, and on a busy machine OpenMP's spinning makes them slower.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub threads: i32,
+}
+
+/// Logs to stderr (stdout carries the machine-read lines), filtered by `RUST_LOG`, default `info`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Serve(args) => args.run(),
+            Command::Train(args) => args.run(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Loads the repository, binds, prints `maas-backend listening on <addr>` to stdout, serves
+    /// until SIGINT or SIGTERM, then drains in-flight requests and stops the workers.
+    pub fn run(self) -> anyhow::Result<()> {
+        tch::set_num_threads(self.intra_op_threads);
+        let options = RepositoryOptions {
+            device: tch::Device::Cpu,
+            worker: WorkerOptions {
+                intra_op_threads: self.intra_op_threads,
+                queue_capacity: self.queue_capacity as usize,
+            },
+        };
+        let repository = Arc::new(ModelRepository::load(&self.repo, options)?);
+        if !repository.all_ready() {
+            tracing::warn!("some models failed to load; serving the others, not ready");
+        }
+        let state = AppState::new(repository);
+        let app = router(
+            state.clone(),
+            ServerOptions {
+                max_body_bytes: self.max_body_bytes,
+            },
+        );
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind(&self.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", self.listen))?;
+            let addr = listener.local_addr()?;
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "maas-backend listening on {addr}")?;
+            stdout.flush()?;
+            drop(stdout);
+            tracing::info!(%addr, repo = %self.repo.display(), "serving");
+            let flag = state.shutting_down.clone();
+            serve(listener, app, async move {
+                shutdown_signal().await;
+                flag.store(true, Ordering::Relaxed);
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+            .context("server failed")
+        })?;
+        drop(runtime);
+        // The last handle to the repository: dropping it joins every worker thread.
+        drop(state);
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+impl TrainArgs {
+    /// Trains, writes the version, and prints `test accuracy: 0.xxxx (version N)` to stdout.
+    pub fn run(self) -> anyhow::Result<()> {
+        tch::set_num_threads(self.threads);
+        let report = train(&TrainOptions {
+            data: self.data,
+            repo: self.repo,
+            model: self.model,
+            hidden: self.hidden,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            test_fraction: self.test_fraction,
+        })?;
+        eprintln!(
+            "wrote {} (train accuracy {:.4}, {:.1} s)",
+            report.dir.display(),
+            report.metrics.train_accuracy,
+            report.metrics.train_seconds
+        );
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "test accuracy: {:.4} (version {})",
+            report.metrics.test_accuracy, report.version
+        )?;
+        stdout.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,293 @@
+//! Gateway configuration: a TOML file overlaid by environment variables (figment).
+//!
+//! Sources, lowest precedence first:
+//! 1. the defaults below ([`GatewayConfig::default`]);
+//! 2. the TOML file (`config/gateway.toml` by default, `--config` to choose another);
+//! 3. `DATABASE_URL` (the variable every sqlx tool reads) for `database_url`;
+//! 4. `MAAS_GATEWAY_<KEY>` for every key, nested tables joined with `__`, e.g.
+//!    `MAAS_GATEWAY_LISTEN=127.0.0.1:9090`, `MAAS_GATEWAY_UPSTREAM__BACKENDS='["127.0.0.1:9000"]'`,
+//!    `MAAS_GATEWAY_METERING__BATCH_SIZE=1000`.
+//!
+//! The example file with every key commented is `config/gateway.toml` at the workspace root.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MAAS_GATEWAY_";
+
+/// The whole gateway configuration (one TOML document).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address the data-path (pingora) listener binds, `host:port`. Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// PostgreSQL URL (`postgres://user:pass@host:port/db`) holding tenants, API keys and usage.
+    /// No default: set it here, with `DATABASE_URL`, or with `MAAS_GATEWAY_DATABASE_URL`.
+    pub database_url: Option<String>,
+    /// Worker threads of the proxy's tokio runtime (pingora `threads`). Default 2.
+    pub threads: usize,
+    /// Apply the sqlx migrations (`migrations/*.sql`) before serving. Default true.
+    pub run_migrations: bool,
+    /// Seconds pingora keeps serving in-flight requests after SIGTERM before stopping its
+    /// runtimes (pingora `grace_period_seconds`; its own default is 300). Default 5.
+    /// SIGINT exits at once.
+    pub grace_period_s: u64,
+    /// Seconds pingora then waits for each runtime to finish its tasks
+    /// (pingora `graceful_shutdown_timeout_seconds`). Default 5.
+    pub graceful_shutdown_timeout_s: u64,
+    /// Backend pool.
+    pub upstream: UpstreamConfig,
+    /// Usage metering pipeline.
+    pub metering: MeteringConfig,
+    /// API key authentication.
+    pub auth: AuthConfig,
+}
+
+/// `[upstream]`: the backends (OIP v2 inference servers) requests are forwarded to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    /// `host:port` of each backend, plain HTTP; requests go round-robin over them, and a
+    /// connection failure is retried on the next one. Default `["127.0.0.1:8001"]`.
+    pub backends: Vec<String>,
+    /// TCP connect timeout to a backend, milliseconds. Default 1000.
+    pub connect_timeout_ms: u64,
+}
+
+/// `[metering]`: how usage events travel from the request path to PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MeteringConfig {
+    /// Most usage events written in one INSERT. Default 500.
+    pub batch_size: usize,
+    /// A partial batch is written at the latest this many milliseconds after its first event.
+    /// Default 200.
+    pub flush_interval_ms: u64,
+    /// Capacity of the channel between the request path and the writer, in events. When it is
+    /// full (PostgreSQL down for long), the logging phase waits instead of dropping usage.
+    /// Default 100000.
+    pub channel_capacity: usize,
+}
+
+/// `[auth]`: API key lookups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// How long a key lookup (found or not found) is cached in process, milliseconds.
+    /// A revoked key keeps working for at most this long. Default 5000.
+    pub cache_ttl_ms: u64,
+    /// Most cached key lookups; beyond this expired entries are evicted, then all. Default 100000.
+    pub cache_capacity: usize,
+    /// Connections of the proxy's PostgreSQL pool (key lookups). Default 8.
+    pub db_max_connections: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "127.0.0.1:8080".into(),
+            database_url: None,
+            threads: 2,
+            run_migrations: true,
+            grace_period_s: 5,
+            graceful_shutdown_timeout_s: 5,
+            upstream: UpstreamConfig::default(),
+            metering: MeteringConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            backends: vec!["127.0.0.1:8001".into()],
+            connect_timeout_ms: 1000,
+        }
+    }
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        MeteringConfig {
+            batch_size: 500,
+            flush_interval_ms: 200,
+            channel_capacity: 100_000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            cache_ttl_ms: 5000,
+            cache_capacity: 100_000,
+            db_max_connections: 8,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The figment every source is merged into; `file` is read only when it exists unless
+    /// `require_file` is set. Exposed so tests can add their own providers.
+    pub fn figment(file: &Path, require_file: bool) -> anyhow::Result<Figment> {
+        if require_file && !file.exists() {
+            bail!("config file {} does not exist", file.display());
+        }
+        Ok(Figment::from(Serialized::defaults(GatewayConfig::default()))
+            .merge(Toml::file(file))
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Load and validate the configuration from `file` and the environment.
+    pub fn load(file: &Path, require_file: bool) -> anyhow::Result<Self> {
+        let config: GatewayConfig = Self::figment(file, require_file)?
+            .extract()
+            .with_context(|| format!("reading configuration ({})", file.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check values that deserialize but cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.listen_addr()?;
+        if self.threads == 0 {
+            bail!("threads must be at least 1");
+        }
+        if self.upstream.backends.is_empty() {
+            bail!("upstream.backends must name at least one backend (host:port)");
+        }
+        self.backend_addrs()?;
+        if self.metering.batch_size == 0 {
+            bail!("metering.batch_size must be at least 1");
+        }
+        if self.metering.channel_capacity == 0 {
+            bail!("metering.channel_capacity must be at least 1");
+        }
+        if self.auth.db_max_connections == 0 {
+            bail!("auth.db_max_connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// `listen` resolved to one socket address.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        resolve_one(&self.listen).context("listen")
+    }
+
+    /// `upstream.backends`, each resolved to one socket address (first DNS answer).
+    pub fn backend_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        self.upstream
+            .backends
+            .iter()
+            .map(|b| resolve_one(b).context("upstream.backends"))
+            .collect()
+    }
+
+    /// The database URL, or an error saying where to set it.
+    pub fn database_url(&self) -> anyhow::Result<&str> {
+        match self.database_url.as_deref() {
+            Some(url) if !url.is_empty() => Ok(url),
+            _ => bail!(
+                "no database_url: set it in the config file, or DATABASE_URL, or {ENV_PREFIX}DATABASE_URL"
+            ),
+        }
+    }
+
+    /// `metering.flush_interval_ms` as a duration (at least 1 ms).
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.metering.flush_interval_ms.max(1))
+    }
+}
+
+fn resolve_one(addr: &str) -> anyhow::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .with_context(|| format!("`{addr}` is not host:port"))?
+        .next()
+        .with_context(|| format!("`{addr}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_without_file() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = GatewayConfig::load(Path::new("missing.toml"), false).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:8080");
+            assert_eq!(c.upstream.backends, vec!["127.0.0.1:8001".to_string()]);
+            assert_eq!(c.threads, 2);
+            assert_eq!(c.metering.batch_size, 500);
+            assert_eq!(c.metering.flush_interval_ms, 200);
+            assert!(c.run_migrations);
+            assert!(c.database_url().is_err());
+            assert!(GatewayConfig::load(Path::new("missing.toml"), true).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_overrides() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "gw.toml",
+                r#"
+                listen = "127.0.0.1:7000"
+                database_url = "postgres://file/db"
+                [upstream]
+                backends = ["127.0.0.1:8001", "127.0.0.1:8002"]
+                [metering]
+                batch_size = 10
+                "#,
+            )?;
+            let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
+            assert_eq!(c.listen, "127.0.0.1:7000");
+            assert_eq!(c.upstream.backends.len(), 2);
+            assert_eq!(c.metering.batch_size, 10);
+            assert_eq!(c.database_url().unwrap(), "postgres://file/db");
+
+            jail.set_env("DATABASE_URL", "postgres://plain/db");
+            let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
+            assert_eq!(c.database_url().unwrap(), "postgres://plain/db");
+
+            jail.set_env("MAAS_GATEWAY_DATABASE_URL", "postgres://prefixed/db");
+            jail.set_env("MAAS_GATEWAY_LISTEN", "127.0.0.1:7001");
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__BACKENDS", r#"["127.0.0.1:9000"]"#);
+            jail.set_env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50");
+            jail.set_env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "100");
+            jail.set_env("MAAS_GATEWAY_RUN_MIGRATIONS", "false");
+            let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
+            assert_eq!(c.database_url().unwrap(), "postgres://prefixed/db");
+            assert_eq!(c.listen, "127.0.0.1:7001");
+            assert_eq!(c.upstream.backends, vec!["127.0.0.1:9000".to_string()]);
+            assert_eq!(c.metering.flush_interval_ms, 50);
+            assert_eq!(c.auth.cache_ttl_ms, 100);
+            assert!(!c.run_migrations);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_unusable_values() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__BACKENDS", "[]");
+            assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__BACKENDS", r#"["nope"]"#);
+            assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
+            Ok(())
+        });
+    }
+}

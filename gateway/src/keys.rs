@@ -1,0 +1,148 @@
+//! API key format, hashing and issuance.
+//!
+//! A key is `maas_` followed by 48 lowercase hex digits: 24 bytes (192 bits) from the operating
+//! system's random source. Only the SHA-256 of the whole key (hex, lowercase) is stored
+//! (`api_keys.secret_sha256`), with a non-secret display prefix (the first 12 characters).
+
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Literal start of every API key.
+pub const KEY_PREFIX: &str = "maas_";
+/// Random bytes in a key (192 bits).
+pub const KEY_RANDOM_BYTES: usize = 24;
+/// Length of a key: prefix plus two hex digits per random byte (53).
+pub const KEY_LEN: usize = KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES;
+/// Length of the display prefix stored in `api_keys.prefix`.
+pub const DISPLAY_PREFIX_LEN: usize = 12;
+
+/// A newly generated key: the secret (shown once) and what is stored.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    /// The whole key, given to the client once and never stored.
+    pub secret: String,
+    /// First [`DISPLAY_PREFIX_LEN`] characters of the secret.
+    pub prefix: String,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+}
+
+/// Generate a key from the OS random source.
+///
+/// # Errors
+/// When the OS random source fails (no fallback to a weaker generator).
+pub fn generate_key() -> anyhow::Result<NewKey> {
+    let mut bytes = [0u8; KEY_RANDOM_BYTES];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("OS random source failed: {e}"))?;
+    let secret = format!("{KEY_PREFIX}{}", hex::encode(bytes));
+    Ok(NewKey {
+        prefix: display_prefix(&secret).to_string(),
+        secret_sha256: hash_key(&secret),
+        secret,
+    })
+}
+
+/// SHA-256 of the key's UTF-8 bytes, 64 lowercase hex digits.
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Whether `secret` has the shape of a key this gateway issues (`maas_` + 48 lowercase hex).
+/// Checked before any lookup so that garbage never reaches the cache or the database.
+pub fn is_well_formed(secret: &str) -> bool {
+    secret.len() == KEY_LEN
+        && secret.starts_with(KEY_PREFIX)
+        && secret[KEY_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The non-secret display prefix of a key.
+pub fn display_prefix(secret: &str) -> &str {
+    &secret[..DISPLAY_PREFIX_LEN.min(secret.len())]
+}
+
+/// Create a key for tenant `tenant_name` (creating the tenant, active on the default plan, if it
+/// does not exist) and return the new key's id and secret.
+///
+/// `models`: `None` lets the key call every model, otherwise only the listed ones.
+pub async fn create_key(
+    pool: &PgPool,
+    tenant_name: &str,
+    key_name: &str,
+    models: Option<Vec<String>>,
+) -> anyhow::Result<(Uuid, NewKey)> {
+    let key = generate_key()?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+        .bind(Uuid::now_v7())
+        .bind(tenant_name)
+        .execute(&mut *tx)
+        .await?;
+    let tenant_id: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+        .bind(tenant_name)
+        .fetch_one(&mut *tx)
+        .await?;
+    let key_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, allowed_models) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(key_id)
+    .bind(tenant_id)
+    .bind(key_name)
+    .bind(&key.prefix)
+    .bind(&key.secret_sha256)
+    .bind(models)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((key_id, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let k = generate_key().unwrap();
+        assert_eq!(k.secret.len(), 53);
+        assert!(k.secret.starts_with("maas_"));
+        assert!(is_well_formed(&k.secret));
+        assert_eq!(k.prefix, &k.secret[..12]);
+        assert_eq!(k.secret_sha256.len(), 64);
+        assert!(k
+            .secret_sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_ne!(generate_key().unwrap().secret, k.secret);
+    }
+
+    #[test]
+    fn hash_is_sha256_hex_lowercase() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected() {
+        let good = format!("maas_{}", "0123456789abcdef".repeat(3));
+        assert!(is_well_formed(&good));
+        assert!(!is_well_formed(&good.to_uppercase()));
+        assert!(!is_well_formed(&good[..52]));
+        assert!(!is_well_formed(&format!("{good}0")));
+        assert!(!is_well_formed(&good.replace("maas_", "mass_")));
+        assert!(!is_well_formed(&good.replacen('0', "g", 1)));
+        assert!(!is_well_formed(""));
+        assert!(!is_well_formed("maas_é"));
+        assert_eq!(display_prefix("abc"), "abc");
+    }
+}

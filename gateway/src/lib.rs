@@ -1,0 +1,17 @@
+//! maas gateway: the data path in front of the inference backends.
+//!
+//! A pingora proxy ([`proxy`]) that routes Open Inference Protocol v2 requests ([`route`]),
+//! authenticates API keys ([`auth`], [`keys`]), forwards to a backend pool ([`upstream`]) and
+//! meters every request into PostgreSQL through a background writer ([`metering`]).
+//! [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; every client-facing
+//! error and its status live in [`error`].
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod metering;
+pub mod proxy;
+pub mod route;
+pub mod serve;
+pub mod upstream;

@@ -1,0 +1,159 @@
+//! Assemble and run the pingora server: the proxy service, the usage writer and a readiness
+//! announcement on stdout.
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::auth::Authenticator;
+use crate::config::GatewayConfig;
+use crate::metering;
+use crate::proxy::Gateway;
+use crate::upstream::BackendPool;
+
+/// Connect a small pool for one-off commands (migrations, key management), on the current
+/// runtime.
+pub async fn connect(config: &GatewayConfig) -> anyhow::Result<PgPool> {
+    let url = config.database_url()?;
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL ({})", redact(url)))
+}
+
+/// Apply every migration (`maas_billing::MIGRATOR`); a no-op when they are all applied.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    maas_billing::MIGRATOR
+        .run(pool)
+        .await
+        .context("running migrations")
+}
+
+/// Run the gateway until SIGINT (immediate exit) or SIGTERM (graceful: in-flight requests
+/// finish within `grace_period_s`). Prints `maas-gateway listening on <addr>` on stdout once
+/// the listener accepts connections.
+///
+/// Never returns on success (pingora exits the process).
+pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
+    let database_url = config.database_url()?.to_string();
+    PgConnectOptions::from_str(&database_url).context("database_url is not a PostgreSQL URL")?;
+    let listen = config.listen_addr()?;
+    let backends = config.backend_addrs()?;
+
+    if config.run_migrations {
+        // A throwaway runtime: nothing created here outlives it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let pool = connect(&config).await?;
+            migrate(&pool).await?;
+            pool.close().await;
+            anyhow::Ok(())
+        })?;
+    }
+
+    // Fail with a clear message now rather than with a panic inside pingora's runtime.
+    std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(config.grace_period_s),
+        graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout_s),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let auth = Arc::new(Authenticator::new(&database_url, &config.auth));
+    let (usage, writer) = metering::pipeline(&database_url, &config.metering);
+    let gateway = Gateway::new(
+        auth,
+        BackendPool::new(backends),
+        Duration::from_millis(config.upstream.connect_timeout_ms),
+        usage,
+    );
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
+    proxy.add_tcp(&listen.to_string());
+
+    server.add_service(proxy);
+    server.add_service(background_service("usage writer", writer));
+    server.add_service(background_service("announce", Announce { listen }));
+    tracing::info!(%listen, backends = ?config.upstream.backends, "starting maas-gateway");
+    server.run_forever()
+}
+
+/// Prints the readiness line once a TCP connection to the listener succeeds.
+struct Announce {
+    listen: SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for Announce {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let mut probe = self.listen;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match probe.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio::net::TcpStream::connect(probe).await {
+                Ok(_) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "maas-gateway listening on {}", self.listen);
+                    let _ = out.flush();
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::error!(error = %e, listen = %self.listen, "listener never accepted a connection");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,507 @@
+//! End-to-end tests of the gateway binary against a real PostgreSQL and a fake OIP backend.
+//!
+//! Needs `DATABASE_URL` (a role allowed to CREATE DATABASE; `make test` provides one). Each
+//! test creates its own database `gw_test_<random>`, applies the migrations, starts an axum
+//! fake backend on a free loopback port and the `maas-gateway` binary on another.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
+const INFERENCE_COUNT: i64 = 7;
+const COMPUTE_US: i64 = 1234;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: these tests need a PostgreSQL server whose role may \
+             CREATE DATABASE (run them with `make test`, or set DATABASE_URL=postgres://...)"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `name` (query string kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{root}/{name}{query}")
+}
+
+/// A fresh database with the migrations applied; dropped by nobody (names are random).
+async fn fresh_database() -> (PgPool, String) {
+    let admin_url = database_url();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({admin_url}): {e}"));
+    let name = format!("gw_test_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("CREATE DATABASE");
+    admin.close().await;
+    let url = with_database(&admin_url, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
+    maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
+    (pool, url)
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The fake backend: answers every path with what it saw, plus the usage headers.
+async fn fake_backend(req: Request) -> impl IntoResponse {
+    let h = req.headers();
+    let body = json!({
+        "path": req.uri().path(),
+        "saw_authorization": h.contains_key("authorization"),
+        "saw_api_key": h.contains_key("x-api-key"),
+        "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("x-maas-inference-count", INFERENCE_COUNT.into());
+    headers.insert("x-maas-compute-us", COMPUTE_US.into());
+    (StatusCode::OK, headers, Json(body))
+}
+
+async fn start_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(fake_backend);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gateway_command(db_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(std::env::temp_dir())
+        .env_remove("MAAS_GATEWAY_CONFIG")
+        .env("MAAS_GATEWAY_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Start `maas-gateway serve` and wait for its readiness line.
+fn start_gateway(db_url: &str, backends: &[SocketAddr]) -> (ChildGuard, SocketAddr) {
+    let listen = free_port();
+    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let mut child = gateway_command(db_url)
+        .arg("serve")
+        .env("MAAS_GATEWAY_LISTEN", listen.to_string())
+        .env(
+            "MAAS_GATEWAY_UPSTREAM__BACKENDS",
+            format!("[{}]", backends.join(",")),
+        )
+        .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "200")
+        .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
+        .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn maas-gateway");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway printed no readiness line within 60 s");
+    assert_eq!(line, format!("maas-gateway listening on {listen}"));
+    (guard, listen)
+}
+
+/// `maas-gateway keys create`, returning the printed secret.
+fn create_key(db_url: &str, tenant: &str, models: Option<&str>) -> String {
+    let mut cmd = gateway_command(db_url);
+    cmd.args(["keys", "create", "--tenant", tenant, "--name", "test"]);
+    if let Some(m) = models {
+        cmd.args(["--models", m]);
+    }
+    let out = cmd.output().expect("run keys create");
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "keys create must print only the secret: {stdout:?}");
+    let secret = lines[0].to_string();
+    assert!(secret.starts_with("maas_") && secret.len() == 53, "{secret}");
+    secret
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn request_id(&self) -> Uuid {
+        let id = self
+            .headers
+            .get("x-request-id")
+            .expect("x-request-id on every response")
+            .to_str()
+            .unwrap();
+        Uuid::parse_str(id).unwrap()
+    }
+}
+
+async fn call(
+    client: &reqwest::Client,
+    gw: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = client
+        .post(format!("http://{gw}{path}"))
+        .header("content-type", "application/json")
+        .body(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request to the gateway");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("non-JSON body: {}", String::from_utf8_lossy(&bytes)));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn assert_json_error(r: &Reply, status: u16) {
+    assert_eq!(r.status, status, "{:?}", r.body);
+    assert_eq!(
+        r.headers.get("content-type").unwrap(),
+        "application/json",
+        "error content-type"
+    );
+    assert!(r.body["error"].is_string(), "{:?}", r.body);
+    r.request_id();
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    tenant_id: Option<Uuid>,
+    api_key_id: Option<Uuid>,
+    model: Option<String>,
+    model_version: Option<String>,
+    http_status: i16,
+    inference_count: i64,
+    compute_us: i64,
+    request_bytes: i64,
+    response_bytes: i64,
+    latency_us: i64,
+}
+
+/// Wait until `usage_events` holds `n` rows (the writer flushes every 50 ms here).
+async fn wait_for_rows(pool: &PgPool, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if count >= n {
+            assert_eq!(count, n, "more usage rows than requests");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {count} of {n} usage rows written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn usage_row(pool: &PgPool, id: Uuid) -> Row {
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT tenant_id, api_key_id, model, model_version, http_status, inference_count, \
+                compute_us, request_bytes, response_bytes, latency_us \
+         FROM usage_events WHERE request_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 1, "exactly one usage row for {id}");
+    rows.into_iter().next().unwrap()
+}
+
+async fn tenant_id(pool: &PgPool, name: &str) -> Uuid {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticates_forwards_and_meters() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let key = create_key(&db_url, "acme", None);
+    let limited = create_key(&db_url, "acme", Some("dense,other"));
+    let suspended_key = create_key(&db_url, "gone", None);
+    sqlx::query("UPDATE tenants SET status = 'suspended' WHERE name = 'gone'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let acme = tenant_id(&pool, "acme").await;
+    let (_gw, gw) = start_gateway(&db_url, &[backend]);
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {key}");
+    let mut expected_rows = 0;
+
+    // A valid key: forwarded without credentials, same request id both ways.
+    let ok = call(&client, gw, "/v2/models/dense/versions/2/infer", &[("authorization", &bearer)]).await;
+    expected_rows += 1;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(ok.body["saw_authorization"], false);
+    assert_eq!(ok.body["saw_api_key"], false);
+    assert_eq!(ok.body["path"], "/v2/models/dense/versions/2/infer");
+    let ok_id = ok.request_id();
+    assert_eq!(ok_id.get_version_num(), 7);
+    assert_eq!(ok.body["request_id"], ok_id.to_string());
+
+    // x-api-key works too, and is stripped.
+    let ok2 = call(&client, gw, "/v2/models/dense/infer", &[("x-api-key", &key)]).await;
+    expected_rows += 1;
+    assert_eq!(ok2.status, 200);
+    assert_eq!(ok2.body["saw_api_key"], false);
+    assert_eq!(ok2.body["request_id"], ok2.request_id().to_string());
+    assert_ne!(ok2.request_id(), ok_id);
+
+    // Missing key.
+    let missing = call(&client, gw, "/v2/models/dense/infer", &[]).await;
+    expected_rows += 1;
+    assert_json_error(&missing, 401);
+    assert_eq!(missing.headers.get("www-authenticate").unwrap(), "Bearer");
+    assert_eq!(
+        missing.body,
+        json!({"error": "missing API key: send Authorization: Bearer <key>"})
+    );
+
+    // Unknown (well-formed) key and garbage key.
+    let unknown = format!("maas_{}", "ab".repeat(24));
+    let wrong = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {unknown}"))]).await;
+    expected_rows += 1;
+    assert_json_error(&wrong, 401);
+    assert_eq!(wrong.headers.get("www-authenticate").unwrap(), "Bearer");
+    assert_eq!(wrong.body, json!({"error": "invalid API key"}));
+    let garbage = call(&client, gw, "/v2/models/dense/infer", &[("x-api-key", "hunter2")]).await;
+    expected_rows += 1;
+    assert_json_error(&garbage, 401);
+
+    // Allow-list and suspended tenant.
+    let allowed = call(&client, gw, "/v2/models/other/infer", &[("authorization", &format!("Bearer {limited}"))]).await;
+    expected_rows += 1;
+    assert_eq!(allowed.status, 200);
+    let forbidden = call(&client, gw, "/v2/models/secret/infer", &[("authorization", &format!("Bearer {limited}"))]).await;
+    expected_rows += 1;
+    assert_json_error(&forbidden, 403);
+    let suspended = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {suspended_key}"))]).await;
+    expected_rows += 1;
+    assert_json_error(&suspended, 403);
+
+    // Unknown route; health without a key.
+    let nf = call(&client, gw, "/v1/chat/completions", &[("authorization", &bearer)]).await;
+    expected_rows += 1;
+    assert_json_error(&nf, 404);
+    let health = client.get(format!("http://{gw}/v2/health/ready")).send().await.unwrap();
+    expected_rows += 1;
+    assert_eq!(health.status(), 200);
+    let health_id = Uuid::parse_str(health.headers()["x-request-id"].to_str().unwrap()).unwrap();
+
+    // Revocation takes effect within the cache TTL (200 ms here).
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE secret_sha256 = $1")
+        .bind(maas_gateway::keys::hash_key(&key))
+        .execute(&pool)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let revoked = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &bearer)]).await;
+    expected_rows += 1;
+    assert_json_error(&revoked, 401);
+    assert_eq!(revoked.headers.get("www-authenticate").unwrap(), "Bearer");
+
+    // Usage: one row per request, with what the gateway saw.
+    wait_for_rows(&pool, expected_rows).await;
+    let row = usage_row(&pool, ok_id).await;
+    assert_eq!(row.http_status, 200);
+    assert_eq!(row.tenant_id, Some(acme));
+    assert!(row.api_key_id.is_some());
+    assert_eq!(row.model.as_deref(), Some("dense"));
+    assert_eq!(row.model_version.as_deref(), Some("2"));
+    assert_eq!(row.inference_count, INFERENCE_COUNT);
+    assert_eq!(row.compute_us, COMPUTE_US);
+    assert!(row.request_bytes > 0, "{row:?}");
+    assert!(row.response_bytes > 0, "{row:?}");
+    assert!(row.latency_us > 0, "{row:?}");
+
+    let row = usage_row(&pool, missing.request_id()).await;
+    assert_eq!(row.http_status, 401);
+    assert_eq!((row.tenant_id, row.api_key_id), (None, None));
+    assert_eq!(row.model.as_deref(), Some("dense"));
+    assert_eq!((row.inference_count, row.compute_us), (0, 0));
+    assert!(row.response_bytes > 0);
+
+    assert_eq!(usage_row(&pool, wrong.request_id()).await.http_status, 401);
+    let row = usage_row(&pool, forbidden.request_id()).await;
+    assert_eq!(row.http_status, 403);
+    assert_eq!(row.tenant_id, Some(acme), "a 403 is attributed to the key's tenant");
+    assert_eq!(usage_row(&pool, suspended.request_id()).await.http_status, 403);
+    let row = usage_row(&pool, nf.request_id()).await;
+    assert_eq!((row.http_status, row.model), (404, None));
+    let row = usage_row(&pool, health_id).await;
+    assert_eq!((row.http_status, row.tenant_id), (200, None));
+    let row = usage_row(&pool, revoked.request_id()).await;
+    assert_eq!(row.http_status, 401);
+    assert_eq!(row.tenant_id, Some(acme));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_backend_is_502_json_and_metered() {
+    let (pool, db_url) = fresh_database().await;
+    // `migrate` on an up-to-date database is a no-op.
+    let out = gateway_command(&db_url).arg("migrate").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = create_key(&db_url, "acme", None);
+    let dead = free_port(); // nothing listens here
+    let (_gw, gw) = start_gateway(&db_url, &[dead]);
+    let client = reqwest::Client::new();
+    let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {key}"))]).await;
+    assert_json_error(&r, 502);
+    wait_for_rows(&pool, 1).await;
+    let row = usage_row(&pool, r.request_id()).await;
+    assert_eq!(row.http_status, 502);
+    assert_eq!(row.tenant_id, Some(tenant_id(&pool, "acme").await));
+    assert_eq!(row.inference_count, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_next_backend_when_one_is_down() {
+    let (pool, db_url) = fresh_database().await;
+    let key = create_key(&db_url, "acme", None);
+    let backend = start_backend().await;
+    let dead = free_port();
+    let (_gw, gw) = start_gateway(&db_url, &[dead, backend]);
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {key}"))]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    wait_for_rows(&pool, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meters_every_request_under_load() {
+    const REQUESTS: usize = 3000;
+    const CONCURRENCY: usize = 32;
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let key = create_key(&db_url, "acme", None);
+    let (_gw, gw) = start_gateway(&db_url, &[backend]);
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {key}");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..CONCURRENCY {
+        let client = client.clone();
+        let bearer = bearer.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in (worker..REQUESTS).step_by(CONCURRENCY) {
+                // Every 10th request is rejected: rejections are metered too.
+                let auth = if i % 10 == 0 { "Bearer nope" } else { bearer.as_str() };
+                let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", auth)]).await;
+                assert_eq!(r.status, if i % 10 == 0 { 401 } else { 200 });
+                ids.push((r.request_id(), r.status));
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{REQUESTS} requests in {elapsed:?} ({:.0}/s)",
+        REQUESTS as f64 / elapsed.as_secs_f64()
+    );
+    wait_for_rows(&pool, REQUESTS as i64).await;
+    let stored: Vec<(Uuid, i16, i64)> =
+        sqlx::query_as("SELECT request_id, http_status, inference_count FROM usage_events")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let stored: std::collections::HashMap<Uuid, (i16, i64)> =
+        stored.into_iter().map(|(id, s, n)| (id, (s, n))).collect();
+    assert_eq!(stored.len(), REQUESTS);
+    for (id, status) in ids {
+        let (s, n) = stored[&id];
+        assert_eq!(s as u16, status);
+        assert_eq!(n, if status == 200 { INFERENCE_COUNT } else { 0 });
+    }
+}
+
+#[test]
+fn with_database_replaces_the_path() {
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres", "x"),
+        "postgres://u@h:1/x"
+    );
+    assert_eq!(
+        with_database("postgres://u@h:1/postgres?sslmode=disable", "x"),
+        "postgres://u@h:1/x?sslmode=disable"
+    );
+    assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
+}

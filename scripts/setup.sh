@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent project setup (run by `make setup`, `make run` and `make test`).
+#
+# 1. Installs the system packages the build and the tests need, when missing:
+#    cmake (pingora's zlib-ng), postgresql and redis-server (real services for tests and
+#    `make run`), pkg-config and libssl-dev.
+# 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
+#    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
+#    link, so a plain `cargo build` / `cargo test` works afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "setup: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v psql >/dev/null || need+=(postgresql-client)
+[ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+marker=".venv/.torch-$TORCH_VERSION"
+if [ ! -f "$marker" ]; then
+    echo "setup: creating .venv with torch==$TORCH_VERSION (about 5 GB, a minute or two)"
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
+    touch "$marker"
+fi
+torch_dir="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
+ln -sfn "$torch_dir" .venv/libtorch
+echo "setup: ok (libtorch at $torch_dir)"
