@@ -20,12 +20,17 @@ gateway_addr="${MAAS_GATEWAY_LISTEN:-127.0.0.1:8080}"
 logs=".data/run/logs"
 mkdir -p "$logs" "$repo"
 
+# The servers run in their own sessions (setsid), so the terminal's Ctrl-C reaches only this
+# script, which then stops them with SIGTERM: the gateway's graceful shutdown writes its
+# pending usage events (SIGINT would make pingora exit at once).
 pids=()
 stop_all() {
     trap - EXIT INT TERM
-    for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    local p
+    for ((i = ${#pids[@]} - 1; i >= 0; i--)); do   # gateway first, then backend
+        p="${pids[$i]}"
+        kill -TERM "$p" 2>/dev/null || continue
+        for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$p" 2>/dev/null || true
     done
     wait 2>/dev/null || true
@@ -52,12 +57,13 @@ wait_for() { # url, name, pid
     echo "run: $2 did not become ready; see $logs/$2.log" >&2; exit 1
 }
 
-"$bin/maas-backend" serve --repo "$repo" --listen "$backend_addr" >"$logs/backend.log" 2>&1 &
+setsid "$bin/maas-backend" serve --repo "$repo" --listen "$backend_addr" >"$logs/backend.log" 2>&1 &
 pids+=($!)
 wait_for "http://$backend_addr/v2/health/ready" backend "${pids[-1]}"
 
 MAAS_GATEWAY_LISTEN="$gateway_addr" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"$backend_addr\"]" \
-    "$bin/maas-gateway" serve --config config/gateway.toml >"$logs/gateway.log" 2>&1 &
+    MAAS_GATEWAY_GRACE_PERIOD_S=0 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=3 \
+    setsid "$bin/maas-gateway" serve --config config/gateway.toml >"$logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for "http://$gateway_addr/v2/health/ready" gateway "${pids[-1]}"
 

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -17,6 +18,7 @@ use crate::worker::WorkerOptions;
 #[derive(Debug, Parser)]
 #[command(name = "maas-backend", version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,6 +51,9 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before stopping anyway.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_s: u64,
 }
 
 /// `maas-backend train`.
@@ -146,13 +151,26 @@ impl ServeArgs {
             drop(stdout);
             tracing::info!(%addr, repo = %self.repo.display(), "serving");
             let flag = state.shutting_down.clone();
-            serve(listener, app, async move {
+            let stopping = Arc::new(tokio::sync::Notify::new());
+            let notify = stopping.clone();
+            let server = serve(listener, app, async move {
                 shutdown_signal().await;
                 flag.store(true, Ordering::Relaxed);
                 tracing::info!("shutting down: finishing in-flight requests");
-            })
-            .await
-            .context("server failed")
+                notify.notify_one();
+            });
+            let drain = Duration::from_secs(self.shutdown_timeout_s);
+            let drain_limit = async move {
+                stopping.notified().await;
+                tokio::time::sleep(drain).await;
+            };
+            tokio::select! {
+                result = server => result.context("server failed"),
+                () = drain_limit => {
+                    tracing::warn!("connections still open after {drain:?}; stopping anyway");
+                    Ok(())
+                }
+            }
         })?;
         drop(runtime);
         // The last handle to the repository: dropping it joins every worker thread.

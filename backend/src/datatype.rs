@@ -18,18 +18,31 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Datatype {
+    /// `BOOL`: true or false (not numeric here).
     Bool,
+    /// `UINT8`: 8-bit unsigned integer.
     Uint8,
+    /// `UINT16`: 16-bit unsigned integer.
     Uint16,
+    /// `UINT32`: 32-bit unsigned integer.
     Uint32,
+    /// `UINT64`: 64-bit unsigned integer.
     Uint64,
+    /// `INT8`: 8-bit signed integer.
     Int8,
+    /// `INT16`: 16-bit signed integer.
     Int16,
+    /// `INT32`: 32-bit signed integer.
     Int32,
+    /// `INT64`: 64-bit signed integer.
     Int64,
+    /// `FP16`: IEEE 754 half precision (sent as JSON numbers).
     Fp16,
+    /// `FP32`: IEEE 754 single precision.
     Fp32,
+    /// `FP64`: IEEE 754 double precision.
     Fp64,
+    /// `BYTES`: byte strings (not numeric).
     Bytes,
 }
 
@@ -41,10 +54,20 @@ pub enum ElementError {
     NotANumber,
     /// An integer datatype was declared but the element has a fraction or an exponent.
     #[error("{value} is not an integer, as {datatype} requires")]
-    NotAnInteger { value: String, datatype: Datatype },
+    NotAnInteger {
+        /// The element as sent.
+        value: String,
+        /// The declared datatype.
+        datatype: Datatype,
+    },
     /// The element does not fit the declared datatype.
     #[error("{value} is out of range for {datatype}")]
-    OutOfRange { value: String, datatype: Datatype },
+    OutOfRange {
+        /// The element as sent.
+        value: String,
+        /// The declared datatype.
+        datatype: Datatype,
+    },
     /// The datatype has no numeric JSON form (`BOOL`, `BYTES`).
     #[error("datatype {0} is not supported for this input")]
     Unsupported(Datatype),

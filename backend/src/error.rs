@@ -20,15 +20,21 @@ pub enum Error {
     PayloadTooLarge(String),
     /// No model folder of this name (404).
     #[error("unknown model '{model}'")]
-    ModelNotFound { model: String },
+    ModelNotFound {
+        /// The name asked for.
+        model: String,
+    },
     /// The model exists but has no such version (404).
     #[error(
         "model '{model}' has no version '{version}' (ready versions: {})",
         list(available)
     )]
     VersionNotFound {
+        /// The model's name.
         model: String,
+        /// The version asked for, as sent.
         version: String,
+        /// The versions that can be called.
         available: Vec<u64>,
     },
     /// No route for this path (404).

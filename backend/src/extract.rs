@@ -75,6 +75,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             "expected a JSON request body, got an empty body".into(),
         ));
     }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(Error::BadRequest(
+            "request body must be a JSON object ({\"inputs\": [...]})".into(),
+        ));
+    }
     serde_json::from_slice(body).map_err(|e| {
         let kind = if e.is_data() {
             "does not fit the infer request schema"
@@ -100,6 +105,10 @@ mod tests {
             panic!()
         };
         assert!(m.contains("missing field `inputs`"), "{m}");
+        let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b" [] ") else {
+            panic!()
+        };
+        assert!(m.contains("must be a JSON object"), "{m}");
         let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b"") else {
             panic!()
         };

@@ -9,6 +9,8 @@
 //! (headers); [`error`] maps every failure to a status and a JSON body. [`config`] is a model's
 //! `config.toml`; [`train`] and [`dataset`] make new versions; [`cli`] is the command line.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod config;
 pub mod dataset;

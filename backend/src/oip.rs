@@ -12,20 +12,25 @@ use crate::datatype::Datatype;
 /// `GET /v2`: server metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerMetadata {
+    /// The server's name (`maas-backend`).
     pub name: String,
+    /// The server's version.
     pub version: String,
+    /// Protocol extensions supported (none yet).
     pub extensions: Vec<String>,
 }
 
 /// `GET /v2/health/live`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerLive {
+    /// Always `true` when the server answers.
     pub live: bool,
 }
 
 /// `GET /v2/health/ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerReady {
+    /// Whether every model loaded and the server is not shutting down.
     pub ready: bool,
     /// Why the server is not ready; absent when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -35,26 +40,33 @@ pub struct ServerReady {
 /// `GET /v2/models/{model}[/versions/{version}]/ready`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelReady {
+    /// The model's name.
     pub name: String,
+    /// Whether the model (or version) can be called.
     pub ready: bool,
 }
 
 /// `GET /v2/models/{model}[/versions/{version}]`: model metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMetadata {
+    /// The model's name.
     pub name: String,
     /// The versions that can be called, ascending, as strings (`["1", "2"]`).
     pub versions: Vec<String>,
     /// The model's platform (`"dense"`).
     pub platform: String,
+    /// The model's inputs.
     pub inputs: Vec<TensorMetadata>,
+    /// The model's outputs.
     pub outputs: Vec<TensorMetadata>,
 }
 
 /// One input or output in model metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TensorMetadata {
+    /// The tensor's name.
     pub name: String,
+    /// The element type.
     pub datatype: Datatype,
     /// `[-1, ...dims]`: `-1` is the batch dimension, which may have any size.
     pub shape: Vec<i64>,
@@ -79,11 +91,13 @@ pub struct InferRequest {
 /// One input tensor of an infer request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestInput {
+    /// The input's name, as in the model metadata.
     pub name: String,
     /// `[batch, ...dims]`.
     pub shape: Vec<i64>,
     /// A protocol datatype name; kept as text so that an unknown name gets a precise error.
     pub datatype: String,
+    /// Input parameters; none are interpreted yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
     /// The elements, row-major, as a flat or nested JSON array.
@@ -93,7 +107,9 @@ pub struct RequestInput {
 /// One requested output of an infer request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestOutput {
+    /// The output's name, as in the model metadata.
     pub name: String,
+    /// Output parameters; none are interpreted yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
 }
@@ -101,18 +117,23 @@ pub struct RequestOutput {
 /// The answer to an infer request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferResponse {
+    /// The model that answered.
     pub model_name: String,
+    /// The version that answered (the highest ready one when the request named none).
     pub model_version: String,
     /// The request's `id`, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The output tensors asked for.
     pub outputs: Vec<ResponseOutput>,
 }
 
 /// One output tensor of an infer response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResponseOutput {
+    /// The output's name.
     pub name: String,
+    /// The element type.
     pub datatype: Datatype,
     /// `[batch, ...dims]`.
     pub shape: Vec<i64>,
@@ -123,5 +144,6 @@ pub struct ResponseOutput {
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What went wrong and what was expected.
     pub error: String,
 }

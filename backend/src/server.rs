@@ -1,10 +1,11 @@
 //! The HTTP server: Open Inference Protocol v2 REST routes over the model repository.
 //!
-//! Routes (protocol section in brackets):
-//! - `GET /v2` server metadata; `GET /v2/health/live`, `GET /v2/health/ready` [health].
-//! - `GET /v2/models/{model}[/versions/{version}]` model metadata.
-//! - `GET /v2/models/{model}[/versions/{version}]/ready` model readiness.
-//! - `POST /v2/models/{model}[/versions/{version}]/infer` inference, answered with the usage
+//! Routes, as in the protocol's REST specification (the version segment is optional):
+//! - `GET /v2`: server metadata. `GET /v2/health/live`, `GET /v2/health/ready`: server health;
+//!   ready means every model and version loaded and the server is not shutting down.
+//! - `GET /v2/models/{model}/versions/{version}`: model metadata.
+//! - `GET /v2/models/{model}/versions/{version}/ready`: model readiness.
+//! - `POST /v2/models/{model}/versions/{version}/infer`: inference, answered with the usage
 //!   headers of [`crate::usage`].
 //!
 //! Every error, including unknown routes and malformed bodies, is JSON `{"error": "..."}`.
@@ -262,7 +263,10 @@ async fn run_infer(
             config.outputs.len()
         )));
     };
-    let expected = usize::try_from(rows * output.row_elements()).unwrap_or(usize::MAX);
+    let expected = rows
+        .checked_mul(output.row_elements())
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(usize::MAX);
     if forward.data.len() != expected {
         return Err(Error::Internal(format!(
             "model '{model_name}' version {number} returned {} elements, expected {expected}",

@@ -62,11 +62,17 @@ pub struct Metrics {
     pub test_accuracy: f64,
     /// Accuracy of the written model on the training rows.
     pub train_accuracy: f64,
+    /// Passes over the training rows.
     pub epochs: usize,
+    /// The seed of the run.
     pub seed: u64,
+    /// Rows trained on.
     pub rows_train: usize,
+    /// Rows held out.
     pub rows_test: usize,
+    /// Rows per optimizer step.
     pub batch_size: usize,
+    /// Adam's learning rate.
     pub lr: f64,
     /// Mean cross-entropy of the last epoch.
     pub final_loss: f64,
@@ -81,6 +87,7 @@ pub struct TrainReport {
     pub version: u64,
     /// Its folder.
     pub dir: PathBuf,
+    /// What the run measured (as in the version's `metrics.json`).
     pub metrics: Metrics,
 }
 
@@ -478,4 +485,90 @@ fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&temp, contents).with_context(|| format!("cannot write {}", temp.display()))?;
     std::fs::rename(&temp, path)
         .with_context(|| format!("cannot rename {} to {}", temp.display(), path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folding_standardization_keeps_the_function() {
+        tch::manual_seed(7);
+        let config = dense_classifier(5, 4, 3);
+        let options = (Kind::Float, Device::Cpu);
+        let mut tensors = HashMap::new();
+        for (i, layer) in config.layers.iter().enumerate() {
+            tensors.insert(
+                weight_name(i),
+                Tensor::randn([layer.out_features, layer.in_features], options),
+            );
+            tensors.insert(bias_name(i), Tensor::randn([layer.out_features], options));
+        }
+        let mean = Tensor::randn([5], options);
+        let std = Tensor::rand([5], options) + 0.5;
+        let x = Tensor::randn([6, 5], options) * 4.0;
+
+        let standardized =
+            DenseModel::from_tensors(&config, clone_tensors(&tensors), Device::Cpu).unwrap();
+        let expected = standardized.forward(&((&x - &mean) / &std)).unwrap();
+        let folded = fold_standardization(&config, tensors, &mean, &std).unwrap();
+        let raw = DenseModel::from_tensors(&config, folded, Device::Cpu).unwrap();
+        let got = raw.forward(&x).unwrap();
+        let gap = (got - expected).abs().max().double_value(&[]);
+        assert!(gap < 1e-5, "folded model differs by {gap}");
+    }
+
+    #[test]
+    fn existing_config_must_fit_the_data() {
+        let data = Dataset {
+            features: vec![0.0; 12],
+            labels: vec![0, 1, 2, 3],
+            feature_count: 3,
+        };
+        let e = check_config_fits(&dense_classifier(4, 8, 4), &data).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("takes 4 features per row, the data has 3"),
+            "{e}"
+        );
+        let e = check_config_fits(&dense_classifier(3, 8, 3), &data).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("3 classes, the data has labels up to 3"),
+            "{e}"
+        );
+        let mut relu_last = dense_classifier(3, 8, 4);
+        relu_last.layers[1].activation = Activation::Relu;
+        let e = check_config_fits(&relu_last, &data).unwrap_err();
+        assert!(e.to_string().contains("softmax or none, got relu"), "{e}");
+        assert!(check_config_fits(&dense_classifier(3, 8, 4), &data).is_ok());
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let options = TrainOptions {
+            data: "x.csv".into(),
+            repo: "repo".into(),
+            model: "../escape".into(),
+            hidden: 8,
+            epochs: 1,
+            batch_size: 1,
+            lr: 0.001,
+            seed: 1,
+            test_fraction: 0.2,
+        };
+        assert!(check_options(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("model name"));
+        let options = TrainOptions {
+            model: "ok".into(),
+            test_fraction: 1.0,
+            ..options
+        };
+        assert!(check_options(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("--test-fraction"));
+    }
 }

@@ -69,7 +69,12 @@ pub enum WorkerError {
     Stopped(String),
     /// libtorch failed or panicked during the forward pass.
     #[error("{label}: {message}")]
-    Forward { label: String, message: String },
+    Forward {
+        /// The worker's label (`model/version`).
+        label: String,
+        /// libtorch's message.
+        message: String,
+    },
 }
 
 /// The handle to a running worker thread. Dropping it closes the channel and joins the thread

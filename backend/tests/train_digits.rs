@@ -41,28 +41,26 @@ struct Server {
 }
 
 impl Server {
-    fn start(repo: &Path) -> Server {
+    /// Starts the server on a free port; its log goes to `log` (a pipe nobody reads could fill
+    /// up and block it).
+    fn start(repo: &Path, log: &Path) -> Server {
+        let log_file = std::fs::File::create(log).unwrap();
         let mut child = Command::new(BIN)
             .args(["serve", "--repo"])
             .arg(repo)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(log_file)
             .spawn()
             .expect("start maas-backend serve");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let Some(addr) = line.trim().strip_prefix("maas-backend listening on ") else {
-            let mut stderr = String::new();
             let _ = child.kill();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut stderr)
-                .unwrap();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(log).unwrap_or_default();
             panic!("unexpected first line {line:?}; stderr:\n{stderr}");
         };
         let base = format!("http://{addr}");
@@ -179,7 +177,8 @@ async fn train_then_serve_digits() {
     std::fs::create_dir_all(repo.0.join("broken/1")).unwrap();
     std::fs::write(repo.0.join("broken/config.toml"), "platform = \"dense\"\n").unwrap();
 
-    let server = Server::start(&repo.0);
+    let log = TempDir::new("log");
+    let server = Server::start(&repo.0, &log.0.join("serve.log"));
     let client = reqwest::Client::new();
 
     let live: Value = client
@@ -377,4 +376,6 @@ async fn train_then_serve_digits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "server exited with {exit}");
+    let log = std::fs::read_to_string(log.0.join("serve.log")).unwrap();
+    assert!(log.contains("broken"), "the failed model is logged: {log}");
 }

@@ -16,14 +16,19 @@ async fn fresh_db() -> (PgPool, PgConnection, String) {
         .execute(&mut admin)
         .await
         .expect("create database");
-    let (base, _) = admin_url.rsplit_once('/').expect("database part in the URL");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("database part in the URL");
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect(&format!("{base}/{name}"))
         .await
         .expect("connect to the fresh database");
     MIGRATOR.run(&pool).await.expect("migrate");
-    MIGRATOR.run(&pool).await.expect("migrating twice is a no-op");
+    MIGRATOR
+        .run(&pool)
+        .await
+        .expect("migrating twice is a no-op");
     (pool, admin, name)
 }
 
@@ -69,7 +74,10 @@ async fn usage_is_written_exactly_once_and_summed_per_tenant() {
     // A batch overlapping the stored one inserts only the new event.
     let extra = event(Some(tenant), 200, 7, 5);
     let overlap = vec![batch[0].clone(), extra.clone()];
-    assert_eq!(insert_usage_events(&pool, &overlap).await.expect("overlap"), 1);
+    assert_eq!(
+        insert_usage_events(&pool, &overlap).await.expect("overlap"),
+        1
+    );
     assert_eq!(insert_usage_events(&pool, &[]).await.expect("empty"), 0);
 
     let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM usage_events")
@@ -78,17 +86,33 @@ async fn usage_is_written_exactly_once_and_summed_per_tenant() {
         .expect("count");
     assert_eq!(rows, 5);
 
-    let from = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).single().expect("t");
-    let to = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).single().expect("t");
-    let s = usage_summary(&pool, "acme", from, to).await.expect("summary");
-    assert_eq!(s.requests, 4, "the tenant's four events (the 401 has no tenant)");
+    let from = Utc
+        .with_ymd_and_hms(2026, 11, 1, 0, 0, 0)
+        .single()
+        .expect("t");
+    let to = Utc
+        .with_ymd_and_hms(2026, 12, 1, 0, 0, 0)
+        .single()
+        .expect("t");
+    let s = usage_summary(&pool, "acme", from, to)
+        .await
+        .expect("summary");
+    assert_eq!(
+        s.requests, 4,
+        "the tenant's four events (the 401 has no tenant)"
+    );
     assert_eq!(s.successful_requests, 3);
     assert_eq!(s.inference_count, 3 + 5 + 7);
     assert_eq!(s.compute_us, 100 * (3 + 5 + 7));
 
     // The period's end is exclusive.
-    let cut = Utc.with_ymd_and_hms(2026, 11, 29, 12, 0, 2).single().expect("t");
-    let early = usage_summary(&pool, "acme", from, cut).await.expect("summary");
+    let cut = Utc
+        .with_ymd_and_hms(2026, 11, 29, 12, 0, 2)
+        .single()
+        .expect("t");
+    let early = usage_summary(&pool, "acme", from, cut)
+        .await
+        .expect("summary");
     assert_eq!(early.requests, 1);
     assert_eq!(early.inference_count, 3);
 

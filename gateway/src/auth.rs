@@ -294,7 +294,10 @@ mod tests {
         let now = Utc::now();
         let h = keys::hash_key("k");
         let r = record();
-        assert_eq!(r.authorize(&h, Some("m"), now).unwrap().api_key_id, r.key_id);
+        assert_eq!(
+            r.authorize(&h, Some("m"), now).unwrap().api_key_id,
+            r.key_id
+        );
         assert_eq!(
             r.authorize(&keys::hash_key("other"), Some("m"), now),
             Err(GatewayError::InvalidApiKey)
@@ -354,10 +357,7 @@ mod tests {
             presented_key(&req(&[("authorization", "bearer  abc ")])).unwrap(),
             "abc"
         );
-        assert_eq!(
-            presented_key(&req(&[("x-api-key", "xyz")])).unwrap(),
-            "xyz"
-        );
+        assert_eq!(presented_key(&req(&[("x-api-key", "xyz")])).unwrap(), "xyz");
         assert_eq!(
             presented_key(&req(&[("authorization", "Basic Zm9vOmJhcg==")])),
             Err(GatewayError::MalformedAuthorization)
@@ -367,8 +367,11 @@ mod tests {
             Err(GatewayError::MalformedAuthorization)
         );
         assert_eq!(
-            presented_key(&req(&[("authorization", "Bearer abc"), ("x-api-key", "xyz")]))
-                .unwrap(),
+            presented_key(&req(&[
+                ("authorization", "Bearer abc"),
+                ("x-api-key", "xyz")
+            ]))
+            .unwrap(),
             "abc"
         );
     }

@@ -157,7 +157,10 @@ mod tests {
             serde_json::json!({"error": "invalid API key"})
         );
         let nf = json(&GatewayError::NotFound("/v1/x".into()));
-        assert!(nf["error"].as_str().unwrap().starts_with("no route for /v1/x"));
+        assert!(nf["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("no route for /v1/x"));
         assert_eq!(nf.as_object().unwrap().len(), 1);
     }
 
@@ -167,7 +170,10 @@ mod tests {
             GatewayError::ModelNotAllowed("m".into()).status(),
             StatusCode::FORBIDDEN
         );
-        assert_eq!(GatewayError::TenantSuspended.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            GatewayError::TenantSuspended.status(),
+            StatusCode::FORBIDDEN
+        );
         assert_eq!(
             GatewayError::NotFound("x".into()).status(),
             StatusCode::NOT_FOUND

@@ -1,5 +1,6 @@
 //! `maas-gateway`: serve the data path, run migrations, issue API keys.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -12,7 +13,11 @@ use tracing_subscriber::EnvFilter;
 const DEFAULT_CONFIG: &str = "config/gateway.toml";
 
 #[derive(Parser)]
-#[command(name = "maas-gateway", version, about = "maas gateway: authentication, metering and routing in front of maas backends")]
+#[command(
+    name = "maas-gateway",
+    version,
+    about = "maas gateway: authentication, metering and routing in front of maas backends"
+)]
 struct Cli {
     /// Configuration file (TOML). Keys can be overridden with MAAS_GATEWAY_<KEY> variables
     /// (nested keys joined with `__`). When not given, config/gateway.toml is read if it exists.
@@ -53,14 +58,15 @@ enum KeysCommand {
 
 fn main() {
     let cli = Cli::parse();
-    let default_level = match cli.command {
-        Command::Serve => "info",
+    let default_filter = match cli.command {
+        Command::Serve => "info,sqlx=warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(cli) {

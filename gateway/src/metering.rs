@@ -109,7 +109,12 @@ impl UsageWriter {
     ///
     /// After `shutdown` fires, batches are written as soon as they hold anything, so the
     /// grace period is spent draining rather than waiting for full batches.
-    pub async fn run(&self, pool: PgPool, mut rx: mpsc::Receiver<UsageEvent>, mut shutdown: ShutdownWatch) {
+    pub async fn run(
+        &self,
+        pool: PgPool,
+        mut rx: mpsc::Receiver<UsageEvent>,
+        mut shutdown: ShutdownWatch,
+    ) {
         let mut batch: Vec<UsageEvent> = Vec::with_capacity(self.batch_size);
         let mut shutting_down = *shutdown.borrow();
         let mut closed = false;
@@ -166,7 +171,10 @@ impl UsageWriter {
             Err(e) => {
                 tracing::warn!(error = %e, events = batch.len(), "usage batch refused for its data; writing row by row");
                 for event in batch {
-                    match self.insert_retrying(pool, std::slice::from_ref(event)).await {
+                    match self
+                        .insert_retrying(pool, std::slice::from_ref(event))
+                        .await
+                    {
                         Ok(n) => {
                             self.stats.inserted.fetch_add(n, Ordering::Relaxed);
                         }
@@ -182,7 +190,11 @@ impl UsageWriter {
 
     /// Insert `events`, retrying transient failures forever with backoff.
     /// Returns the error only when PostgreSQL refuses the data itself.
-    async fn insert_retrying(&self, pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
+    async fn insert_retrying(
+        &self,
+        pool: &PgPool,
+        events: &[UsageEvent],
+    ) -> Result<u64, sqlx::Error> {
         let mut backoff = BACKOFF_START;
         loop {
             match insert_usage_events(pool, events).await {

@@ -269,8 +269,30 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         // Connecting failed, so nothing was sent: safe to try the next backend, once each.
         if ctx.tries < self.backends.len() {
-            tracing::warn!(request_id = %ctx.request_id, %peer, error = %e, "backend connect failed; trying the next one");
+            tracing::debug!(request_id = %ctx.request_id, %peer, "backend connect failed; trying the next one");
             e.set_retry(true);
+        }
+        e
+    }
+
+    /// pingora's default retries a failure on a reused upstream connection (the backend closed
+    /// it while it sat in the pool) only for idempotent methods. OIP v2 calls have no side
+    /// effect at the backend (inference is a pure function of the request; usage is counted
+    /// here, once, by request id), so `POST .../infer` is retried the same way, as long as the
+    /// request body is still in pingora's retry buffer.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut Self::CTX,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
         }
         e
     }

@@ -44,11 +44,17 @@ pub fn parse_route(path: &str) -> Result<Route, GatewayError> {
     }
     let rest = path.strip_prefix("/v2/models/").ok_or_else(not_found)?;
     let mut segments = rest.split('/');
-    let model = segments.next().filter(|m| valid_name(m)).ok_or_else(not_found)?;
+    let model = segments
+        .next()
+        .filter(|m| valid_name(m))
+        .ok_or_else(not_found)?;
     let mut tail: Vec<&str> = segments.collect();
     let mut version = None;
     if tail.first() == Some(&"versions") {
-        let v = tail.get(1).filter(|v| valid_name(v)).ok_or_else(not_found)?;
+        let v = tail
+            .get(1)
+            .filter(|v| valid_name(v))
+            .ok_or_else(not_found)?;
         version = Some((*v).to_string());
         tail.drain(..2);
     }
@@ -106,9 +112,15 @@ mod tests {
 
     #[test]
     fn model_routes() {
-        assert_eq!(parse_route("/v2/models/mnist/infer"), Ok(model("mnist", None)));
+        assert_eq!(
+            parse_route("/v2/models/mnist/infer"),
+            Ok(model("mnist", None))
+        );
         assert_eq!(parse_route("/v2/models/mnist"), Ok(model("mnist", None)));
-        assert_eq!(parse_route("/v2/models/mnist/ready"), Ok(model("mnist", None)));
+        assert_eq!(
+            parse_route("/v2/models/mnist/ready"),
+            Ok(model("mnist", None))
+        );
         assert_eq!(
             parse_route("/v2/models/dense-1.b_2/versions/3/infer"),
             Ok(model("dense-1.b_2", Some("3")))

@@ -62,7 +62,10 @@ fn digits_rows() -> Vec<(Vec<f32>, usize)> {
         .expect("gunzip digits");
     text.lines()
         .map(|line| {
-            let v: Vec<f32> = line.split(',').map(|x| x.parse().expect("number")).collect();
+            let v: Vec<f32> = line
+                .split(',')
+                .map(|x| x.parse().expect("number"))
+                .collect();
             (v[..64].to_vec(), v[64] as usize)
         })
         .collect()
@@ -99,10 +102,16 @@ async fn wait_ready(url: &str) {
     panic!("{url} did not become ready within 30 s");
 }
 
+/// (http_status, model, inference_count, tenant name, response_bytes) of a usage row.
+type UsageRow = (i16, Option<String>, i64, Option<String>, i64);
+
 fn argmax(v: &[f64]) -> usize {
     v.iter()
         .enumerate()
-        .fold((0, f64::MIN), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold(
+            (0, f64::MIN),
+            |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+        )
         .0
 }
 
@@ -184,7 +193,10 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         "keys create failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let key = String::from_utf8(out.stdout).expect("utf8").trim().to_string();
+    let key = String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string();
     assert!(key.starts_with("maas_"), "unexpected key format: {key}");
 
     // Authenticated infer with real rows: each comes back as its label.
@@ -270,7 +282,7 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for id in &request_ids {
-        let rows: Vec<(i16, Option<String>, i64, Option<String>, i64)> = sqlx::query_as(
+        let rows: Vec<UsageRow> = sqlx::query_as(
             "SELECT u.http_status, u.model, u.inference_count, t.name, u.response_bytes \
              FROM usage_events u LEFT JOIN tenants t ON t.id = u.tenant_id \
              WHERE u.request_id = $1",

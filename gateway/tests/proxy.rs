@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
 const INFERENCE_COUNT: i64 = 7;
+const BODY: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#;
 const COMPUTE_US: i64 = 1234;
 
 fn database_url() -> String {
@@ -46,7 +47,8 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{root}/{name}{query}")
 }
 
-/// A fresh database with the migrations applied; dropped by nobody (names are random).
+/// A fresh database with the migrations applied. A passing test drops it with
+/// [`drop_database`]; a failing one leaves it behind for inspection.
 async fn fresh_database() -> (PgPool, String) {
     let admin_url = database_url();
     let admin = PgPoolOptions::new()
@@ -70,19 +72,50 @@ async fn fresh_database() -> (PgPool, String) {
     (pool, url)
 }
 
+/// Drop the test database behind `pool` (closing `pool`; other sessions are terminated).
+async fn drop_database(pool: PgPool) {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
 fn free_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
 
 /// The fake backend: answers every path with what it saw, plus the usage headers.
+///
+/// It reads the request body like a real OIP server, except for model `lazy`, which answers
+/// without reading it: hyper then closes the connection after the response, and the gateway
+/// finds that pooled upstream connection dead on its next use.
 async fn fake_backend(req: Request) -> impl IntoResponse {
-    let h = req.headers();
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    let path = parts.uri.path().to_string();
+    let body_bytes = if path.starts_with("/v2/models/lazy/") {
+        None
+    } else {
+        Some(axum::body::to_bytes(body, usize::MAX).await.unwrap().len())
+    };
     let body = json!({
-        "path": req.uri().path(),
+        "path": path,
         "saw_authorization": h.contains_key("authorization"),
         "saw_api_key": h.contains_key("x-api-key"),
         "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "body_bytes": body_bytes,
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
     });
     let mut headers = HeaderMap::new();
@@ -166,9 +199,16 @@ fn create_key(db_url: &str, tenant: &str, models: Option<&str>) -> String {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "keys create must print only the secret: {stdout:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "keys create must print only the secret: {stdout:?}"
+    );
     let secret = lines[0].to_string();
-    assert!(secret.starts_with("maas_") && secret.len() == 53, "{secret}");
+    assert!(
+        secret.starts_with("maas_") && secret.len() == 53,
+        "{secret}"
+    );
     secret
 }
 
@@ -199,7 +239,7 @@ async fn call(
     let mut req = client
         .post(format!("http://{gw}{path}"))
         .header("content-type", "application/json")
-        .body(r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#);
+        .body(BODY);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -295,24 +335,37 @@ async fn authenticates_forwards_and_meters() {
         .await
         .unwrap();
     let acme = tenant_id(&pool, "acme").await;
-    let (_gw, gw) = start_gateway(&db_url, &[backend]);
+    let (gateway, gw) = start_gateway(&db_url, &[backend]);
     let client = reqwest::Client::new();
     let bearer = format!("Bearer {key}");
     let mut expected_rows = 0;
 
     // A valid key: forwarded without credentials, same request id both ways.
-    let ok = call(&client, gw, "/v2/models/dense/versions/2/infer", &[("authorization", &bearer)]).await;
+    let ok = call(
+        &client,
+        gw,
+        "/v2/models/dense/versions/2/infer",
+        &[("authorization", &bearer)],
+    )
+    .await;
     expected_rows += 1;
     assert_eq!(ok.status, 200, "{:?}", ok.body);
     assert_eq!(ok.body["saw_authorization"], false);
     assert_eq!(ok.body["saw_api_key"], false);
     assert_eq!(ok.body["path"], "/v2/models/dense/versions/2/infer");
+    assert_eq!(ok.body["body_bytes"], BODY.len());
     let ok_id = ok.request_id();
     assert_eq!(ok_id.get_version_num(), 7);
     assert_eq!(ok.body["request_id"], ok_id.to_string());
 
     // x-api-key works too, and is stripped.
-    let ok2 = call(&client, gw, "/v2/models/dense/infer", &[("x-api-key", &key)]).await;
+    let ok2 = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("x-api-key", &key)],
+    )
+    .await;
     expected_rows += 1;
     assert_eq!(ok2.status, 200);
     assert_eq!(ok2.body["saw_api_key"], false);
@@ -331,31 +384,71 @@ async fn authenticates_forwards_and_meters() {
 
     // Unknown (well-formed) key and garbage key.
     let unknown = format!("maas_{}", "ab".repeat(24));
-    let wrong = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {unknown}"))]).await;
+    let wrong = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("authorization", &format!("Bearer {unknown}"))],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&wrong, 401);
     assert_eq!(wrong.headers.get("www-authenticate").unwrap(), "Bearer");
     assert_eq!(wrong.body, json!({"error": "invalid API key"}));
-    let garbage = call(&client, gw, "/v2/models/dense/infer", &[("x-api-key", "hunter2")]).await;
+    let garbage = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("x-api-key", "hunter2")],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&garbage, 401);
 
     // Allow-list and suspended tenant.
-    let allowed = call(&client, gw, "/v2/models/other/infer", &[("authorization", &format!("Bearer {limited}"))]).await;
+    let allowed = call(
+        &client,
+        gw,
+        "/v2/models/other/infer",
+        &[("authorization", &format!("Bearer {limited}"))],
+    )
+    .await;
     expected_rows += 1;
     assert_eq!(allowed.status, 200);
-    let forbidden = call(&client, gw, "/v2/models/secret/infer", &[("authorization", &format!("Bearer {limited}"))]).await;
+    let forbidden = call(
+        &client,
+        gw,
+        "/v2/models/secret/infer",
+        &[("authorization", &format!("Bearer {limited}"))],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&forbidden, 403);
-    let suspended = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {suspended_key}"))]).await;
+    let suspended = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("authorization", &format!("Bearer {suspended_key}"))],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&suspended, 403);
 
     // Unknown route; health without a key.
-    let nf = call(&client, gw, "/v1/chat/completions", &[("authorization", &bearer)]).await;
+    let nf = call(
+        &client,
+        gw,
+        "/v1/chat/completions",
+        &[("authorization", &bearer)],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&nf, 404);
-    let health = client.get(format!("http://{gw}/v2/health/ready")).send().await.unwrap();
+    let health = client
+        .get(format!("http://{gw}/v2/health/ready"))
+        .send()
+        .await
+        .unwrap();
     expected_rows += 1;
     assert_eq!(health.status(), 200);
     let health_id = Uuid::parse_str(health.headers()["x-request-id"].to_str().unwrap()).unwrap();
@@ -367,7 +460,13 @@ async fn authenticates_forwards_and_meters() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let revoked = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &bearer)]).await;
+    let revoked = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("authorization", &bearer)],
+    )
+    .await;
     expected_rows += 1;
     assert_json_error(&revoked, 401);
     assert_eq!(revoked.headers.get("www-authenticate").unwrap(), "Bearer");
@@ -382,7 +481,7 @@ async fn authenticates_forwards_and_meters() {
     assert_eq!(row.model_version.as_deref(), Some("2"));
     assert_eq!(row.inference_count, INFERENCE_COUNT);
     assert_eq!(row.compute_us, COMPUTE_US);
-    assert!(row.request_bytes > 0, "{row:?}");
+    assert_eq!(row.request_bytes, BODY.len() as i64, "{row:?}");
     assert!(row.response_bytes > 0, "{row:?}");
     assert!(row.latency_us > 0, "{row:?}");
 
@@ -396,8 +495,15 @@ async fn authenticates_forwards_and_meters() {
     assert_eq!(usage_row(&pool, wrong.request_id()).await.http_status, 401);
     let row = usage_row(&pool, forbidden.request_id()).await;
     assert_eq!(row.http_status, 403);
-    assert_eq!(row.tenant_id, Some(acme), "a 403 is attributed to the key's tenant");
-    assert_eq!(usage_row(&pool, suspended.request_id()).await.http_status, 403);
+    assert_eq!(
+        row.tenant_id,
+        Some(acme),
+        "a 403 is attributed to the key's tenant"
+    );
+    assert_eq!(
+        usage_row(&pool, suspended.request_id()).await.http_status,
+        403
+    );
     let row = usage_row(&pool, nf.request_id()).await;
     assert_eq!((row.http_status, row.model), (404, None));
     let row = usage_row(&pool, health_id).await;
@@ -405,6 +511,8 @@ async fn authenticates_forwards_and_meters() {
     let row = usage_row(&pool, revoked.request_id()).await;
     assert_eq!(row.http_status, 401);
     assert_eq!(row.tenant_id, Some(acme));
+    drop(gateway);
+    drop_database(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,18 +520,30 @@ async fn unreachable_backend_is_502_json_and_metered() {
     let (pool, db_url) = fresh_database().await;
     // `migrate` on an up-to-date database is a no-op.
     let out = gateway_command(&db_url).arg("migrate").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let key = create_key(&db_url, "acme", None);
     let dead = free_port(); // nothing listens here
-    let (_gw, gw) = start_gateway(&db_url, &[dead]);
+    let (gateway, gw) = start_gateway(&db_url, &[dead]);
     let client = reqwest::Client::new();
-    let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {key}"))]).await;
+    let r = call(
+        &client,
+        gw,
+        "/v2/models/dense/infer",
+        &[("authorization", &format!("Bearer {key}"))],
+    )
+    .await;
     assert_json_error(&r, 502);
     wait_for_rows(&pool, 1).await;
     let row = usage_row(&pool, r.request_id()).await;
     assert_eq!(row.http_status, 502);
     assert_eq!(row.tenant_id, Some(tenant_id(&pool, "acme").await));
     assert_eq!(row.inference_count, 0);
+    drop(gateway);
+    drop_database(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,13 +552,53 @@ async fn retries_next_backend_when_one_is_down() {
     let key = create_key(&db_url, "acme", None);
     let backend = start_backend().await;
     let dead = free_port();
-    let (_gw, gw) = start_gateway(&db_url, &[dead, backend]);
+    let (gateway, gw) = start_gateway(&db_url, &[dead, backend]);
     let client = reqwest::Client::new();
     for _ in 0..4 {
-        let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", &format!("Bearer {key}"))]).await;
+        let r = call(
+            &client,
+            gw,
+            "/v2/models/dense/infer",
+            &[("authorization", &format!("Bearer {key}"))],
+        )
+        .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
     wait_for_rows(&pool, 4).await;
+    drop(gateway);
+    drop_database(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_post_on_a_stale_pooled_connection() {
+    let (pool, db_url) = fresh_database().await;
+    let key = create_key(&db_url, "acme", None);
+    let backend = start_backend().await;
+    let (gateway, gw) = start_gateway(&db_url, &[backend]);
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {key}");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, auth) = (client.clone(), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                let r = call(
+                    &client,
+                    gw,
+                    "/v2/models/lazy/infer",
+                    &[("authorization", &auth)],
+                )
+                .await;
+                assert_eq!(r.status, 200, "{:?}", r.body);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_for_rows(&pool, 200).await;
+    drop(gateway);
+    drop_database(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,7 +608,7 @@ async fn meters_every_request_under_load() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
     let key = create_key(&db_url, "acme", None);
-    let (_gw, gw) = start_gateway(&db_url, &[backend]);
+    let (gateway, gw) = start_gateway(&db_url, &[backend]);
     let client = reqwest::Client::new();
     let bearer = format!("Bearer {key}");
     let started = Instant::now();
@@ -460,8 +620,18 @@ async fn meters_every_request_under_load() {
             let mut ids = Vec::new();
             for i in (worker..REQUESTS).step_by(CONCURRENCY) {
                 // Every 10th request is rejected: rejections are metered too.
-                let auth = if i % 10 == 0 { "Bearer nope" } else { bearer.as_str() };
-                let r = call(&client, gw, "/v2/models/dense/infer", &[("authorization", auth)]).await;
+                let auth = if i % 10 == 0 {
+                    "Bearer nope"
+                } else {
+                    bearer.as_str()
+                };
+                let r = call(
+                    &client,
+                    gw,
+                    "/v2/models/dense/infer",
+                    &[("authorization", auth)],
+                )
+                .await;
                 assert_eq!(r.status, if i % 10 == 0 { 401 } else { 200 });
                 ids.push((r.request_id(), r.status));
             }
@@ -491,6 +661,8 @@ async fn meters_every_request_under_load() {
         assert_eq!(s as u16, status);
         assert_eq!(n, if status == 200 { INFERENCE_COUNT } else { 0 });
     }
+    drop(gateway);
+    drop_database(pool).await;
 }
 
 #[test]
