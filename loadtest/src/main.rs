@@ -1,87 +1,154 @@
 //! `maas-loadtest`: a load generator that speaks HTTP like any client.
 //!
-//! Closed-loop concurrency mode: `--concurrency` workers each send one request, wait for the
-//! answer, and send the next, until `--requests` have been sent or `--duration` has passed
-//! (whichever comes first). Latencies go into an HDR histogram (microseconds, 3 significant
-//! digits); the report is a table on stderr and JSON on stdout.
+//! - Open loop (`--mode open --rate R`): constant arrival rate; each request's latency is
+//!   measured from its intended send time (as wrk2), so a server stall is not hidden by the
+//!   generator waiting for it (no coordinated omission).
+//! - Closed loop (`--mode closed --concurrency C`): C workers back to back.
 //!
-//! The request is an Open Inference Protocol v2 infer call. Its body comes from `--body FILE`
-//! (sent as is) or, by default, from a real row of the digits data set (`--digits CSV.gz`).
+//! Bodies are Open Inference Protocol v2 infer requests: real digits rows, random tensors
+//! shaped after the model's metadata, or a file; JSON or binary tensor encoding. Several keys
+//! with weights. Latencies go into HDR histograms (1 us .. 60 s, 3 significant digits). The
+//! report is a table on stderr, JSON on stdout (or `--json FILE`), and an SVG plot (`--plot`).
+//! Scenario files live in `loadtest/scenarios/`.
 
+mod body;
+mod plot;
 mod report;
+mod runner;
+mod scenario;
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use hdrhistogram::Histogram;
 
 use report::Report;
+use runner::{run_phase, weight_schedule, Phase, Target};
+use scenario::{BodySource, Encoding, KeySpec, Mode, Scenario};
 
 #[derive(Parser, Debug)]
 #[command(name = "maas-loadtest", version, about = "Load generator for maas")]
 struct Args {
-    /// Full URL of the infer endpoint, e.g. http://127.0.0.1:8080/v2/models/digits/infer.
-    /// Only loopback addresses are allowed unless --allow-remote is given.
+    /// Scenario file (TOML, see loadtest/scenarios/); flags below override it.
     #[arg(long)]
-    url: String,
-    /// API key sent as `Authorization: Bearer <key>`.
+    scenario: Option<PathBuf>,
+    /// Infer URL, e.g. http://127.0.0.1:8080/v2/models/digits/infer.
+    #[arg(long)]
+    url: Option<String>,
+    /// open (constant arrival rate) or closed (fixed concurrency).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    /// Open loop: requests per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed: workers. Open: most requests in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Measured seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Unmeasured warm-up seconds.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Stop after this many measured requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// API key (replaces the scenario's keys).
     #[arg(long, env = "MAAS_API_KEY", hide_env_values = true)]
     key: Option<String>,
-    /// Concurrent workers (closed loop).
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    /// Stop after this many requests in total.
-    #[arg(long, default_value_t = 10_000)]
-    requests: u64,
-    /// Stop after this many seconds.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// JSON body to send (as is). Default: one digits row as an OIP v2 infer request.
+    /// digits, random or file.
+    #[arg(long, value_enum)]
+    body: Option<BodySource>,
+    /// Body file for `--body file`.
     #[arg(long)]
-    body: Option<PathBuf>,
-    /// Digits data (CSV, gzip) used for the default body.
-    #[arg(long, default_value = "data/digits.csv.gz")]
-    digits: PathBuf,
-    /// Rows per request in the default body (the batch dimension).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    body_file: Option<PathBuf>,
+    /// json or binary.
+    #[arg(long, value_enum)]
+    encoding: Option<Encoding>,
+    /// Rows per request.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Digits data (CSV, gzip).
+    #[arg(long)]
+    digits: Option<PathBuf>,
+    /// Scenario name for the report.
+    #[arg(long)]
+    name: Option<String>,
+    /// Write the JSON report here instead of stdout.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write a latency-by-percentile SVG plot here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
     /// Permit a non-loopback target.
     #[arg(long)]
     allow_remote: bool,
 }
 
-fn digits_body(path: &PathBuf, batch: usize) -> anyhow::Result<Vec<u8>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let mut data = Vec::with_capacity(batch * 64);
-    for line in text.lines().cycle().take(batch) {
-        let values: Vec<f32> = line
-            .split(',')
-            .map(|x| x.trim().parse::<f32>())
-            .collect::<Result<_, _>>()
-            .context("digits row is not numeric")?;
-        if values.len() != 65 {
-            bail!("digits row has {} columns, expected 65", values.len());
-        }
-        data.extend_from_slice(&values[..64]);
+fn apply_overrides(mut s: Scenario, a: &Args) -> Scenario {
+    if let Some(v) = &a.url {
+        s.url = Some(v.clone());
     }
-    let body = serde_json::json!({
-        "inputs": [{"name": "input", "shape": [batch, 64], "datatype": "FP32", "data": data}]
-    });
-    Ok(serde_json::to_vec(&body)?)
+    if let Some(v) = a.mode {
+        s.mode = v;
+    }
+    if let Some(v) = a.rate {
+        s.rate = v;
+    }
+    if let Some(v) = a.concurrency {
+        s.concurrency = v;
+    }
+    if let Some(v) = a.duration {
+        s.duration_s = v;
+    }
+    if let Some(v) = a.warmup {
+        s.warmup_s = v;
+    }
+    if let Some(v) = a.requests {
+        s.max_requests = v;
+    }
+    if let Some(v) = &a.key {
+        if s.keys
+            .iter()
+            .all(|k| k.key.is_none() && k.key_env.is_none())
+            || a.scenario.is_none()
+        {
+            s.keys = vec![KeySpec {
+                label: Some("key".into()),
+                key: Some(v.clone()),
+                key_env: None,
+                weight: 1,
+            }];
+        }
+    }
+    if let Some(v) = a.body {
+        s.body.source = v;
+    }
+    if let Some(v) = &a.body_file {
+        s.body.body_file = Some(v.clone());
+    }
+    if let Some(v) = a.encoding {
+        s.body.encoding = v;
+    }
+    if let Some(v) = a.batch {
+        s.body.batch = v;
+    }
+    if let Some(v) = &a.digits {
+        s.body.digits_path = v.clone();
+    }
+    if let Some(v) = &a.name {
+        s.name = v.clone();
+    }
+    s
 }
 
-fn check_target(url: &str, allow_remote: bool) -> anyhow::Result<()> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("bad --url {url}"))?;
-    let host = parsed.host_str().unwrap_or_default();
+/// Refuses targets off this machine unless explicitly allowed.
+fn check_target(url: &reqwest::Url, allow_remote: bool) -> anyhow::Result<()> {
+    let host = url.host_str().unwrap_or_default();
     let loopback = host == "localhost"
         || host
             .trim_matches(|c| c == '[' || c == ']')
@@ -93,73 +160,119 @@ fn check_target(url: &str, allow_remote: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET /v2/models/{model}` for the model named in an infer URL; returns its first input.
+async fn fetch_input_metadata(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    auth: Option<&str>,
+) -> anyhow::Result<body::InputMetadata> {
+    let path = url.path();
+    let Some(idx) = path.find("/infer") else {
+        bail!("random bodies need an infer URL ending in /infer, got {path}");
+    };
+    let mut meta_url = url.clone();
+    let mut base = path[..idx].to_string();
+    if let Some(v) = base.find("/versions/") {
+        base.truncate(v);
+    }
+    meta_url.set_path(&base);
+    let mut req = client.get(meta_url.clone());
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("GET {meta_url}"))?;
+    if !resp.status().is_success() {
+        bail!("GET {meta_url}: HTTP {}", resp.status());
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        inputs: Vec<body::InputMetadata>,
+    }
+    let meta: Meta = resp.json().await.context("model metadata")?;
+    meta.inputs
+        .into_iter()
+        .next()
+        .context("the model's metadata lists no input")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    check_target(&args.url, args.allow_remote)?;
-    if args.concurrency == 0 {
-        bail!("--concurrency must be at least 1");
-    }
-    let body = match &args.body {
-        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
-        None => digits_body(&args.digits, args.batch.max(1))?,
+    let base = match &args.scenario {
+        Some(p) => Scenario::load(p)?,
+        None => Scenario::default(),
     };
-    let body = bytes::Bytes::from(body);
+    let s = apply_overrides(base, &args);
+    s.validate()?;
+    let url_text = s.url.clone().context("no url")?;
+    let url = reqwest::Url::parse(&url_text).with_context(|| format!("bad url {url_text}"))?;
+    check_target(&url, args.allow_remote)?;
+
+    let keys = s.resolved_keys()?;
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
+        .pool_max_idle_per_host(s.concurrency)
+        .timeout(std::time::Duration::from_secs_f64(s.timeout_s))
         .build()?;
-    let sent = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs_f64(args.duration.max(0.0));
-    let started = Instant::now();
+    let auth_headers: Vec<(String, Option<String>)> = if keys.is_empty() {
+        vec![("anonymous".to_string(), None)]
+    } else {
+        keys.iter()
+            .map(|(l, k, _)| (l.clone(), Some(format!("Bearer {k}"))))
+            .collect()
+    };
+    let weights: Vec<u32> = if keys.is_empty() {
+        vec![1]
+    } else {
+        keys.iter().map(|(_, _, w)| *w).collect()
+    };
 
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        let client = client.clone();
-        let body = body.clone();
-        let sent = sent.clone();
-        let url = args.url.clone();
-        let key = args.key.clone();
-        let limit = args.requests;
-        workers.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
-            let mut errors = 0u64;
-            while Instant::now() < deadline && sent.fetch_add(1, Ordering::Relaxed) < limit {
-                let mut req = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone());
-                if let Some(k) = &key {
-                    req = req.bearer_auth(k);
-                }
-                let t0 = Instant::now();
-                match req.send().await {
-                    Ok(resp) => {
-                        let status = resp.status().as_u16();
-                        let _ = resp.bytes().await;
-                        hist.saturating_record(t0.elapsed().as_micros() as u64);
-                        *statuses.entry(status).or_default() += 1;
-                    }
-                    Err(_) => errors += 1,
-                }
-            }
-            anyhow::Ok((hist, statuses, errors))
-        }));
-    }
+    let metadata = if s.body.source == BodySource::Random {
+        Some(fetch_input_metadata(&client, &url, auth_headers[0].1.as_deref()).await?)
+    } else {
+        None
+    };
+    let bodies = body::build_pool(&s.body, metadata.as_ref())?;
+    let target = Arc::new(Target {
+        client,
+        url: url_text,
+        keys: auth_headers,
+        schedule: weight_schedule(&weights),
+        bodies,
+    });
 
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
-    let mut errors = 0;
-    for w in workers {
-        let (h, s, e) = w.await??;
-        hist.add(&h)?;
-        for (k, v) in s {
-            *statuses.entry(k).or_default() += v;
-        }
-        errors += e;
+    let phase = Phase {
+        mode: s.mode,
+        rate: s.rate,
+        concurrency: s.concurrency,
+        duration_s: s.duration_s,
+        max_requests: s.max_requests,
+    };
+    let progress = !args.no_progress;
+    if s.warmup_s > 0.0 {
+        let warm = Phase {
+            duration_s: s.warmup_s,
+            ..phase
+        };
+        run_phase(target.clone(), warm, progress).await?;
     }
-    let report = Report::new(&hist, statuses, errors, started.elapsed(), args.concurrency);
-    eprintln!("{}", report.table());
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    let (rec, elapsed) = run_phase(target, phase, progress).await?;
+    let mode = match s.mode {
+        Mode::Open => "open",
+        Mode::Closed => "closed",
+    };
+    let rate = (s.mode == Mode::Open).then_some(s.rate);
+    let report = Report::new(&s.name, mode, rate, s.concurrency, &rec, elapsed);
+    eprint!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report)?;
+    match &args.json {
+        Some(p) => std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?,
+        None => println!("{json}"),
+    }
+    if let Some(p) = &args.plot {
+        plot::write_svg(p, &[&report])?;
+    }
     Ok(())
 }

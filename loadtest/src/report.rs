@@ -1,4 +1,4 @@
-//! The load test's report: throughput, status counts and latency percentiles.
+//! The load test's report: throughput, status counts per key and latency percentiles.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,22 +6,94 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-/// What one run measured. Latencies are microseconds, from send to the last body byte.
+use crate::runner::Sample;
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    // 1 us .. 60 s, 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+/// Collects samples into HDR histograms, overall and per key label.
+pub struct Recorder {
+    labels: Vec<String>,
+    overall: Histogram<u64>,
+    per_key: Vec<Histogram<u64>>,
+    statuses: Vec<BTreeMap<u16, u64>>,
+    transport_errors: Vec<u64>,
+}
+
+impl Recorder {
+    /// A recorder for keys with these labels (one unnamed bucket when there are none).
+    ///
+    /// # Errors
+    /// Never in practice (histogram bounds are constant).
+    pub fn new(mut labels: Vec<String>) -> anyhow::Result<Self> {
+        if labels.is_empty() {
+            labels.push("anonymous".to_string());
+        }
+        let n = labels.len();
+        Ok(Recorder {
+            labels,
+            overall: histogram()?,
+            per_key: (0..n).map(|_| histogram()).collect::<anyhow::Result<_>>()?,
+            statuses: vec![BTreeMap::new(); n],
+            transport_errors: vec![0; n],
+        })
+    }
+
+    /// Records one sample. Only answered requests enter the latency histograms.
+    pub fn record(&mut self, s: Sample) {
+        let k = s.key.min(self.labels.len() - 1);
+        match s.status {
+            Some(code) => {
+                self.overall.saturating_record(s.latency_us.max(1));
+                self.per_key[k].saturating_record(s.latency_us.max(1));
+                *self.statuses[k].entry(code).or_default() += 1;
+            }
+            None => self.transport_errors[k] += 1,
+        }
+    }
+}
+
+/// What one run measured. Latencies are microseconds.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// Workers (closed loop).
+    /// Scenario name.
+    pub scenario: String,
+    /// `open` or `closed`.
+    pub mode: String,
+    /// Open loop: the intended arrival rate, requests/s.
+    pub target_rate_rps: Option<f64>,
+    /// Workers (closed) or most requests in flight (open).
     pub concurrency: usize,
     /// Requests answered (any HTTP status).
     pub responses: u64,
-    /// Requests that got no HTTP answer (connect or I/O error).
+    /// Requests that got no HTTP answer (connect error, timeout, reset).
     pub transport_errors: u64,
     /// Answers per HTTP status code.
     pub statuses: BTreeMap<u16, u64>,
-    /// Wall time of the run, seconds.
+    /// Wall time of the measured phase, seconds.
     pub elapsed_s: f64,
     /// Answers per second.
     pub throughput_rps: f64,
-    /// Latency percentiles, microseconds.
+    /// 2xx answers per second.
+    pub ok_throughput_rps: f64,
+    /// Latency percentiles over all answers.
+    pub latency_us: Percentiles,
+    /// Per key label: statuses and latency.
+    pub keys: BTreeMap<String, KeyReport>,
+    /// (percentile, latency us) points for plotting, from the overall histogram.
+    pub percentile_curve: Vec<(f64, u64)>,
+}
+
+/// One key's share of the run.
+#[derive(Debug, Serialize)]
+pub struct KeyReport {
+    /// Answers per HTTP status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests with no HTTP answer.
+    pub transport_errors: u64,
+    /// Latency percentiles.
     pub latency_us: Percentiles,
 }
 
@@ -42,59 +114,125 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        Percentiles {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
 impl Report {
-    /// Builds the report from the merged histogram and counters.
+    /// Builds the report of a measured phase.
     pub fn new(
-        hist: &Histogram<u64>,
-        statuses: BTreeMap<u16, u64>,
-        transport_errors: u64,
-        elapsed: Duration,
+        scenario: &str,
+        mode: &str,
+        target_rate_rps: Option<f64>,
         concurrency: usize,
+        rec: &Recorder,
+        elapsed: Duration,
     ) -> Self {
-        let responses = hist.len();
+        let mut statuses = BTreeMap::<u16, u64>::new();
+        for s in &rec.statuses {
+            for (&code, &n) in s {
+                *statuses.entry(code).or_default() += n;
+            }
+        }
+        let responses = rec.overall.len();
+        let ok: u64 = statuses
+            .iter()
+            .filter(|(c, _)| (200..300).contains(*c))
+            .map(|(_, n)| n)
+            .sum();
         let elapsed_s = elapsed.as_secs_f64();
-        Report {
-            concurrency,
-            responses,
-            transport_errors,
-            statuses,
-            elapsed_s,
-            throughput_rps: if elapsed_s > 0.0 {
-                responses as f64 / elapsed_s
+        let per_s = |n: u64| {
+            if elapsed_s > 0.0 {
+                n as f64 / elapsed_s
             } else {
                 0.0
-            },
-            latency_us: Percentiles {
-                p50: hist.value_at_quantile(0.50),
-                p90: hist.value_at_quantile(0.90),
-                p99: hist.value_at_quantile(0.99),
-                p999: hist.value_at_quantile(0.999),
-                max: hist.max(),
-                mean: hist.mean(),
-            },
+            }
+        };
+        let keys = rec
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    l.clone(),
+                    KeyReport {
+                        statuses: rec.statuses[i].clone(),
+                        transport_errors: rec.transport_errors[i],
+                        latency_us: Percentiles::of(&rec.per_key[i]),
+                    },
+                )
+            })
+            .collect();
+        let percentile_curve = [
+            0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
+        ]
+        .iter()
+        .map(|&p| (p, rec.overall.value_at_percentile(p)))
+        .collect();
+        Report {
+            scenario: scenario.to_string(),
+            mode: mode.to_string(),
+            target_rate_rps,
+            concurrency,
+            responses,
+            transport_errors: rec.transport_errors.iter().sum(),
+            statuses,
+            elapsed_s,
+            throughput_rps: per_s(responses),
+            ok_throughput_rps: per_s(ok),
+            latency_us: Percentiles::of(&rec.overall),
+            keys,
+            percentile_curve,
         }
     }
 
     /// A small table for the terminal.
     pub fn table(&self) -> String {
-        let l = &self.latency_us;
-        format!(
-            "responses {}  errors {}  statuses {:?}\n\
-             throughput {:.0} req/s over {:.2} s at concurrency {}\n\
-             latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.0}",
+        let mut out = format!(
+            "scenario {} ({} loop{})\n\
+             responses {}  transport errors {}  statuses {:?}\n\
+             throughput {:.0} req/s ({:.0} 2xx/s) over {:.2} s\n\
+             {:<12} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            self.scenario,
+            self.mode,
+            self.target_rate_rps
+                .map(|r| format!(", target {r:.0} req/s"))
+                .unwrap_or_default(),
             self.responses,
             self.transport_errors,
             self.statuses,
             self.throughput_rps,
+            self.ok_throughput_rps,
             self.elapsed_s,
-            self.concurrency,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.p999,
-            l.max,
-            l.mean
-        )
+            "latency us",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max"
+        );
+        let mut row = |name: &str, l: &Percentiles| {
+            out.push_str(&format!(
+                "{:<12} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                name, l.p50, l.p90, l.p99, l.p999, l.max
+            ));
+        };
+        row("all", &self.latency_us);
+        if self.keys.len() > 1 {
+            for (k, r) in &self.keys {
+                row(k, &r.latency_us);
+            }
+        }
+        out
     }
 }
 
@@ -103,18 +241,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_and_throughput_come_from_the_histogram() {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+    fn percentiles_throughput_and_statuses_come_from_the_samples() {
+        let mut rec = Recorder::new(vec!["a".into(), "b".into()]).expect("recorder");
         for v in 1..=1000u64 {
-            h.record(v).expect("record");
+            rec.record(Sample {
+                key: (v % 2) as usize,
+                status: Some(if v <= 900 { 200 } else { 429 }),
+                latency_us: v,
+            });
         }
-        let mut statuses = BTreeMap::new();
-        statuses.insert(200, 1000);
-        let r = Report::new(&h, statuses, 0, Duration::from_secs(2), 4);
+        rec.record(Sample {
+            key: 0,
+            status: None,
+            latency_us: 5,
+        });
+        let r = Report::new("t", "closed", None, 4, &rec, Duration::from_secs(2));
         assert_eq!(r.responses, 1000);
+        assert_eq!(r.transport_errors, 1);
         assert_eq!(r.throughput_rps, 500.0);
+        assert_eq!(r.ok_throughput_rps, 450.0);
+        assert_eq!(r.statuses.get(&200), Some(&900));
+        assert_eq!(r.statuses.get(&429), Some(&100));
         assert_eq!(r.latency_us.p50, 500);
         assert_eq!(r.latency_us.p99, 990);
         assert_eq!(r.latency_us.max, 1000);
+        assert_eq!(r.keys["a"].statuses.values().sum::<u64>(), 500);
+        assert_eq!(r.keys["a"].transport_errors, 1);
+        assert_eq!(r.percentile_curve.last(), Some(&(100.0, 1000)));
+        assert!(r.table().contains("p99.9"));
     }
 }
