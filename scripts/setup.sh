@@ -37,6 +37,14 @@ if [ ! -f "$marker" ]; then
     .venv/bin/pip install -q --disable-pip-version-check "torch==$TORCH_VERSION"
     touch "$marker"
 fi
+# The Python client the backend's protocol test drives unmodified (backend/tests/tritonclient.rs).
+TRITONCLIENT_VERSION=2.73.0
+client_marker=".venv/.tritonclient-$TRITONCLIENT_VERSION"
+if [ ! -f "$client_marker" ]; then
+    echo "setup: installing tritonclient[http]==$TRITONCLIENT_VERSION and numpy into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]==$TRITONCLIENT_VERSION" numpy
+    touch "$client_marker"
+fi
 torch_dir="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 ln -sfn "$torch_dir" .venv/libtorch
 echo "setup: ok (libtorch at $torch_dir)"

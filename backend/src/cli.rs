@@ -30,6 +30,55 @@ pub enum Command {
     Serve(ServeArgs),
     /// Train a dense classifier on a CSV table into a new version of a model.
     Train(TrainArgs),
+    /// Write a dense model with random weights (version 1), for benchmarks.
+    InitDense(InitDenseArgs),
+    /// Time the raw in-process forward pass of a model version (no HTTP, no batcher);
+    /// prints one JSON line.
+    ForwardBench(ForwardBenchArgs),
+}
+
+/// `maas-backend init-dense`.
+#[derive(Debug, Args)]
+pub struct InitDenseArgs {
+    /// The model repository.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// The new model's name (its folder must not exist).
+    #[arg(long)]
+    pub model: String,
+    /// Feature counts, input first, comma-separated: 1024,4096,4096,1024 is three layers.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub dims: Vec<i64>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 42)]
+    pub seed: i64,
+    /// Extra config.toml text whose keys and tables override the generated ones, e.g.
+    /// "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay_us = 500".
+    #[arg(long, default_value = "")]
+    pub config: String,
+}
+
+/// `maas-backend forward-bench`.
+#[derive(Debug, Args)]
+pub struct ForwardBenchArgs {
+    /// The model repository.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// The dense model to time.
+    #[arg(long)]
+    pub model: String,
+    /// The version to time.
+    #[arg(long, default_value_t = 1)]
+    pub version: u64,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
+    pub batch: i64,
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
+    pub threads: i32,
+    /// Timed seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
 }
 
 /// `maas-backend serve`.
@@ -41,11 +90,13 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, env = "MAAS_BACKEND_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: String,
-    /// libtorch intra-op threads per forward pass.
+    /// libtorch intra-op threads per forward pass (a model's `[instances] intra_op_threads`
+    /// overrides it).
     #[arg(long, env = "MAAS_BACKEND_INTRA_OP_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub intra_op_threads: i32,
-    /// Requests that may wait per model version before new ones get 503.
+    /// Requests that may wait per model version before new ones get 503 (a model's
+    /// `[dynamic_batching] max_queue_size` overrides it).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
     /// Largest request body accepted, in bytes (larger ones get 413).
@@ -109,6 +160,35 @@ impl Cli {
         match self.command {
             Command::Serve(args) => args.run(),
             Command::Train(args) => args.run(),
+            Command::InitDense(args) => {
+                let config = args.config.replace("\\n", "\n");
+                let dir = crate::bench::init_dense(
+                    &args.repo,
+                    &args.model,
+                    &args.dims,
+                    args.seed,
+                    &config,
+                )?;
+                println!("wrote {}", dir.display());
+                Ok(())
+            }
+            Command::ForwardBench(args) => {
+                let seconds = if args.seconds.is_finite() && args.seconds > 0.0 {
+                    args.seconds
+                } else {
+                    anyhow::bail!("--seconds must be positive")
+                };
+                let result = crate::bench::forward_bench(
+                    &args.repo,
+                    &args.model,
+                    args.version,
+                    args.batch,
+                    args.threads,
+                    Duration::from_secs_f64(seconds),
+                )?;
+                println!("{}", serde_json::to_string(&result)?);
+                Ok(())
+            }
         }
     }
 }
@@ -119,7 +199,6 @@ impl ServeArgs {
     pub fn run(self) -> anyhow::Result<()> {
         tch::set_num_threads(self.intra_op_threads);
         let options = RepositoryOptions {
-            device: tch::Device::Cpu,
             worker: WorkerOptions {
                 intra_op_threads: self.intra_op_threads,
                 queue_capacity: self.queue_capacity as usize,

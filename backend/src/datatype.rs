@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 
 /// A tensor element type, named as in the Open Inference Protocol v2.
 ///
-/// `BOOL` and `BYTES` exist in the protocol but are not numbers; they are parsed so that an
-/// error can say "unsupported" instead of "unknown".
+/// Every datatype but `BYTES` can feed a model that computes in `f32` (`BOOL` as 0 or 1).
+/// `BYTES` is parsed so that an error can say "unsupported" instead of "unknown". `BF16` (Triton's
+/// extension) has no JSON form: it travels as binary tensor data only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum Datatype {
@@ -42,6 +43,8 @@ pub enum Datatype {
     Fp32,
     /// `FP64`: IEEE 754 double precision.
     Fp64,
+    /// `BF16`: bfloat16, the upper half of an FP32 (binary tensor data only).
+    Bf16,
     /// `BYTES`: byte strings (not numeric).
     Bytes,
 }
@@ -52,6 +55,9 @@ pub enum ElementError {
     /// The element is not a JSON number (a string, a bool, null, an object).
     #[error("is not a number")]
     NotANumber,
+    /// A `BOOL` element is not `true` or `false`.
+    #[error("is not a JSON boolean (true or false), as BOOL requires")]
+    NotABool,
     /// An integer datatype was declared but the element has a fraction or an exponent.
     #[error("{value} is not an integer, as {datatype} requires")]
     NotAnInteger {
@@ -68,14 +74,14 @@ pub enum ElementError {
         /// The declared datatype.
         datatype: Datatype,
     },
-    /// The datatype has no numeric JSON form (`BOOL`, `BYTES`).
+    /// The datatype has no JSON form here (`BYTES`, `BF16`).
     #[error("datatype {0} is not supported for this input")]
     Unsupported(Datatype),
 }
 
 impl Datatype {
     /// Every datatype, in the order of the protocol's table.
-    pub const ALL: [Datatype; 13] = [
+    pub const ALL: [Datatype; 14] = [
         Datatype::Bool,
         Datatype::Uint8,
         Datatype::Uint16,
@@ -88,6 +94,7 @@ impl Datatype {
         Datatype::Fp16,
         Datatype::Fp32,
         Datatype::Fp64,
+        Datatype::Bf16,
         Datatype::Bytes,
     ];
 
@@ -106,6 +113,7 @@ impl Datatype {
             Datatype::Fp16 => "FP16",
             Datatype::Fp32 => "FP32",
             Datatype::Fp64 => "FP64",
+            Datatype::Bf16 => "BF16",
             Datatype::Bytes => "BYTES",
         }
     }
@@ -136,9 +144,83 @@ impl Datatype {
         }
     }
 
-    /// Whether a request tensor of this datatype can feed a model input computed in `f32`.
+    /// Whether a request tensor of this datatype can feed a model input computed in `f32`:
+    /// every datatype but `BYTES` (`BOOL` as 0 or 1).
     pub fn is_numeric(self) -> bool {
-        self.integer_range().is_some() || self.float_max().is_some()
+        !matches!(self, Datatype::Bytes)
+    }
+
+    /// Bytes per element in the binary tensor data extension (little-endian, row-major);
+    /// `None` for `BYTES`, whose elements are length-prefixed strings.
+    pub fn element_size(self) -> Option<usize> {
+        Some(match self {
+            Datatype::Bool | Datatype::Uint8 | Datatype::Int8 => 1,
+            Datatype::Uint16 | Datatype::Int16 | Datatype::Fp16 | Datatype::Bf16 => 2,
+            Datatype::Uint32 | Datatype::Int32 | Datatype::Fp32 => 4,
+            Datatype::Uint64 | Datatype::Int64 | Datatype::Fp64 => 8,
+            Datatype::Bytes => return None,
+        })
+    }
+
+    /// Decodes binary tensor data (Triton's binary data extension: little-endian, row-major,
+    /// [`Datatype::element_size`] bytes per element) into `f32`, appending to `out`.
+    ///
+    /// `bytes.len()` must be a multiple of the element size (the caller checked it against the
+    /// shape). Errors name the element's row-major index: a `BOOL` byte other than 0 or 1, an
+    /// `FP64` value beyond the `f32` range. Floating-point NaN and infinities pass through, as
+    /// the client sent them. `BYTES` is [`ElementError::Unsupported`].
+    pub fn decode_binary_to_f32(self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
+        fn each<const N: usize>(
+            bytes: &[u8],
+            out: &mut Vec<f32>,
+            convert: impl Fn([u8; N]) -> f32,
+        ) {
+            out.extend(bytes.chunks_exact(N).map(|chunk| {
+                let mut array = [0u8; N];
+                array.copy_from_slice(chunk);
+                convert(array)
+            }));
+        }
+        match self {
+            Datatype::Bool => {
+                if let Some(index) = bytes.iter().position(|&b| b > 1) {
+                    return Err(format!(
+                        "binary element {index} of BOOL is byte {}, expected 0 or 1",
+                        bytes[index]
+                    ));
+                }
+                out.extend(bytes.iter().map(|&b| f32::from(b)));
+            }
+            Datatype::Uint8 => out.extend(bytes.iter().map(|&b| f32::from(b))),
+            Datatype::Int8 => out.extend(bytes.iter().map(|&b| f32::from(b as i8))),
+            Datatype::Uint16 => each::<2>(bytes, out, |b| f32::from(u16::from_le_bytes(b))),
+            Datatype::Int16 => each::<2>(bytes, out, |b| f32::from(i16::from_le_bytes(b))),
+            Datatype::Uint32 => each::<4>(bytes, out, |b| u32::from_le_bytes(b) as f32),
+            Datatype::Int32 => each::<4>(bytes, out, |b| i32::from_le_bytes(b) as f32),
+            Datatype::Uint64 => each::<8>(bytes, out, |b| u64::from_le_bytes(b) as f32),
+            Datatype::Int64 => each::<8>(bytes, out, |b| i64::from_le_bytes(b) as f32),
+            Datatype::Fp16 => each::<2>(bytes, out, |b| half::f16::from_le_bytes(b).to_f32()),
+            Datatype::Bf16 => each::<2>(bytes, out, |b| half::bf16::from_le_bytes(b).to_f32()),
+            Datatype::Fp32 => each::<4>(bytes, out, f32::from_le_bytes),
+            Datatype::Fp64 => {
+                let start = out.len();
+                for (index, chunk) in bytes.chunks_exact(8).enumerate() {
+                    let mut array = [0u8; 8];
+                    array.copy_from_slice(chunk);
+                    let value = f64::from_le_bytes(array);
+                    let single = value as f32;
+                    if value.is_finite() && !single.is_finite() {
+                        out.truncate(start);
+                        return Err(format!(
+                            "binary element {index} of FP64 ({value}) is out of range for the model's FP32"
+                        ));
+                    }
+                    out.push(single);
+                }
+            }
+            Datatype::Bytes => return Err(ElementError::Unsupported(self).to_string()),
+        }
+        Ok(())
     }
 
     /// Checks that one JSON element is a value of this datatype and converts it to `f32`.
@@ -147,6 +229,12 @@ impl Datatype {
     /// floating-point datatypes take any number whose magnitude fits the type. Integers beyond
     /// 2^24 lose precision in `f32`, as they would in any FP32 model.
     pub fn number_to_f32(self, value: &serde_json::Value) -> Result<f32, ElementError> {
+        if self == Datatype::Bool {
+            return match value {
+                serde_json::Value::Bool(b) => Ok(f32::from(u8::from(*b))),
+                _ => Err(ElementError::NotABool),
+            };
+        }
         let serde_json::Value::Number(number) = value else {
             return if self.is_numeric() {
                 Err(ElementError::NotANumber)
@@ -203,7 +291,7 @@ impl fmt::Display for Datatype {
 
 /// The error of parsing a datatype name that the protocol does not define.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BYTES)")]
+#[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES)")]
 pub struct UnknownDatatype(pub String);
 
 impl FromStr for Datatype {
@@ -313,13 +401,65 @@ mod tests {
             Datatype::Int64.number_to_f32(&json!(null)),
             Err(ElementError::NotANumber)
         );
+        assert_eq!(Datatype::Bool.number_to_f32(&json!(true)), Ok(1.0));
+        assert_eq!(Datatype::Bool.number_to_f32(&json!(false)), Ok(0.0));
         assert_eq!(
-            Datatype::Bool.number_to_f32(&json!(true)),
-            Err(ElementError::Unsupported(Datatype::Bool))
+            Datatype::Bool.number_to_f32(&json!(1)),
+            Err(ElementError::NotABool)
+        );
+        assert_eq!(
+            Datatype::Bf16.number_to_f32(&json!(1)),
+            Err(ElementError::Unsupported(Datatype::Bf16))
         );
         assert_eq!(
             Datatype::Bytes.number_to_f32(&json!(1)),
             Err(ElementError::Unsupported(Datatype::Bytes))
         );
+    }
+
+    #[test]
+    fn binary_decodes_little_endian() {
+        let mut out = Vec::new();
+        Datatype::Fp32
+            .decode_binary_to_f32(
+                &[1.5f32.to_le_bytes(), (-2f32).to_le_bytes()].concat(),
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(out, vec![1.5, -2.0]);
+        out.clear();
+        Datatype::Int16
+            .decode_binary_to_f32(&(-300i16).to_le_bytes(), &mut out)
+            .unwrap();
+        Datatype::Uint64
+            .decode_binary_to_f32(&7u64.to_le_bytes(), &mut out)
+            .unwrap();
+        Datatype::Fp16
+            .decode_binary_to_f32(&half::f16::from_f32(0.5).to_le_bytes(), &mut out)
+            .unwrap();
+        Datatype::Bf16
+            .decode_binary_to_f32(&half::bf16::from_f32(-4.0).to_le_bytes(), &mut out)
+            .unwrap();
+        Datatype::Bool
+            .decode_binary_to_f32(&[1, 0], &mut out)
+            .unwrap();
+        Datatype::Int8
+            .decode_binary_to_f32(&[0xff], &mut out)
+            .unwrap();
+        Datatype::Fp64
+            .decode_binary_to_f32(&0.25f64.to_le_bytes(), &mut out)
+            .unwrap();
+        assert_eq!(out, vec![-300.0, 7.0, 0.5, -4.0, 1.0, 0.0, -1.0, 0.25]);
+        let e = Datatype::Bool
+            .decode_binary_to_f32(&[0, 2], &mut out)
+            .unwrap_err();
+        assert!(e.contains("binary element 1 of BOOL is byte 2"), "{e}");
+        let e = Datatype::Fp64
+            .decode_binary_to_f32(&1e300f64.to_le_bytes(), &mut out)
+            .unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        for d in Datatype::ALL {
+            assert_eq!(d.element_size().is_none(), d == Datatype::Bytes);
+        }
     }
 }

@@ -68,26 +68,10 @@ fn body_error(rejection: &BytesRejection) -> Error {
 
 /// Parses a JSON body into `T`. The Content-Type header is not required (clients such as
 /// `curl -d` send another); any body that is not valid JSON of the expected form is a 400 whose
-/// message gives serde's reason and position.
+/// message gives serde's reason and position. The same rules as the JSON part of an infer
+/// request without binary data ([`crate::binary::parse_json_part`]).
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    if body.is_empty() {
-        return Err(Error::BadRequest(
-            "expected a JSON request body, got an empty body".into(),
-        ));
-    }
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(Error::BadRequest(
-            "request body must be a JSON object ({\"inputs\": [...]})".into(),
-        ));
-    }
-    serde_json::from_slice(body).map_err(|e| {
-        let kind = if e.is_data() {
-            "does not fit the infer request schema"
-        } else {
-            "is not valid JSON"
-        };
-        Error::BadRequest(format!("request body {kind}: {e}"))
-    })
+    crate::binary::parse_json_part(body, false)
 }
 
 #[cfg(test)]

@@ -1,16 +1,22 @@
-//! `maas-backend`: the inference server of maas. It serves dense models from a model repository
-//! over the KServe Open Inference Protocol v2 (REST, JSON), runs their forward passes with
-//! libtorch on a worker thread per model version, reports usage in response headers for the
-//! gateway's metering, and trains new versions from CSV tables.
+//! `maas-backend`: the inference server of maas. It serves dense and TorchScript models from a
+//! model repository over the KServe Open Inference Protocol v2 (REST, JSON and Triton's binary
+//! tensor data extension), gathers requests into batches per model version with a dynamic
+//! batcher, runs forward passes with libtorch on dedicated instance threads (CPU or CUDA),
+//! reports usage in response headers for the gateway's metering and metrics at `/metrics`,
+//! loads and unloads models on request, and trains new versions from CSV tables.
 //!
 //! Modules, in the order a request meets them: [`server`] (routes) → [`extract`] (body, path)
-//! → [`oip`] (protocol types) → [`validation`] (request → typed input, with [`datatype`]) →
-//! [`repository`] (model → version → [`worker`]) → [`dense`] (forward pass) → [`usage`]
-//! (headers); [`error`] maps every failure to a status and a JSON body. [`config`] is a model's
-//! `config.toml`; [`train`] and [`dataset`] make new versions; [`cli`] is the command line.
+//! → [`binary`] (JSON header and binary part) → [`oip`] (protocol types) → [`validation`]
+//! (request → typed input, with [`datatype`]) → [`repository`] (model → version → [`worker`]:
+//! batcher and instances) → [`dense`] or [`torchscript`] (forward pass) → [`usage`] (headers)
+//! and [`metrics`]; [`error`] maps every failure to a status and a JSON body. [`config`] is a
+//! model's `config.toml`; [`train`] and [`dataset`] make new versions; [`bench`] makes and times
+//! benchmark models; [`cli`] is the command line.
 
 #![warn(missing_docs)]
 
+pub mod bench;
+pub mod binary;
 pub mod cli;
 pub mod config;
 pub mod dataset;
@@ -18,9 +24,11 @@ pub mod datatype;
 pub mod dense;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod oip;
 pub mod repository;
 pub mod server;
+pub mod torchscript;
 pub mod train;
 pub mod usage;
 pub mod validation;

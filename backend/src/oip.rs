@@ -16,7 +16,7 @@ pub struct ServerMetadata {
     pub name: String,
     /// The server's version.
     pub version: String,
-    /// Protocol extensions supported (none yet).
+    /// Protocol extensions supported (`binary_tensor_data`, `model_repository`, ...).
     pub extensions: Vec<String>,
 }
 
@@ -78,7 +78,8 @@ pub struct InferRequest {
     /// An identifier the client chose; echoed in the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Request parameters; none are interpreted yet.
+    /// Request parameters. Interpreted: `binary_data_output` (bool: return every output as
+    /// binary tensor data unless an output says otherwise). Others are accepted and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
     /// The input tensors.
@@ -97,11 +98,14 @@ pub struct RequestInput {
     pub shape: Vec<i64>,
     /// A protocol datatype name; kept as text so that an unknown name gets a precise error.
     pub datatype: String,
-    /// Input parameters; none are interpreted yet.
+    /// Input parameters. Interpreted: `binary_data_size` (the number of bytes of this input in
+    /// the binary part of the body, Triton's binary tensor data extension). Others are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
-    /// The elements, row-major, as a flat or nested JSON array.
-    pub data: Value,
+    /// The elements, row-major, as a flat or nested JSON array; absent when the input travels
+    /// as binary data (`binary_data_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
 /// One requested output of an infer request.
@@ -109,7 +113,8 @@ pub struct RequestInput {
 pub struct RequestOutput {
     /// The output's name, as in the model metadata.
     pub name: String,
-    /// Output parameters; none are interpreted yet.
+    /// Output parameters. Interpreted: `binary_data` (bool: return this output as binary
+    /// tensor data). Others are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
 }
@@ -137,8 +142,12 @@ pub struct ResponseOutput {
     pub datatype: Datatype,
     /// `[batch, ...dims]`.
     pub shape: Vec<i64>,
-    /// The elements, row-major, flat.
-    pub data: Vec<f32>,
+    /// `{"binary_data_size": n}` when the output travels as binary data after the JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Map<String, Value>>,
+    /// The elements, row-major, flat; absent for a binary output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<f32>>,
 }
 
 /// The body of every error response.

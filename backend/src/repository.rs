@@ -1,4 +1,5 @@
-//! The model repository: models on disk, loaded into workers at startup.
+//! The model repository: models on disk, loaded into workers at startup and on request
+//! (Triton's model repository extension: index, load, unload).
 //!
 //! Layout (the same as Triton's model repository):
 //!
@@ -10,41 +11,46 @@
 //!     2/model.safetensors    version 2's weights
 //! ```
 //!
-//! Version folders are named by positive integers without leading zeros; other entries
-//! (files, hidden folders, `.tmp-*` folders of a trainer still writing) are ignored. Every version
-//! present is loaded; a request that names no version gets the highest version that loaded.
+//! A TorchScript model (`platform = "torchscript"`) has `N/model.pt` instead
+//! ([`crate::torchscript`]).
 //!
-//! A model or version that fails to load is logged with the file and the problem and kept as
-//! *failed*: the server still starts and serves the others, the failed one answers 503 with the
-//! reason, and the server is not ready (strict readiness, as Triton's `--strict-readiness`).
+//! Version folders are named by positive integers without leading zeros; other entries
+//! (files, hidden folders, `.tmp-*` folders of a trainer still writing) are ignored. The
+//! versions the model's `version_policy` selects are loaded (default: all); a request that
+//! names no version gets the highest version that loaded. Each version runs its `[[warmup]]`
+//! requests before it is ready.
+//!
+//! A model or version that fails to load at startup is logged with the file and the problem and
+//! kept as *failed*: the server still starts and serves the others, the failed one answers 503
+//! with the reason, and the server is not ready (strict readiness, as Triton's
+//! `--strict-readiness`).
+//!
+//! Reloading ([`ModelRepository::load_model`]) builds the new model beside the old one and
+//! swaps it in only when every selected version loaded: a failed load keeps the version that
+//! was serving. Requests hold an `Arc` of the model they started on, so requests in flight
+//! during a reload or unload finish on it; its threads stop when the last one is done.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use tch::Device;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{ModelConfig, CONFIG_FILE};
+use crate::config::{ModelConfig, Platform, CONFIG_FILE};
 use crate::dense::{DenseModel, WEIGHTS_FILE};
 use crate::error::Error;
-use crate::worker::{Worker, WorkerOptions};
+use crate::metrics::VersionMetrics;
+use crate::torchscript::{TorchScriptModel, MODULE_FILE};
+use crate::worker::{BatchPolicy, Forward, Worker, WorkerOptions};
 
 /// How models are loaded.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RepositoryOptions {
-    /// The device the weights are loaded onto and forward passes run on.
-    pub device: Device,
-    /// Settings of each version's worker thread.
+    /// Server-wide defaults of each version's worker threads; a model's `config.toml`
+    /// (`[instances]`, `[dynamic_batching]`) overrides them.
     pub worker: WorkerOptions,
-}
-
-impl Default for RepositoryOptions {
-    fn default() -> Self {
-        RepositoryOptions {
-            device: Device::Cpu,
-            worker: WorkerOptions::default(),
-        }
-    }
 }
 
 /// A file (or folder) that could not be loaded, and why.
@@ -64,20 +70,25 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
-/// The loaded model repository.
+/// The model repository: the models found on disk and their states.
 #[derive(Debug)]
 pub struct ModelRepository {
     root: PathBuf,
-    models: BTreeMap<String, ModelState>,
+    options: RepositoryOptions,
+    models: RwLock<BTreeMap<String, ModelState>>,
+    /// Serializes load and unload, so that two reloads of one model do not interleave.
+    control: Mutex<()>,
 }
 
 /// The state of one model folder.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ModelState {
     /// The configuration was read; versions are loaded or failed one by one.
-    Loaded(LoadedModel),
+    Loaded(Arc<LoadedModel>),
     /// The model folder cannot be used at all (bad or missing `config.toml`, no versions).
     Failed(LoadError),
+    /// Unloaded on request (`POST /v2/repository/models/{m}/unload`).
+    Unloaded,
 }
 
 /// A model whose configuration was read.
@@ -97,42 +108,36 @@ pub enum VersionState {
     Failed(LoadError),
 }
 
+/// One row of the repository index (`POST /v2/repository/index`, Triton's format).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The model's name.
+    pub name: String,
+    /// The version, absent for a model that has no loaded versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `READY`, `UNAVAILABLE` (failed or unloaded) or `UNLOADED` (on disk, never loaded).
+    pub state: String,
+    /// Why it is not ready; empty when it is.
+    pub reason: String,
+}
+
 impl ModelRepository {
     /// Scans `root` and loads every model and version in it.
     ///
     /// Errors only when `root` itself cannot be listed; problems inside model folders are
     /// logged and recorded (see the module documentation).
     pub fn load(root: &Path, options: RepositoryOptions) -> Result<ModelRepository, LoadError> {
-        let entries = std::fs::read_dir(root).map_err(|e| LoadError {
-            path: root.to_path_buf(),
-            problem: format!("cannot list the model repository: {e}"),
-        })?;
         let mut models = BTreeMap::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| LoadError {
-                path: root.to_path_buf(),
-                problem: format!("cannot list the model repository: {e}"),
-            })?;
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                tracing::warn!(path = %path.display(), "ignored: model folder name is not UTF-8");
-                continue;
-            };
-            if name.starts_with('.') || !path.is_dir() {
-                continue;
-            }
-            let state = match LoadedModel::load(&name, &path, options) {
-                Ok(model) => ModelState::Loaded(model),
-                Err(e) => {
-                    tracing::error!(model = %name, error = %e, "model failed to load; skipped");
-                    ModelState::Failed(e)
-                }
-            };
+        for name in model_folders(root)? {
+            let state = load_state(&name, &root.join(&name), options);
             models.insert(name, state);
         }
         Ok(ModelRepository {
             root: root.to_path_buf(),
-            models,
+            options,
+            models: RwLock::new(models),
+            control: Mutex::new(()),
         })
     }
 
@@ -141,55 +146,230 @@ impl ModelRepository {
         &self.root
     }
 
-    /// Every model folder found, with its state, by name.
-    pub fn models(&self) -> &BTreeMap<String, ModelState> {
-        &self.models
+    /// Every model known, with its state, by name (a snapshot).
+    pub fn models(&self) -> BTreeMap<String, ModelState> {
+        self.models
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    /// Whether every model and every version found loaded (the server's readiness).
+    /// Whether every model and every version loaded, unloaded models aside (the server's
+    /// readiness).
     pub fn all_ready(&self) -> bool {
-        self.models.values().all(|state| match state {
+        self.models().values().all(|state| match state {
             ModelState::Loaded(model) => model
                 .versions
                 .values()
                 .all(|v| matches!(v, VersionState::Ready(_))),
             ModelState::Failed(_) => false,
+            ModelState::Unloaded => true,
         })
     }
 
-    /// The loaded model `name`: [`Error::ModelNotFound`] when there is no such folder,
-    /// [`Error::NotReady`] when it failed to load.
-    pub fn model(&self, name: &str) -> Result<&LoadedModel, Error> {
-        match self.models.get(name) {
+    /// The loaded model `name`: [`Error::ModelNotFound`] when there is no such model,
+    /// [`Error::NotReady`] when it failed to load or was unloaded.
+    pub fn model(&self, name: &str) -> Result<Arc<LoadedModel>, Error> {
+        let models = self.models.read().unwrap_or_else(PoisonError::into_inner);
+        match models.get(name) {
             None => Err(Error::ModelNotFound {
                 model: name.to_string(),
             }),
             Some(ModelState::Failed(e)) => {
                 Err(Error::NotReady(format!("model '{name}' is not ready: {e}")))
             }
-            Some(ModelState::Loaded(model)) => Ok(model),
+            Some(ModelState::Unloaded) => Err(Error::NotReady(format!(
+                "model '{name}' is unloaded (POST /v2/repository/models/{name}/load to load it)"
+            ))),
+            Some(ModelState::Loaded(model)) => Ok(model.clone()),
+        }
+    }
+
+    /// Loads (or reloads) the model folder `name`. Blocking: reads weights, starts threads,
+    /// runs warmup.
+    ///
+    /// The new model replaces the serving one only when every version its policy selects
+    /// loaded; otherwise the serving one stays and the error says what failed
+    /// ([`Error::BadRequest`], as Triton answers a failed load). A model that was not serving
+    /// takes the new state even when it partly failed, so the index can report why.
+    pub fn load_model(&self, name: &str) -> Result<(), Error> {
+        let _control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        if !is_model_name(name) || !self.root.join(name).is_dir() {
+            return Err(Error::BadRequest(format!(
+                "cannot load model '{name}': no model folder '{name}' in the repository {}",
+                self.root.display()
+            )));
+        }
+        let state = load_state(name, &self.root.join(name), self.options);
+        let failure = match &state {
+            ModelState::Loaded(model) => {
+                let failed: Vec<String> = model
+                    .versions
+                    .iter()
+                    .filter_map(|(n, v)| match v {
+                        VersionState::Failed(e) => Some(format!("version {n}: {e}")),
+                        VersionState::Ready(_) => None,
+                    })
+                    .collect();
+                (!failed.is_empty()).then(|| failed.join("; "))
+            }
+            ModelState::Failed(e) => Some(e.to_string()),
+            ModelState::Unloaded => None,
+        };
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let serving = matches!(models.get(name), Some(ModelState::Loaded(_)));
+        match failure {
+            None => {
+                tracing::info!(model = %name, "model loaded");
+                let old = models.insert(name.to_string(), state);
+                drop(models);
+                // The old model's threads stop when its last request is done.
+                drop(old);
+                Ok(())
+            }
+            Some(reason) => {
+                if serving {
+                    tracing::warn!(model = %name, %reason, "reload failed; the serving version stays");
+                } else {
+                    models.insert(name.to_string(), state);
+                }
+                drop(models);
+                let kept = if serving {
+                    "; the version that was serving stays"
+                } else {
+                    ""
+                };
+                Err(Error::BadRequest(format!(
+                    "failed to load model '{name}': {reason}{kept}"
+                )))
+            }
+        }
+    }
+
+    /// Stops serving model `name`; requests in flight finish. [`Error::ModelNotFound`] when
+    /// the model is not known.
+    pub fn unload_model(&self, name: &str) -> Result<(), Error> {
+        let _control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(state) = models.get_mut(name) else {
+            return Err(Error::ModelNotFound {
+                model: name.to_string(),
+            });
+        };
+        let old = std::mem::replace(state, ModelState::Unloaded);
+        drop(models);
+        drop(old);
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// The repository index: every model folder on disk now and every model known, with the
+    /// state of each version (`ready_only`: only the ready ones).
+    pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>, Error> {
+        let on_disk = model_folders(&self.root)
+            .map_err(|e| Error::Internal(format!("cannot list the repository: {e}")))?;
+        let models = self.models();
+        let mut names: Vec<&String> = on_disk.iter().chain(models.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut entries = Vec::new();
+        let entry = |name: &str, version: Option<u64>, state: &str, reason: String| IndexEntry {
+            name: name.to_string(),
+            version: version.map(|v| v.to_string()),
+            state: state.to_string(),
+            reason,
+        };
+        for name in names {
+            match models.get(name) {
+                None => entries.push(entry(name, None, "UNLOADED", "not loaded".into())),
+                Some(ModelState::Unloaded) => {
+                    entries.push(entry(name, None, "UNAVAILABLE", "unloaded".into()))
+                }
+                Some(ModelState::Failed(e)) => {
+                    entries.push(entry(name, None, "UNAVAILABLE", e.to_string()))
+                }
+                Some(ModelState::Loaded(model)) => {
+                    for (&number, version) in &model.versions {
+                        entries.push(match version {
+                            VersionState::Ready(_) => {
+                                entry(name, Some(number), "READY", String::new())
+                            }
+                            VersionState::Failed(e) => {
+                                entry(name, Some(number), "UNAVAILABLE", e.to_string())
+                            }
+                        });
+                    }
+                }
+            }
+        }
+        if ready_only {
+            entries.retain(|e| e.state == "READY");
+        }
+        Ok(entries)
+    }
+}
+
+/// Loads one model folder into its state, logging failures.
+fn load_state(name: &str, dir: &Path, options: RepositoryOptions) -> ModelState {
+    match LoadedModel::load(name, dir, options) {
+        Ok(model) => ModelState::Loaded(Arc::new(model)),
+        Err(e) => {
+            tracing::error!(model = %name, error = %e, "model failed to load; skipped");
+            ModelState::Failed(e)
         }
     }
 }
 
+/// Whether `name` can be a model folder name: not empty, not hidden, one path component.
+fn is_model_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
+}
+
+/// The model folder names in `root`: UTF-8, not hidden, folders.
+fn model_folders(root: &Path) -> Result<Vec<String>, LoadError> {
+    let cannot = |e: std::io::Error| LoadError {
+        path: root.to_path_buf(),
+        problem: format!("cannot list the model repository: {e}"),
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            tracing::warn!(path = %path.display(), "ignored: model folder name is not UTF-8");
+            continue;
+        };
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl LoadedModel {
-    /// Reads `<dir>/config.toml` and loads every version folder of the model.
+    /// Reads `<dir>/config.toml` and loads the version folders its `version_policy` selects.
     fn load(name: &str, dir: &Path, options: RepositoryOptions) -> Result<LoadedModel, LoadError> {
         let config_path = dir.join(CONFIG_FILE);
         let config = ModelConfig::from_file(&config_path).map_err(|e| LoadError {
             path: config_path.clone(),
             problem: e.0,
         })?;
-        let numbers = version_numbers(dir)?;
-        if numbers.is_empty() {
+        let found = version_numbers(dir)?;
+        if found.is_empty() {
             return Err(LoadError {
                 path: dir.to_path_buf(),
                 problem: "no version folders (expected numbered folders 1, 2, ... holding model.safetensors)".into(),
             });
         }
         let mut versions = BTreeMap::new();
-        for number in numbers {
-            let weights = dir.join(number.to_string()).join(WEIGHTS_FILE);
+        for number in config.version_policy.select(&found) {
+            let file = match config.platform {
+                Platform::Dense => WEIGHTS_FILE,
+                Platform::Torchscript => MODULE_FILE,
+            };
+            let weights = dir.join(number.to_string()).join(file);
             let label = format!("{name}/{number}");
             let state = match load_version(&label, &config, &weights, options) {
                 Ok(worker) => {
@@ -209,7 +389,6 @@ impl LoadedModel {
             versions,
         })
     }
-
     /// The model's name (its folder name).
     pub fn name(&self) -> &str {
         &self.name
@@ -227,6 +406,14 @@ impl LoadedModel {
             .filter(|(_, v)| matches!(v, VersionState::Ready(_)))
             .map(|(&n, _)| n)
             .collect()
+    }
+
+    /// The versions that loaded with their workers, ascending.
+    pub fn ready_workers(&self) -> impl Iterator<Item = (u64, &Worker)> {
+        self.versions.iter().filter_map(|(&n, v)| match v {
+            VersionState::Ready(worker) => Some((n, worker)),
+            VersionState::Failed(_) => None,
+        })
     }
 
     /// The versions that failed to load, ascending.
@@ -270,7 +457,8 @@ impl LoadedModel {
     }
 }
 
-/// Loads one version's weights and starts its worker.
+/// Loads one version's weights once per instance (on the configured device) and starts its
+/// batcher and instance threads.
 fn load_version(
     label: &str,
     config: &ModelConfig,
@@ -284,9 +472,76 @@ fn load_version(
     if !weights.is_file() {
         return Err(error("missing weights file".into()));
     }
-    let model = DenseModel::load(config, weights, options.device).map_err(error)?;
-    Worker::spawn(label.to_string(), model, options.worker)
-        .map_err(|e| error(format!("cannot start the worker thread: {e}")))
+    let device = config.instances.device.resolve().map_err(error)?;
+    let mut instances: Vec<Box<dyn Forward>> = Vec::new();
+    for _ in 0..config.instances.count {
+        instances.push(match config.platform {
+            Platform::Dense => Box::new(DenseModel::load(config, weights, device).map_err(error)?),
+            Platform::Torchscript => {
+                Box::new(TorchScriptModel::load(config, weights, device).map_err(error)?)
+            }
+        });
+    }
+    let worker = Worker::spawn(
+        label.to_string(),
+        instances,
+        batch_policy(config, options.worker),
+        Arc::new(VersionMetrics::default()),
+    )
+    .map_err(|e| error(format!("cannot start the worker threads: {e}")))?;
+    warm_up(&worker, config).map_err(error)?;
+    Ok(worker)
+}
+
+/// Runs the model's `[[warmup]]` requests through the worker, waiting for each (blocking:
+/// call outside the async runtime, or inside `spawn_blocking`).
+fn warm_up(worker: &Worker, config: &ModelConfig) -> Result<(), String> {
+    let row = config.inputs.first().map_or(0, |i| i.row_elements());
+    for (i, warmup) in config.warmup.iter().enumerate() {
+        let rows = i64::from(warmup.batch_size);
+        let len = rows
+            .checked_mul(row)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| format!("warmup[{i}]: batch too large"))?;
+        for _ in 0..warmup.count {
+            worker
+                .infer_blocking(rows, vec![warmup.value; len])
+                .map_err(|e| format!("warmup[{i}] failed: {e}"))?;
+        }
+    }
+    if !config.warmup.is_empty() {
+        tracing::info!(worker = %worker.label(), requests = config.warmup.len(), "warmed up");
+    }
+    Ok(())
+}
+
+/// The batcher settings of a model: its `config.toml` over the server's defaults.
+pub fn batch_policy(config: &ModelConfig, defaults: WorkerOptions) -> BatchPolicy {
+    let threads = config
+        .instances
+        .intra_op_threads
+        .and_then(|t| i32::try_from(t).ok())
+        .unwrap_or(defaults.intra_op_threads)
+        .max(1);
+    let queue = |configured: u32| match usize::try_from(configured) {
+        Ok(n) if n > 0 => n,
+        _ => defaults.queue_capacity.max(1),
+    };
+    match &config.dynamic_batching {
+        Some(batching) if config.max_batch_size > 0 => BatchPolicy {
+            batching: true,
+            max_batch_size: i64::from(config.max_batch_size),
+            max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
+            preferred_batch_sizes: batching
+                .preferred_batch_sizes
+                .iter()
+                .map(|&n| i64::from(n))
+                .collect(),
+            max_queue_size: queue(batching.max_queue_size),
+            intra_op_threads: threads,
+        },
+        _ => BatchPolicy::unbatched(queue(0), threads),
+    }
 }
 
 /// The numbers of a model folder's version folders, ascending.
@@ -327,7 +582,7 @@ mod tests {
     use crate::config::dense_classifier;
     use crate::dense::{bias_name, weight_name};
     use crate::testutil::TempDir;
-    use tch::{Kind, Tensor};
+    use tch::{Device, Kind, Tensor};
 
     fn write_version(model_dir: &Path, version: u64, config: &ModelConfig) {
         let dir = model_dir.join(version.to_string());

@@ -1,19 +1,22 @@
 //! Turns an [`InferRequest`] into a [`ValidatedInfer`] for one model before any worker sees it
-//! (as text-generation-inference's `router/src/validation.rs` does): names, datatypes, shapes
-//! and every element are checked, and the input is flattened to row-major FP32.
+//! (as text-generation-inference's `router/src/validation.rs` does): names, datatypes, shapes,
+//! binary sizes and every element are checked, and the input is flattened to row-major FP32.
+//! A request that fails here never reaches the batcher, so it cannot disturb the rows of
+//! another request in the same batch.
 //!
-//! Every error is a [`Error::BadRequest`] whose message says what was expected.
+//! Every error is a [`Error::BadRequest`] whose message names the input (or output) and says
+//! what was expected.
 
 use std::collections::HashSet;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::{ModelConfig, TensorConfig};
 use crate::datatype::Datatype;
 use crate::error::Error;
 use crate::oip::InferRequest;
 
-/// An infer request checked against a dense model's configuration.
+/// An infer request checked against a model's configuration (one input).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidatedInfer {
     /// The request's `id`, to echo.
@@ -22,17 +25,38 @@ pub struct ValidatedInfer {
     pub rows: i64,
     /// The input, row-major FP32, `rows * row_elements` long.
     pub input: Vec<f32>,
-    /// Names of the outputs to return, in the order asked (all outputs when none were named).
-    pub outputs: Vec<String>,
+    /// The outputs to return, in the order asked (all outputs when none were named).
+    pub outputs: Vec<OutputRequest>,
 }
 
-/// Checks `request` against `config` (a dense model: one input, one or more outputs).
+/// One output to return and its encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRequest {
+    /// The output's name, as configured.
+    pub name: String,
+    /// Whether to return it as binary tensor data (output parameter `binary_data`, else the
+    /// request parameter `binary_data_output`, else JSON).
+    pub binary: bool,
+}
+
+/// Checks `request` against `config` (a model with one input and one or more outputs: dense or
+/// TorchScript).
 ///
-/// Rules: exactly the configured input, once; a numeric datatype (FP16/FP32/FP64, INT8..INT64,
-/// UINT8..UINT64: converted to FP32, integers must be integer literals in range); shape
-/// `[batch, ...dims]` with `batch >= 1`; `data` a flat or nested array with exactly
-/// `product(shape)` numbers; requested outputs must exist, each once.
-pub fn validate(request: InferRequest, config: &ModelConfig) -> Result<ValidatedInfer, Error> {
+/// `binary` is the part of the body after the JSON header (Triton's binary tensor data
+/// extension; empty for a plain JSON request): inputs with the parameter `binary_data_size`
+/// take their bytes from it in the order of the inputs, and every byte must be used.
+///
+/// Rules: exactly the configured input, once; any datatype but `BYTES` (converted to FP32;
+/// JSON integers must be integer literals in range, `BOOL` is `true`/`false`, `BF16` is binary
+/// only); shape `[batch, ...dims]` with `1 <= batch` and, when the model's `max_batch_size` is
+/// positive, `batch <= max_batch_size`; either JSON `data` (flat or nested, exactly
+/// `product(shape)` elements) or `binary_data_size` equal to `product(shape)` times the
+/// element size; requested outputs must exist, each once.
+pub fn validate(
+    request: InferRequest,
+    binary: &[u8],
+    config: &ModelConfig,
+) -> Result<ValidatedInfer, Error> {
     let [input_config] = config.inputs.as_slice() else {
         return Err(Error::Internal(format!(
             "dense model with {} inputs",
@@ -40,6 +64,10 @@ pub fn validate(request: InferRequest, config: &ModelConfig) -> Result<Validated
         )));
     };
     let bad = |message: String| Error::BadRequest(message);
+
+    let binary_output_default =
+        bool_parameter(request.parameters.as_ref(), "binary_data_output", "request")?
+            .unwrap_or(false);
 
     let mut inputs = request.inputs.into_iter();
     let Some(input) = inputs.next() else {
@@ -68,22 +96,81 @@ pub fn validate(request: InferRequest, config: &ModelConfig) -> Result<Validated
         .map_err(|e| bad(format!("input '{name}': {e}")))?;
     if !datatype.is_numeric() {
         return Err(bad(format!(
-            "input '{name}': datatype {datatype} is not supported (expected a numeric datatype: FP32, FP64, FP16, INT8..INT64, UINT8..UINT64)"
+            "input '{name}': datatype {datatype} is not supported (expected a numeric datatype: BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BF16)"
         )));
     }
 
-    let rows = check_shape(&input.shape, input_config)?;
+    let rows = check_shape(&input.shape, input_config, config.max_batch_size)?;
     let expected = element_count(&input.shape).ok_or_else(|| {
         bad(format!(
             "input '{name}': shape {:?} has too many elements",
             input.shape
         ))
     })?;
-    let data = flatten(&input.data, datatype, expected)
-        .map_err(|e| bad(format!("input '{name}': {e}")))?;
+
+    let binary_size = binary_data_size(input.parameters.as_ref(), name)?;
+    let data = match (binary_size, &input.data) {
+        (Some(_), Some(_)) => {
+            return Err(bad(format!(
+                "input '{name}': has both JSON data and binary_data_size; send one of them"
+            )))
+        }
+        (None, None) => {
+            return Err(bad(format!(
+                "input '{name}': has neither data nor the parameter binary_data_size"
+            )))
+        }
+        (Some(size), None) => {
+            let element_size = datatype.element_size().unwrap_or(1);
+            let expected_bytes = expected.checked_mul(element_size).ok_or_else(|| {
+                bad(format!(
+                    "input '{name}': shape {:?} has too many elements",
+                    input.shape
+                ))
+            })?;
+            if size != expected_bytes {
+                return Err(bad(format!(
+                    "input '{name}': binary_data_size is {size} bytes, expected {expected_bytes} ({expected} elements of {datatype}, {element_size} bytes each, for shape {:?})",
+                    input.shape
+                )));
+            }
+            if binary.len() != size {
+                return Err(bad(format!(
+                    "input '{name}': binary_data_size is {size} bytes but the body has {} bytes after the JSON header (Inference-Header-Content-Length)",
+                    binary.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(expected);
+            datatype
+                .decode_binary_to_f32(binary, &mut out)
+                .map_err(|e| bad(format!("input '{name}': {e}")))?;
+            out
+        }
+        (None, Some(data)) => {
+            if !binary.is_empty() {
+                return Err(bad(format!(
+                    "the body has {} bytes after the JSON header (Inference-Header-Content-Length) but no input has the parameter binary_data_size",
+                    binary.len()
+                )));
+            }
+            if datatype == Datatype::Bf16 {
+                return Err(bad(format!(
+                    "input '{name}': BF16 has no JSON form; send it as binary tensor data (binary_data_size)"
+                )));
+            }
+            flatten(data, datatype, expected).map_err(|e| bad(format!("input '{name}': {e}")))?
+        }
+    };
 
     let outputs = match request.outputs {
-        None => config.outputs.iter().map(|o| o.name.clone()).collect(),
+        None => config
+            .outputs
+            .iter()
+            .map(|o| OutputRequest {
+                name: o.name.clone(),
+                binary: binary_output_default,
+            })
+            .collect(),
         Some(requested) => {
             let mut seen = HashSet::new();
             let mut names = Vec::with_capacity(requested.len());
@@ -103,7 +190,13 @@ pub fn validate(request: InferRequest, config: &ModelConfig) -> Result<Validated
                 if !seen.insert(output.name.clone()) {
                     return Err(bad(format!("output '{}' is requested twice", output.name)));
                 }
-                names.push(output.name);
+                let context = format!("output '{}'", output.name);
+                let binary = bool_parameter(output.parameters.as_ref(), "binary_data", &context)?
+                    .unwrap_or(binary_output_default);
+                names.push(OutputRequest {
+                    name: output.name,
+                    binary,
+                });
             }
             names
         }
@@ -117,8 +210,44 @@ pub fn validate(request: InferRequest, config: &ModelConfig) -> Result<Validated
     })
 }
 
-/// Checks `shape == [batch, ...dims]` with `batch >= 1`; returns the batch.
-fn check_shape(shape: &[i64], config: &TensorConfig) -> Result<i64, Error> {
+/// A boolean parameter: `None` when absent, 400 when not a JSON boolean.
+fn bool_parameter(
+    parameters: Option<&Map<String, Value>>,
+    key: &str,
+    context: &str,
+) -> Result<Option<bool>, Error> {
+    match parameters.and_then(|p| p.get(key)) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(Error::BadRequest(format!(
+            "{context}: parameter {key} must be true or false, got {other}"
+        ))),
+    }
+}
+
+/// The input parameter `binary_data_size`: `None` when absent, 400 unless a non-negative
+/// integer that fits in memory.
+fn binary_data_size(
+    parameters: Option<&Map<String, Value>>,
+    name: &str,
+) -> Result<Option<usize>, Error> {
+    match parameters.and_then(|p| p.get("binary_data_size")) {
+        None => Ok(None),
+        Some(value) => value
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                Error::BadRequest(format!(
+                    "input '{name}': binary_data_size must be a non-negative integer (bytes), got {value}"
+                ))
+            }),
+    }
+}
+
+/// Checks `shape == [batch, ...dims]` with `batch >= 1` and, when `max_batch_size > 0`,
+/// `batch <= max_batch_size`; returns the batch.
+fn check_shape(shape: &[i64], config: &TensorConfig, max_batch_size: u32) -> Result<i64, Error> {
     let expected = config.batched_shape();
     let name = &config.name;
     if shape.len() != expected.len() || shape[1..] != config.dims[..] {
@@ -130,6 +259,11 @@ fn check_shape(shape: &[i64], config: &TensorConfig) -> Result<i64, Error> {
     if batch < 1 {
         return Err(Error::BadRequest(format!(
             "input '{name}': expected shape {expected:?} with a batch of at least 1, got {shape:?}"
+        )));
+    }
+    if max_batch_size > 0 && batch > i64::from(max_batch_size) {
+        return Err(Error::BadRequest(format!(
+            "input '{name}': batch {batch} is over the model's max_batch_size {max_batch_size} (shape {shape:?}); split the request"
         )));
     }
     Ok(batch)
@@ -152,7 +286,10 @@ pub fn flatten(data: &Value, datatype: Datatype, expected: usize) -> Result<Vec<
             "data must be a JSON array of {expected} numbers ({datatype}), flat or nested"
         ));
     }
-    let mut out = Vec::with_capacity(expected);
+    // The shape is the client's word: reserve no more than the data can hold (every JSON
+    // element takes at least two bytes, "0,"), so a shape like [10^9, 64] with little data
+    // cannot make the server reserve gigabytes.
+    let mut out = Vec::with_capacity(expected.min(count_leaves(data)));
     push_flat(data, datatype, expected, &mut out)?;
     if out.len() != expected {
         return Err(format!(
@@ -161,6 +298,14 @@ pub fn flatten(data: &Value, datatype: Datatype, expected: usize) -> Result<Vec<
         ));
     }
     Ok(out)
+}
+
+/// The number of non-array values in a (nested) JSON array.
+fn count_leaves(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => items.iter().map(count_leaves).sum(),
+        _ => 1,
+    }
 }
 
 fn push_flat(
@@ -203,7 +348,7 @@ mod tests {
     }
 
     fn error(value: Value) -> String {
-        match validate(request(value), &dense_classifier(4, 3, 2)) {
+        match validate(request(value), &[], &dense_classifier(4, 3, 2)) {
             Err(Error::BadRequest(message)) => message,
             other => panic!("expected a bad request, got {other:?}"),
         }
@@ -217,6 +362,7 @@ mod tests {
                 json!({"id": "a", "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32",
                 "data": [1, 2, 3, 4, 5, 6, 7, 8.5]}]}),
             ),
+            &[],
             &config,
         )
         .unwrap();
@@ -225,6 +371,7 @@ mod tests {
                 json!({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64",
                 "data": [[1, 2, 3, 4], [5, 6, 7, 8.5]]}]}),
             ),
+            &[],
             &config,
         )
         .unwrap();
@@ -232,7 +379,13 @@ mod tests {
         assert_eq!(flat.input, nested.input);
         assert_eq!(flat.rows, 2);
         assert_eq!(flat.id.as_deref(), Some("a"));
-        assert_eq!(flat.outputs, vec!["probabilities".to_string()]);
+        assert_eq!(
+            flat.outputs,
+            vec![OutputRequest {
+                name: "probabilities".to_string(),
+                binary: false
+            }]
+        );
         assert_eq!(nested.id, None);
     }
 
@@ -247,6 +400,7 @@ mod tests {
                     json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": datatype,
                     "data": [[0, 1, 16, 100]]}]}),
                 ),
+                &[],
                 &config,
             )
             .unwrap();
@@ -266,6 +420,17 @@ mod tests {
         );
         assert!(
             e.contains("data element 3 (300): 300 is out of range for UINT8"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_huge_shape_with_little_data_is_a_400_not_an_allocation() {
+        let e = error(
+            json!({"inputs": [{"name": "input", "shape": [1_000_000_000_000i64, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+        );
+        assert!(
+            e.contains("expected 4000000000000 elements from the shape, got 4"),
             "{e}"
         );
     }
