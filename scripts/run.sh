@@ -62,7 +62,8 @@ pids+=($!)
 wait_for "http://$backend_addr/v2/health/ready" backend "${pids[-1]}"
 
 MAAS_GATEWAY_LISTEN="$gateway_addr" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"$backend_addr\"]" \
-    MAAS_GATEWAY_GRACE_PERIOD_S=0 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=3 \
+    MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=3 \
+    MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/.data/run/spool" \
     setsid "$bin/maas-gateway" serve --config config/gateway.toml >"$logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for "http://$gateway_addr/v2/health/ready" gateway "${pids[-1]}"

@@ -1,6 +1,6 @@
 //! Usage events and their exactly-once store in PostgreSQL.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -37,8 +37,51 @@ pub struct UsageEvent {
     pub latency_us: i64,
 }
 
+/// The statement behind [`insert_usage_events`]: the batch as UNNEST arrays, inserted with
+/// `ON CONFLICT (request_id, started_at) DO NOTHING`, and `usage_hourly` upserted in the same
+/// statement from exactly the rows the insert returned (so a duplicate adds nothing anywhere).
+/// The result is the number of new rows.
+const INSERT_USAGE_SQL: &str = "\
+WITH ins AS ( \
+    INSERT INTO usage_events (request_id, started_at, tenant_id, api_key_id, model, \
+        model_version, http_status, inference_count, compute_us, request_bytes, \
+        response_bytes, latency_us) \
+    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], \
+        $6::text[], $7::smallint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
+        $12::bigint[]) \
+    ON CONFLICT (request_id, started_at) DO NOTHING \
+    RETURNING tenant_id, api_key_id, model, started_at, http_status, inference_count, \
+        compute_us, request_bytes, response_bytes \
+), up AS ( \
+    INSERT INTO usage_hourly AS h (tenant_id, api_key_id, model, hour, requests, \
+        billable_requests, error_requests, inference_count, compute_us, request_bytes, \
+        response_bytes) \
+    SELECT tenant_id, api_key_id, model, date_trunc('hour', started_at, 'UTC'), count(*), \
+        count(*) FILTER (WHERE http_status BETWEEN 200 AND 299), \
+        count(*) FILTER (WHERE http_status >= 400 OR http_status < 100), \
+        coalesce(sum(inference_count) FILTER (WHERE http_status BETWEEN 200 AND 299), 0), \
+        coalesce(sum(compute_us) FILTER (WHERE http_status BETWEEN 200 AND 299), 0), \
+        sum(request_bytes), sum(response_bytes) \
+    FROM ins GROUP BY 1, 2, 3, 4 \
+    ON CONFLICT ON CONSTRAINT usage_hourly_key DO UPDATE SET \
+        requests = h.requests + EXCLUDED.requests, \
+        billable_requests = h.billable_requests + EXCLUDED.billable_requests, \
+        error_requests = h.error_requests + EXCLUDED.error_requests, \
+        inference_count = h.inference_count + EXCLUDED.inference_count, \
+        compute_us = h.compute_us + EXCLUDED.compute_us, \
+        request_bytes = h.request_bytes + EXCLUDED.request_bytes, \
+        response_bytes = h.response_bytes + EXCLUDED.response_bytes \
+) \
+SELECT count(*) FROM ins";
+
 /// Inserts a batch of usage events in one statement (UNNEST arrays), skipping request ids that
-/// are already stored, so a replayed batch counts nothing twice.
+/// are already stored, so a replayed batch counts nothing twice, and adds exactly the newly
+/// inserted rows to the hourly rollup (`usage_hourly`) in the same statement.
+///
+/// Dedup key: `(request_id, started_at)` (the table is partitioned by month of `started_at`);
+/// callers must give a request id the same `started_at` every time (the gateway does: it is the
+/// UUIDv7's timestamp, and the spool carries it). A month without a partition is created on
+/// demand (`maas_create_usage_partition`) and the batch retried once.
 ///
 /// Returns the number of rows newly inserted (0..=events.len()).
 ///
@@ -49,6 +92,21 @@ pub async fn insert_usage_events(pool: &PgPool, events: &[UsageEvent]) -> Result
     if events.is_empty() {
         return Ok(0);
     }
+    match insert_once(pool, events).await {
+        Err(e) if is_missing_partition(&e) => {
+            let mut months: Vec<DateTime<Utc>> = events.iter().map(|e| e.started_at).collect();
+            months.sort_unstable();
+            months.dedup_by_key(|t| (t.year(), t.month()));
+            for t in months {
+                create_usage_partition(pool, t).await?;
+            }
+            insert_once(pool, events).await
+        }
+        other => other,
+    }
+}
+
+async fn insert_once(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::Error> {
     let n = events.len();
     let mut request_id = Vec::with_capacity(n);
     let mut started_at = Vec::with_capacity(n);
@@ -67,8 +125,8 @@ pub async fn insert_usage_events(pool: &PgPool, events: &[UsageEvent]) -> Result
         started_at.push(e.started_at);
         tenant_id.push(e.tenant_id);
         api_key_id.push(e.api_key_id);
-        model.push(e.model.clone());
-        model_version.push(e.model_version.clone());
+        model.push(e.model.as_deref());
+        model_version.push(e.model_version.as_deref());
         http_status.push(e.http_status);
         inference_count.push(e.inference_count);
         compute_us.push(e.compute_us);
@@ -76,30 +134,74 @@ pub async fn insert_usage_events(pool: &PgPool, events: &[UsageEvent]) -> Result
         response_bytes.push(e.response_bytes);
         latency_us.push(e.latency_us);
     }
-    let result = sqlx::query(
-        "INSERT INTO usage_events (request_id, started_at, tenant_id, api_key_id, model, \
-             model_version, http_status, inference_count, compute_us, request_bytes, \
-             response_bytes, latency_us) \
-         SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], \
-             $6::text[], $7::smallint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-             $12::bigint[]) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(&request_id)
-    .bind(&started_at)
-    .bind(&tenant_id)
-    .bind(&api_key_id)
-    .bind(&model)
-    .bind(&model_version)
-    .bind(&http_status)
-    .bind(&inference_count)
-    .bind(&compute_us)
-    .bind(&request_bytes)
-    .bind(&response_bytes)
-    .bind(&latency_us)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected())
+    let (inserted,): (i64,) = sqlx::query_as(INSERT_USAGE_SQL)
+        .bind(&request_id)
+        .bind(&started_at)
+        .bind(&tenant_id)
+        .bind(&api_key_id)
+        .bind(&model)
+        .bind(&model_version)
+        .bind(&http_status)
+        .bind(&inference_count)
+        .bind(&compute_us)
+        .bind(&request_bytes)
+        .bind(&response_bytes)
+        .bind(&latency_us)
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(inserted).unwrap_or(0))
+}
+
+/// SQLSTATE 23514 with "no partition": a row whose month has no partition yet.
+fn is_missing_partition(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23514") && db.message().contains("no partition")
+        }
+        _ => false,
+    }
+}
+
+/// Creates (if missing) the `usage_events` partition of the UTC month holding `at`; returns
+/// its name (`usage_events_YYYY_MM`). Safe to call concurrently.
+///
+/// # Errors
+/// Any database error.
+pub async fn create_usage_partition(
+    pool: &PgPool,
+    at: DateTime<Utc>,
+) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT maas_create_usage_partition($1)")
+        .bind(at)
+        .fetch_one(pool)
+        .await
+}
+
+/// Creates the partitions of the UTC month holding `now` and of the `months_ahead` months
+/// after it (the service calls this at start and periodically, so inserts never wait on DDL).
+///
+/// # Errors
+/// Any database error.
+pub async fn ensure_usage_partitions(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    months_ahead: u32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut names = Vec::new();
+    let (mut year, mut month) = (now.year(), now.month());
+    for _ in 0..=months_ahead {
+        let start = Utc
+            .with_ymd_and_hms(year, month, 1, 0, 0, 0)
+            .single()
+            .expect("the first of a month at midnight UTC exists");
+        names.push(create_usage_partition(pool, start).await?);
+        (year, month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+    }
+    Ok(names)
 }
 
 /// Usage of one tenant over a time range, from `usage_events`.

@@ -11,13 +11,14 @@
 //! The example file with every key commented is `config/gateway.toml` at the workspace root.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "MAAS_GATEWAY_";
@@ -61,7 +62,8 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
 }
 
-/// `[metering]`: how usage events travel from the request path to PostgreSQL.
+/// `[metering]`: how usage events travel from the request path through the spool
+/// ([`crate::spool`]) to PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MeteringConfig {
@@ -70,10 +72,35 @@ pub struct MeteringConfig {
     /// A partial batch is written at the latest this many milliseconds after its first event.
     /// Default 200.
     pub flush_interval_ms: u64,
-    /// Capacity of the channel between the request path and the writer, in events. When it is
-    /// full (PostgreSQL down for long), the logging phase waits instead of dropping usage.
-    /// Default 100000.
-    pub channel_capacity: usize,
+    /// Spool directory (one per gateway process; it is locked). Unset or empty: a directory
+    /// under the system temporary directory named after the listen address and the database
+    /// (`$TMPDIR/maas-gateway-spool/gw-<hash>`), which suits development only: set a
+    /// persistent path in production.
+    pub spool_dir: Option<String>,
+    /// The spool is full (see `spool_full`) once its segments hold this many bytes.
+    /// Default 1 GiB (about 5 million events).
+    pub spool_max_bytes: u64,
+    /// Size at which a spool segment is sealed and a new one started; segments are deleted
+    /// whole once all their events are committed. Default 8 MiB.
+    pub spool_segment_bytes: u64,
+    /// Interval of the spool's group `fdatasync`, milliseconds: the most a machine crash (not a
+    /// process crash) can lose. Default 100.
+    pub spool_fsync_interval_ms: u64,
+    /// What a billable request gets while the spool is full. Default `reject`.
+    pub spool_full: SpoolFullPolicy,
+    /// `usage_events` month partitions the writer keeps created ahead of the current month.
+    /// Default 2.
+    pub partition_months_ahead: u32,
+}
+
+/// `metering.spool_full`: the policy while the spool is full (PostgreSQL down for long).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolFullPolicy {
+    /// Answer authenticated requests 503 without forwarding them (nothing unbilled is served).
+    Reject,
+    /// Serve them and drop their usage events, counted in `MeteringStats::dropped` and logged.
+    Serve,
 }
 
 /// `[auth]`: API key lookups.
@@ -119,7 +146,12 @@ impl Default for MeteringConfig {
         MeteringConfig {
             batch_size: 500,
             flush_interval_ms: 200,
-            channel_capacity: 100_000,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            spool_segment_bytes: 8 << 20,
+            spool_fsync_interval_ms: 100,
+            spool_full: SpoolFullPolicy::Reject,
+            partition_months_ahead: 2,
         }
     }
 }
@@ -171,8 +203,11 @@ impl GatewayConfig {
         if self.metering.batch_size == 0 {
             bail!("metering.batch_size must be at least 1");
         }
-        if self.metering.channel_capacity == 0 {
-            bail!("metering.channel_capacity must be at least 1");
+        if self.metering.spool_segment_bytes < 4096 {
+            bail!("metering.spool_segment_bytes must be at least 4096");
+        }
+        if self.metering.spool_max_bytes < self.metering.spool_segment_bytes {
+            bail!("metering.spool_max_bytes must be at least metering.spool_segment_bytes");
         }
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
@@ -201,6 +236,24 @@ impl GatewayConfig {
             _ => bail!(
                 "no database_url: set it in the config file, or DATABASE_URL, or {ENV_PREFIX}DATABASE_URL"
             ),
+        }
+    }
+
+    /// The spool directory: `metering.spool_dir`, or the per-instance default under the
+    /// temporary directory (see [`MeteringConfig::spool_dir`]).
+    pub fn spool_dir(&self) -> PathBuf {
+        match self.metering.spool_dir.as_deref() {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                let mut h = Sha256::new();
+                h.update(self.listen.as_bytes());
+                h.update(b"\n");
+                h.update(self.database_url.as_deref().unwrap_or("").as_bytes());
+                let digest = hex::encode(h.finalize());
+                std::env::temp_dir()
+                    .join("maas-gateway-spool")
+                    .join(format!("gw-{}", &digest[..16]))
+            }
         }
     }
 
@@ -235,6 +288,8 @@ mod tests {
             assert_eq!(c.metering.batch_size, 500);
             assert_eq!(c.metering.flush_interval_ms, 200);
             assert!(c.run_migrations);
+            assert_eq!(c.metering.spool_full, SpoolFullPolicy::Reject);
+            assert!(c.spool_dir().starts_with(std::env::temp_dir()));
             assert!(c.database_url().is_err());
             assert!(GatewayConfig::load(Path::new("missing.toml"), true).is_err());
             Ok(())
@@ -272,6 +327,8 @@ mod tests {
             jail.set_env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50");
             jail.set_env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "100");
             jail.set_env("MAAS_GATEWAY_RUN_MIGRATIONS", "false");
+            jail.set_env("MAAS_GATEWAY_METERING__SPOOL_FULL", "serve");
+            jail.set_env("MAAS_GATEWAY_METERING__SPOOL_DIR", "/var/lib/maas/spool");
             let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
             assert_eq!(c.database_url().unwrap(), "postgres://prefixed/db");
             assert_eq!(c.listen, "127.0.0.1:7001");
@@ -279,6 +336,8 @@ mod tests {
             assert_eq!(c.metering.flush_interval_ms, 50);
             assert_eq!(c.auth.cache_ttl_ms, 100);
             assert!(!c.run_migrations);
+            assert_eq!(c.metering.spool_full, SpoolFullPolicy::Serve);
+            assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/maas/spool"));
             Ok(())
         });
     }

@@ -2,7 +2,8 @@
 //!
 //! A pingora proxy ([`proxy`]) that routes Open Inference Protocol v2 requests ([`route`]),
 //! authenticates API keys ([`auth`], [`keys`]), forwards to a backend pool ([`upstream`]) and
-//! meters every request into PostgreSQL through a background writer ([`metering`]).
+//! meters every request through a local spool ([`spool`]) into PostgreSQL with a background
+//! writer ([`metering`]).
 //! [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; every client-facing
 //! error and its status live in [`error`].
 
@@ -14,4 +15,5 @@ pub mod metering;
 pub mod proxy;
 pub mod route;
 pub mod serve;
+pub mod spool;
 pub mod upstream;

@@ -8,10 +8,12 @@
 //! - `upstream_peer`: next backend, round-robin; `fail_to_connect` retries on the next one;
 //! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
-//!   `x-maas-compute-us` from the backend;
+//!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
+//!   event goes to the spool here, before the client sees the response header;
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers);
-//! - `logging`: one [`UsageEvent`] per request onto the metering channel.
+//! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
+//!   record; see [`crate::spool`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +31,7 @@ use uuid::Uuid;
 
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
-use crate::metering::UsageSender;
+use crate::metering::{Admission, UsageSender};
 use crate::route::{parse_route, Route};
 use crate::upstream::BackendPool;
 
@@ -45,7 +47,9 @@ pub const COMPUTE_US: &str = "x-maas-compute-us";
 pub struct RequestCtx {
     /// UUIDv7, the usage event's key and the client's `x-request-id`.
     pub request_id: Uuid,
-    /// Wall-clock start (UTC), stored in the usage event.
+    /// Wall-clock start (UTC), stored in the usage event: the request id's UUIDv7 timestamp
+    /// (millisecond precision), so a request id always maps to the same `started_at` (the
+    /// usage table is partitioned by it; see `maas_billing::insert_usage_events`).
     pub started_at: DateTime<Utc>,
     started: Instant,
     /// Model and version from the path, when the route names one.
@@ -66,13 +70,23 @@ pub struct RequestCtx {
     pub tries: usize,
     /// Why the gateway answered itself, for the log.
     pub error_type: Option<&'static str>,
+    /// The metering decision for an authenticated request (`None` before authentication).
+    pub admission: Option<Admission>,
 }
 
 impl RequestCtx {
     fn new() -> Self {
+        let request_id = Uuid::now_v7();
+        let started_at = request_id
+            .get_timestamp()
+            .and_then(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+            })
+            .unwrap_or_else(Utc::now);
         RequestCtx {
-            request_id: Uuid::now_v7(),
-            started_at: Utc::now(),
+            request_id,
+            started_at,
             started: Instant::now(),
             model: None,
             model_version: None,
@@ -83,6 +97,7 @@ impl RequestCtx {
             response_bytes: 0,
             tries: 0,
             error_type: None,
+            admission: None,
         }
     }
 
@@ -226,6 +241,12 @@ impl ProxyHttp for Gateway {
         match self.auth.authenticate(&secret, ctx.model.as_deref()).await {
             Ok(principal) => {
                 ctx.principal = Some(principal);
+                let admission = self.usage.admit();
+                ctx.admission = Some(admission);
+                if admission == Admission::Refuse {
+                    let full = GatewayError::Http(http::StatusCode::SERVICE_UNAVAILABLE);
+                    return self.reject(session, ctx, &full).await;
+                }
                 Ok(false)
             }
             Err(rejection) => {
@@ -322,6 +343,16 @@ impl ProxyHttp for Gateway {
             ctx.compute_us = us;
         }
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+        if ctx.admission == Some(Admission::Metered) {
+            // Spooled before the client sees the header: a crash from here on loses nothing.
+            let event = ctx.usage_event(upstream_response.status.as_u16());
+            if !self.usage.record_billable(&event) {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "usage could not be recorded",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -380,7 +411,7 @@ impl ProxyHttp for Gateway {
             latency_us = event.latency_us,
             "request done"
         );
-        self.usage.send(event).await;
+        self.usage.send(event, ctx.admission).await;
     }
 }
 

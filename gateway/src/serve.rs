@@ -1,5 +1,5 @@
-//! Assemble and run the pingora server: the proxy service, the usage writer and a readiness
-//! announcement on stdout.
+//! Assemble and run the pingora server: the proxy service, the usage spool with its writer and
+//! fsync services, and a readiness announcement on stdout.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
 use crate::metering;
 use crate::proxy::Gateway;
+use crate::spool::{Spool, SpoolOptions};
 use crate::upstream::BackendPool;
 
 /// Connect a small pool for one-off commands (migrations, key management), on the current
@@ -78,7 +79,14 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     server.bootstrap();
 
     let auth = Arc::new(Authenticator::new(&database_url, &config.auth));
-    let (usage, writer) = metering::pipeline(&database_url, &config.metering);
+    let spool_dir = config.spool_dir();
+    let spool = Spool::open(SpoolOptions {
+        dir: spool_dir.clone(),
+        segment_bytes: config.metering.spool_segment_bytes,
+        max_bytes: config.metering.spool_max_bytes,
+    })
+    .with_context(|| format!("opening the usage spool {}", spool_dir.display()))?;
+    let (usage, writer, syncer) = metering::pipeline(spool, &database_url, &config.metering);
     let gateway = Gateway::new(
         auth,
         BackendPool::new(backends),
@@ -90,8 +98,9 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 
     server.add_service(proxy);
     server.add_service(background_service("usage writer", writer));
+    server.add_service(background_service("usage spool sync", syncer));
     server.add_service(background_service("announce", Announce { listen }));
-    tracing::info!(%listen, backends = ?config.upstream.backends, "starting maas-gateway");
+    tracing::info!(%listen, backends = ?config.upstream.backends, spool = %spool_dir.display(), "starting maas-gateway");
     server.run_forever()
 }
 

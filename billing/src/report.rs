@@ -1,0 +1,176 @@
+//! Usage reports: a tenant's usage over a time range in hour or day buckets, optionally per
+//! model and/or API key, with bucket boundaries in UTC or in any IANA time zone.
+//!
+//! Storage is UTC; the zone is only a query parameter (`AT TIME ZONE $tz` in SQL, so
+//! PostgreSQL's time zone database decides offsets and daylight-saving changes). The report
+//! reads the hourly rollups when they are exact for the query (`from` and `to` on whole UTC
+//! hours, and the zone's offset a whole number of hours throughout the range); otherwise
+//! (e.g. Asia/Kolkata, UTC+05:30, or a range starting at 10:30) it reads the raw events.
+//! Buckets are clipped to `[from, to)`: a range that starts mid-day yields a first day bucket
+//! holding only the usage from `from` on.
+
+use chrono::{DateTime, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::BillingError;
+
+/// Bucket width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    /// One bucket per hour.
+    Hour,
+    /// One bucket per day (midnight to midnight in the query's time zone).
+    Day,
+}
+
+impl Granularity {
+    fn sql(self) -> &'static str {
+        match self {
+            Granularity::Hour => "hour",
+            Granularity::Day => "day",
+        }
+    }
+}
+
+impl std::str::FromStr for Granularity {
+    type Err = BillingError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hour" => Ok(Granularity::Hour),
+            "day" => Ok(Granularity::Day),
+            _ => Err(BillingError::Invalid(format!(
+                "granularity `{s}`: expected hour or day"
+            ))),
+        }
+    }
+}
+
+/// What to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// Start, inclusive.
+    pub from: DateTime<Utc>,
+    /// End, exclusive.
+    pub to: DateTime<Utc>,
+    /// Bucket width.
+    pub granularity: Granularity,
+    /// IANA time zone of the bucket boundaries, e.g. `UTC`, `America/New_York`.
+    pub time_zone: String,
+    /// One row per model within each bucket.
+    pub by_model: bool,
+    /// One row per API key within each bucket.
+    pub by_key: bool,
+}
+
+/// One bucket (and group) of a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct UsageBucket {
+    /// Start of the bucket (an instant; local midnight or hour in the query's zone).
+    pub bucket_start: DateTime<Utc>,
+    /// Start of the bucket as local time in the query's zone, `YYYY-MM-DDTHH:MM:SS`.
+    pub local_start: String,
+    /// The model, when grouped by model.
+    pub model: Option<String>,
+    /// The API key, when grouped by key.
+    pub api_key_id: Option<Uuid>,
+    /// Every request.
+    pub requests: i64,
+    /// 2xx requests.
+    pub billable_requests: i64,
+    /// Requests answered >= 400 or not answered.
+    pub error_requests: i64,
+    /// Inferences of 2xx requests.
+    pub inference_count: i64,
+    /// Compute microseconds of 2xx requests.
+    pub compute_us: i64,
+    /// Request body bytes.
+    pub request_bytes: i64,
+    /// Response body bytes.
+    pub response_bytes: i64,
+}
+
+const FROM_ROLLUP: &str = "\
+SELECT date_trunc($4, hour AT TIME ZONE $5) AT TIME ZONE $5 AS bucket_start, \
+    to_char(date_trunc($4, hour AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS local_start, \
+    CASE WHEN $6 THEN model END AS model, CASE WHEN $7 THEN api_key_id END AS api_key_id, \
+    sum(requests)::bigint AS requests, sum(billable_requests)::bigint AS billable_requests, \
+    sum(error_requests)::bigint AS error_requests, sum(inference_count)::bigint AS inference_count, \
+    sum(compute_us)::bigint AS compute_us, sum(request_bytes)::bigint AS request_bytes, \
+    sum(response_bytes)::bigint AS response_bytes \
+FROM usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 \
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 3 NULLS FIRST, 4 NULLS FIRST";
+
+const FROM_EVENTS: &str = "\
+SELECT date_trunc($4, started_at AT TIME ZONE $5) AT TIME ZONE $5 AS bucket_start, \
+    to_char(date_trunc($4, started_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS local_start, \
+    CASE WHEN $6 THEN model END AS model, CASE WHEN $7 THEN api_key_id END AS api_key_id, \
+    count(*) AS requests, \
+    count(*) FILTER (WHERE http_status BETWEEN 200 AND 299) AS billable_requests, \
+    count(*) FILTER (WHERE http_status >= 400 OR http_status < 100) AS error_requests, \
+    coalesce(sum(inference_count) FILTER (WHERE http_status BETWEEN 200 AND 299), 0)::bigint AS inference_count, \
+    coalesce(sum(compute_us) FILTER (WHERE http_status BETWEEN 200 AND 299), 0)::bigint AS compute_us, \
+    sum(request_bytes)::bigint AS request_bytes, sum(response_bytes)::bigint AS response_bytes \
+FROM usage_events WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 \
+GROUP BY 1, 2, 3, 4 ORDER BY 1, 3 NULLS FIRST, 4 NULLS FIRST";
+
+/// Whether `tz` is a whole number of hours from UTC at every hour of `[from, to)`.
+async fn whole_hour_zone(
+    pool: &PgPool,
+    tz: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(bool_and(extract(minute FROM h AT TIME ZONE $1) = 0), true) \
+         FROM generate_series($2::timestamptz, $3::timestamptz, interval '1 hour') AS h",
+    )
+    .bind(tz)
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await
+}
+
+fn on_hour(t: DateTime<Utc>) -> bool {
+    t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0
+}
+
+/// Runs a usage report (see the module notes for where it reads from).
+///
+/// # Errors
+/// [`BillingError::Invalid`] for `from >= to` or an unknown time zone; database errors.
+pub async fn usage_report(pool: &PgPool, q: &UsageQuery) -> Result<Vec<UsageBucket>, BillingError> {
+    if q.from >= q.to {
+        return Err(BillingError::Invalid("`from` must be before `to`".into()));
+    }
+    let known: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+            .bind(&q.time_zone)
+            .fetch_one(pool)
+            .await?;
+    if !known {
+        return Err(BillingError::Invalid(format!(
+            "time zone `{}`: expected an IANA name such as UTC or Europe/Berlin",
+            q.time_zone
+        )));
+    }
+    let exact = on_hour(q.from)
+        && on_hour(q.to)
+        && whole_hour_zone(pool, &q.time_zone, q.from, q.to).await?;
+    let sql = if exact { FROM_ROLLUP } else { FROM_EVENTS };
+    Ok(sqlx::query_as(sql)
+        .bind(q.tenant_id)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(q.granularity.sql())
+        .bind(&q.time_zone)
+        .bind(q.by_model)
+        .bind(q.by_key)
+        .fetch_all(pool)
+        .await?)
+}
