@@ -31,3 +31,7 @@ fmt:
 
 clean:
 	rm -rf target .data
+
+## Benchmarks side by side in one run; rewrites BENCHMARKS.md.
+bench:
+	@scripts/bench.sh

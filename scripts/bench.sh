@@ -1,0 +1,549 @@
+#!/usr/bin/env bash
+# `make bench`: runs the benchmark suite on this machine, side by side in one run, and rewrites
+# BENCHMARKS.md (scripts/bench_report.py) from the JSON results in .data/bench/results/.
+#
+# Sections (each figure judged by a ratio of two measurements taken in this same run):
+#   gateway     1. gateway overhead: the same open-loop load (1,000 requests/s) straight to a
+#                  trivially fast upstream (nginx returning a fixed OIP answer) and through
+#                  maas-gateway with authentication and metering on; added p50 and p99.
+#               2. peer proxy: the highest closed-loop throughput with p99 under 10 ms,
+#                  maas-gateway against nginx as a plain reverse proxy to the same upstream.
+#               3. metering accuracy: 2xx answers the client saw through the gateway against
+#                  usage rows in PostgreSQL.
+#   backend     4. dynamic batching (issue 3, item 9): a dense 1024 -> 4096 -> 4096 -> 1024 FP32
+#                  model on CPU, release maas-backend, binary tensor bodies of random rows:
+#                  (a) HTTP rows/s at concurrency 64 with batching / raw in-process forward of
+#                  the same batch size (`maas-backend forward-bench`); (b) batched / unbatched at
+#                  concurrency 64; (c) p50 at concurrency 1, batched minus unbatched, against
+#                  max_queue_delay_us.
+#   torchserve  5. maas-backend against TorchServe 0.12 serving the same TorchScript file on CPU,
+#                  batching configured alike, same JSON bodies, same closed-loop load: throughput
+#                  and p99 ratios.
+# A section that fails records why (results/<section>.failed) and the others still run;
+# BENCHMARKS.md says "not measured: <why>" for it.
+#
+# Environment:
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all three)
+#   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
+#   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
+#   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
+#                                        TorchServe's worker)
+# Everything listens on loopback, on free ports; load loops are bounded in time; every server
+# started here is stopped on exit. Needs: nginx (installed with apt-get when missing), PostgreSQL
+# and Redis (scripts/with-services.sh) for the gateway section; Java 17 and a venv with
+# TorchServe (.data/bench-venv, created with pip when missing) for the torchserve section.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=target/release
+OUT=.data/bench
+RES="$OUT/results"
+DURATION="${MAAS_BENCH_DURATION:-10}"
+BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
+THREADS="${MAAS_BENCH_THREADS:-2}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve}"
+TS_VENV=.data/bench-venv
+TS_VERSION="0.12.*"
+
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+half() { python3 -c "import sys; print(max(2.0, float(sys.argv[1]) / 2))" "$1"; }
+
+# Servers started by the current section: "pid" or "-pgid" (a whole process group).
+pids=()
+stop_servers() {
+    local p
+    for p in "${pids[@]}"; do
+        if [[ "$p" == -* ]]; then kill -TERM -- "$p" 2>/dev/null || true; else kill -TERM "$p" 2>/dev/null || true; fi
+    done
+    for p in "${pids[@]}"; do
+        for _ in $(seq 50); do kill -0 -- "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL -- "$p" 2>/dev/null || true
+    done
+    pids=()
+    wait 2>/dev/null || true
+}
+
+wait_http() { # url [tries of 0.1 s] [pid of the server: give up when it exits]
+    for _ in $(seq "${2:-300}"); do
+        curl -sf -o /dev/null "$1" && return 0
+        if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then echo "bench: the server for $1 exited" >&2; return 1; fi
+        sleep 0.1
+    done
+    echo "bench: $1 did not answer" >&2; return 1
+}
+
+# Records why the current section stops, then stops it.
+fail() { echo "$*" > "$RES/$SECTION.failed"; echo "bench: $SECTION: $*" >&2; exit 1; }
+
+# run_section NAME FUNCTION: runs FUNCTION in a subshell with `set -e`, its own servers and its
+# own log; on failure writes results/NAME.failed (the reason given to `fail`, else the failing
+# command) unless FUNCTION wrote one.
+run_section() {
+    local name="$1" fn="$2" rc
+    if ! want "$name"; then echo "not run: not in MAAS_BENCH_ONLY=$ONLY" > "$RES/$name.skipped"; return 0; fi
+    echo "bench: == section $name =="
+    set +e
+    (
+        set -eEuo pipefail
+        SECTION="$name"
+        trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-$SECTION.log)" > "$RES/$SECTION.error"' ERR
+        trap 'stop_servers' EXIT
+        "$fn"
+    ) 2>&1 | tee "$OUT/logs/section-$name.log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [ "$rc" != 0 ] && [ ! -f "$RES/$name.failed" ]; then
+        if [ -f "$RES/$name.error" ]; then cp "$RES/$name.error" "$RES/$name.failed";
+        else echo "exit status $rc; see $OUT/logs/section-$name.log" > "$RES/$name.failed"; fi
+    fi
+    rm -f "$RES/$name.error"
+    [ "$rc" = 0 ] || echo "bench: section $name failed: $(cat "$RES/$name.failed")"
+    return 0
+}
+
+# ================================================================================================
+# Section gateway (run inside scripts/with-services.sh: needs PostgreSQL and Redis).
+# ================================================================================================
+section_gateway_inner() {
+    mkdir -p "$OUT/nginx"
+    local UP_PORT NGX_PROXY_PORT GW_PORT KEY ANSWER
+    UP_PORT="$(free_port)"; NGX_PROXY_PORT="$(free_port)"
+    ANSWER='{"model_name":"digits","model_version":"1","outputs":[{"name":"probabilities","datatype":"FP32","shape":[1,10],"data":[0.01,0.01,0.01,0.01,0.01,0.01,0.01,0.91,0.01,0.01]}]}'
+    cat > "$OUT/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon on;
+pid $PWD/$OUT/nginx/nginx.pid;
+error_log $PWD/$OUT/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $PWD/$OUT/nginx/body;
+    proxy_temp_path $PWD/$OUT/nginx/proxy;
+    fastcgi_temp_path $PWD/$OUT/nginx/fastcgi;
+    uwsgi_temp_path $PWD/$OUT/nginx/uwsgi;
+    scgi_temp_path $PWD/$OUT/nginx/scgi;
+    keepalive_requests 1000000;
+    upstream fixed { server 127.0.0.1:$UP_PORT; keepalive 128; }
+    # The trivially fast upstream: a fixed OIP answer with the backend's usage headers.
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / {
+            default_type application/json;
+            add_header x-maas-inference-count 1 always;
+            add_header x-maas-compute-us 10 always;
+            return 200 '$ANSWER';
+        }
+    }
+    # The peer: nginx as a plain reverse proxy to the same upstream.
+    server {
+        listen 127.0.0.1:$NGX_PROXY_PORT;
+        location / {
+            proxy_pass http://fixed;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+NGX
+    nginx -c "$PWD/$OUT/nginx/nginx.conf" || fail "nginx did not start (see $OUT/nginx/error.log)"
+    stop_nginx() { [ -f "$OUT/nginx/nginx.pid" ] && kill -QUIT "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; }
+    trap 'stop_servers; stop_nginx' EXIT
+    wait_http "http://127.0.0.1:$UP_PORT/" || fail "nginx did not answer"
+
+    # --- the gateway in front of the same upstream ----------------------------------------------
+    GW_PORT="$(free_port)"
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+        MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
+        MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool" \
+        "$BIN/maas-gateway" serve --config config/gateway.toml >"$OUT/logs/gateway.log" 2>&1 &
+    local gw_pid=$!
+    pids+=("$gw_pid")
+    wait_http "http://127.0.0.1:$GW_PORT/v2/health/live" || fail "maas-gateway did not start (see $OUT/logs/gateway.log)"
+    KEY="$("$BIN/maas-gateway" keys create --tenant bench --name "bench-$(date +%s)")"
+
+    local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz)
+    local DIRECT_URL="http://127.0.0.1:$UP_PORT/v2/models/digits/infer"
+    local GW_URL="http://127.0.0.1:$GW_PORT/v2/models/digits/infer"
+    local NGX_URL="http://127.0.0.1:$NGX_PROXY_PORT/v2/models/digits/infer"
+
+    echo "bench: warm-up"
+    "${LT[@]}" --url "$GW_URL" --key "$KEY" --mode closed --concurrency 8 --duration 2 \
+        --name gw-warmup --json "$RES/gw-warmup.json" 2>/dev/null
+    "${LT[@]}" --url "$NGX_URL" --mode closed --concurrency 8 --duration 1 --name ngx-warmup \
+        --json "$OUT/ngx-warmup.json" 2>/dev/null
+
+    echo "bench: 1. gateway overhead at 1,000 requests/s (open loop, ${DURATION} s each)"
+    "${LT[@]}" --url "$DIRECT_URL" --mode open --rate 1000 --concurrency 64 --duration "$DURATION" \
+        --name overhead-direct --json "$RES/overhead-direct.json" --plot "$OUT/overhead-direct.svg"
+    "${LT[@]}" --url "$GW_URL" --key "$KEY" --mode open --rate 1000 --concurrency 64 \
+        --duration "$DURATION" --name gw-overhead-gateway --json "$RES/gw-overhead-gateway.json" \
+        --plot "$OUT/overhead-gateway.svg"
+
+    echo "bench: 2. peak throughput with p99 < 10 ms (closed loop)"
+    local c peak_d
+    peak_d="$(half "$DURATION")"
+    for c in 4 8 16 32; do
+        "${LT[@]}" --url "$NGX_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
+            --name "peak-nginx-c$c" --json "$RES/peak-nginx-c$c.json"
+        "${LT[@]}" --url "$GW_URL" --key "$KEY" --mode closed --concurrency "$c" \
+            --duration "$peak_d" --name "gw-peak-gateway-c$c" --json "$RES/gw-peak-gateway-c$c.json"
+    done
+
+    echo "bench: 3. metering accuracy"
+    # Usage reaches PostgreSQL through the spool a moment after the answers: wait until the
+    # count stops growing (at most 30 s), then stop the gateway with SIGTERM and count again.
+    local q="SELECT count(*) FROM usage_events u JOIN tenants t ON t.id = u.tenant_id \
+        WHERE t.name = 'bench' AND u.http_status BETWEEN 200 AND 299"
+    local last=-1 now i
+    for i in $(seq 60); do
+        now="$(psql "$DATABASE_URL" -Atc "$q")"
+        [ "$now" = "$last" ] && break
+        last="$now"; sleep 0.5
+    done
+    kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; pids=()
+    psql "$DATABASE_URL" -Atc "$q" > "$RES/metering-rows.txt"
+}
+
+section_gateway() {
+    [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
+    command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    # A fresh PostgreSQL and Redis for this section only; the section itself runs in a second
+    # invocation of this script under scripts/with-services.sh.
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=gateway "$0"
+}
+
+# ================================================================================================
+# Section backend: dynamic batching against raw forward and against no batching (issue 3, 9).
+# ================================================================================================
+BE_DIMS=1024,4096,4096,1024
+BE_MAX_BATCH=64
+BE_DELAY_US=500
+BE_CONCURRENCY=64
+
+# Prints maas-backend's /metrics counters for MODEL as one JSON object (the report takes deltas).
+scrape_maas() { # url model out.json
+    curl -sf "$1" | python3 -c '
+import json, re, sys
+model, out = sys.argv[1], sys.argv[2]
+vals = {}
+for line in sys.stdin:
+    m = re.match(r"^(maas_\w+)\{model=\"([^\"]*)\",version=\"(\d+)\"\} (\S+)$", line.strip())
+    if m and m.group(2) == model:
+        vals[m.group(1)] = vals.get(m.group(1), 0) + float(m.group(4))
+json.dump(vals, open(out, "w"))
+' "$2" "$3"
+}
+
+start_backend() { # repo port log
+    "$BIN/maas-backend" serve --repo "$1" --listen "127.0.0.1:$2" --intra-op-threads "$THREADS" \
+        --shutdown-timeout-s 5 >"$3" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$2/v2/health/ready" 1200 "$!" \
+        || fail "maas-backend did not become ready (see $3: $(tail -n 3 "$3" | tr '\n' ' '))"
+}
+
+section_backend() {
+    local dir="$OUT/backend" repo port base lt_be common batched unbatched
+    repo="$dir/repo"
+    mkdir -p "$repo"
+    common=$(printf '[instances]\ncount = 1\ndevice = "cpu"\nintra_op_threads = %s\n' "$THREADS")
+    # As config/model-dense-batched.toml: gathers up to 64 rows, waits at most 500 us.
+    batched=$(printf 'max_batch_size = %s\n[dynamic_batching]\nmax_queue_delay_us = %s\npreferred_batch_sizes = [32, 64]\nmax_queue_size = 1024\n%s' \
+        "$BE_MAX_BATCH" "$BE_DELAY_US" "$common")
+    # Same model, no [dynamic_batching]: every request is its own forward pass.
+    unbatched=$(printf 'max_batch_size = %s\n%s' "$BE_MAX_BATCH" "$common")
+    "$BIN/maas-backend" init-dense --repo "$repo" --model dense-batched --dims "$BE_DIMS" --seed 42 --config "$batched"
+    "$BIN/maas-backend" init-dense --repo "$repo" --model dense-unbatched --dims "$BE_DIMS" --seed 42 --config "$unbatched"
+    port="$(free_port)"
+    start_backend "$repo" "$port" "$OUT/logs/backend.log"
+    base="http://127.0.0.1:$port"
+    lt_be=("$BIN/maas-loadtest" --no-progress --body random --encoding binary --batch 1 --mode closed)
+    cat > "$RES/be-config.json" <<JSON
+{"dims": [${BE_DIMS}], "max_batch_size": $BE_MAX_BATCH, "max_queue_delay_us": $BE_DELAY_US,
+ "preferred_batch_sizes": [32, 64], "concurrency": $BE_CONCURRENCY, "threads": $THREADS,
+ "duration_s": $BE_DURATION}
+JSON
+
+    echo "bench: 4. backend batching: warm-up"
+    "${lt_be[@]}" --url "$base/v2/models/dense-batched/infer" --concurrency "$BE_CONCURRENCY" \
+        --duration 2 --name be-warmup --json "$OUT/be-warmup.json" 2>/dev/null
+    "${lt_be[@]}" --url "$base/v2/models/dense-unbatched/infer" --concurrency 4 \
+        --duration 1 --name be-warmup --json "$OUT/be-warmup.json" 2>/dev/null
+
+    # One measured run of MODEL at concurrency C for S seconds into be-MODEL-cC[.PART].json, with
+    # the backend's counters before and after (the report's average batch size).
+    be_run() { # model concurrency seconds [part]
+        local name="be-$1-c$2${4:+.$4}"
+        echo "bench: 4. $1 at concurrency $2 ($3 s, binary bodies)"
+        scrape_maas "$base/metrics" "$1" "$RES/$name.before.json"
+        "${lt_be[@]}" --url "$base/v2/models/$1/infer" --concurrency "$2" --duration "$3" \
+            --name "$name" --json "$RES/$name.json" --plot "$OUT/$name.svg"
+        scrape_maas "$base/metrics" "$1" "$RES/$name.after.json"
+    }
+    # Raw in-process forward passes of the batch size, in this same process tree (the server
+    # idle meanwhile); taken before and after the batched HTTP run, the report keeps the faster.
+    raw_forward() { # part
+        echo "bench: 4. raw in-process forward, batch $BE_MAX_BATCH, $THREADS threads"
+        "$BIN/maas-backend" forward-bench --repo "$repo" --model dense-batched --batch "$BE_MAX_BATCH" \
+            --threads "$THREADS" --seconds "$short" | tail -n 1 > "$RES/be-forward-b$BE_MAX_BATCH.$1.json"
+        cat "$RES/be-forward-b$BE_MAX_BATCH.$1.json"
+    }
+    local short
+    short="$(half "$BE_DURATION")"
+    # (a) and (b): raw, batched, raw, then unbatched.
+    raw_forward 1
+    be_run dense-batched "$BE_CONCURRENCY" "$BE_DURATION"
+    raw_forward 2
+    # Context for (a): the raw forward pass at the batch size the batcher actually formed.
+    local observed
+    observed="$(python3 -c '
+import json, sys
+b, a = (json.load(open(p)) for p in sys.argv[1:3])
+rows = a["maas_inference_count_total"] - b["maas_inference_count_total"]
+execs = a["maas_inference_exec_count_total"] - b["maas_inference_exec_count_total"]
+print(max(1, round(rows / execs)) if execs else 1)' \
+        "$RES/be-dense-batched-c$BE_CONCURRENCY.before.json" "$RES/be-dense-batched-c$BE_CONCURRENCY.after.json")"
+    echo "bench: 4. raw in-process forward at the observed average batch, $observed rows"
+    "$BIN/maas-backend" forward-bench --repo "$repo" --model dense-batched --batch "$observed" \
+        --threads "$THREADS" --seconds "$short" | tail -n 1 > "$RES/be-forward-observed.json"
+    be_run dense-unbatched "$BE_CONCURRENCY" "$BE_DURATION"
+    # (c): a difference of two p50s of a few ms on a shared machine, so in the order
+    # unbatched, batched, batched, unbatched (drift over the four cancels in the means).
+    be_run dense-unbatched 1 "$short" 1
+    be_run dense-batched 1 "$short" 1
+    be_run dense-batched 1 "$short" 2
+    be_run dense-unbatched 1 "$short" 2
+}
+
+# ================================================================================================
+# Section torchserve: maas-backend against TorchServe 0.12, same TorchScript file (issue 7).
+# ================================================================================================
+TS_MAX_BATCH=64
+TS_DELAY_MS=1           # TorchServe's max_batch_delay is whole milliseconds ...
+TS_CONCURRENCY=64
+
+ensure_torchserve() {
+    if ! command -v java >/dev/null; then
+        echo "bench: installing Java 17 (TorchServe's frontend)"
+        if [ "$(id -u)" = 0 ]; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+        else
+            sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless >/dev/null
+        fi || fail "Java 17 is missing and could not be installed"
+    fi
+    local marker="$TS_VENV/.torchserve-0.12"
+    if [ -f "$marker" ] && "$TS_VENV/bin/python" -c 'import torch, ts, model_archiver' 2>/dev/null; then
+        return 0
+    fi
+    echo "bench: creating $TS_VENV with TorchServe $TS_VERSION (reuses .venv's torch)"
+    rm -rf "$TS_VENV"
+    python3 -m venv "$TS_VENV" || fail "cannot create $TS_VENV"
+    # torch==2.11.0 is already in .venv (scripts/setup.sh): a .pth line puts .venv's
+    # site-packages behind this venv's own, instead of a second 4.7 GB copy.
+    local site own
+    site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    own="$("$TS_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    realpath "$site" > "$own/maas_dotvenv.pth"
+    "$TS_VENV/bin/python" -c 'import torch; assert torch.__version__.startswith("2.11.0")' \
+        || fail "the bench venv cannot import .venv's torch 2.11.0 (run make setup)"
+    "$TS_VENV/bin/pip" install -q --disable-pip-version-check "torchserve==$TS_VERSION" \
+        "torch-model-archiver==$TS_VERSION" pyyaml numpy psutil requests packaging \
+        || fail "pip could not install torchserve==$TS_VERSION into $TS_VENV"
+    touch "$marker"
+}
+
+# Appends the TorchServe worker's batch sizes in model_metrics.log lines FROM.. (one
+# PredictionTime line per batch, listing its request ids) as JSON.
+ts_batches() { # metrics.log from_line out.json
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, re, sys
+path, start, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sizes = []
+with open(path) as f:
+    for i, line in enumerate(f):
+        if i < start or "PredictionTime" not in line:
+            continue
+        m = re.search(r"requestID:([^|]*?),timestamp:", line)
+        if m:
+            sizes.append(len([x for x in m.group(1).split(",") if x]))
+json.dump({"batches": len(sizes), "rows": sum(sizes)}, open(out, "w"))
+PY
+}
+
+section_torchserve() {
+    local dir="$OUT/ts" abs p_inf p_mgmt p_met mport maas ts ts_pgid
+    mkdir -p "$dir/store" "$dir/logs" "$dir/tmp" "$dir/maas-repo/dense-ts/1"
+    abs="$PWD/$dir"
+    ensure_torchserve
+    local TSBIN="$PWD/$TS_VENV/bin"
+    "$TSBIN/python" -c 'import ts, model_archiver' || fail "TorchServe does not import from $TS_VENV"
+    java -version 2>&1 | head -n 1 > "$RES/ts-java.txt"
+    "$TSBIN/python" -c 'import ts.version as v; print(v.__version__)' > "$RES/ts-version.txt" 2>/dev/null \
+        || cat "$TS_VENV"/lib/python3*/site-packages/ts/version.txt > "$RES/ts-version.txt"
+
+    echo "bench: 5. the TorchScript model and its request body"
+    .venv/bin/python scripts/bench/make_torchscript.py "$dir/model.pt" "$dir/body.json" \
+        --dims "$BE_DIMS" --seed 42 --batch 1
+    ln -f "$dir/model.pt" "$dir/maas-repo/dense-ts/1/model.pt" 2>/dev/null || cp "$dir/model.pt" "$dir/maas-repo/dense-ts/1/model.pt"
+    # Batching configured alike: up to 64 rows per forward pass, the first request waits at most
+    # TorchServe's max_batch_delay (1 ms); no preferred sizes (TorchServe has none).
+    cat > "$dir/maas-repo/dense-ts/config.toml" <<TOML
+platform = "torchscript"
+max_batch_size = $TS_MAX_BATCH
+
+[dynamic_batching]
+max_queue_delay_us = $((TS_DELAY_MS * 1000))
+max_queue_size = 1024
+
+[instances]
+count = 1
+device = "cpu"
+intra_op_threads = $THREADS
+
+[[inputs]]
+name = "input"
+datatype = "FP32"
+dims = [${BE_DIMS%%,*}]
+
+[[outputs]]
+name = "output"
+datatype = "FP32"
+dims = [${BE_DIMS##*,}]
+TOML
+    cat > "$RES/ts-config.json" <<JSON
+{"max_batch_size": $TS_MAX_BATCH, "max_batch_delay_ms": $TS_DELAY_MS, "concurrency": $TS_CONCURRENCY,
+ "threads": $THREADS, "duration_s": $BE_DURATION, "dims": [${BE_DIMS}]}
+JSON
+
+    "$TSBIN/torch-model-archiver" --model-name dense --version 1 --serialized-file "$dir/model.pt" \
+        --handler scripts/bench/ts_handler.py --export-path "$dir/store" --archive-format no-archive --force \
+        || fail "torch-model-archiver failed"
+    p_inf="$(free_port)"; p_mgmt="$(free_port)"; p_met="$(free_port)"
+    cat > "$dir/config.properties" <<PROPS
+inference_address=http://127.0.0.1:$p_inf
+management_address=http://127.0.0.1:$p_mgmt
+metrics_address=http://127.0.0.1:$p_met
+service_envelope=kservev2
+disable_token_authorization=true
+enable_model_api=true
+default_workers_per_model=1
+job_queue_size=1024
+default_response_timeout=120
+install_py_dep_per_model=false
+vmargs=-Xmx1g
+PROPS
+    echo "bench: 5. starting TorchServe"
+    # Its own session (setsid), so stopping the group stops the launcher, Java and the Python
+    # worker; TMPDIR keeps its pid file private.
+    (cd "$dir" && exec env TMPDIR="$abs/tmp" LOG_LOCATION="$abs/logs" METRICS_LOCATION="$abs/logs" \
+        MAAS_BENCH_TS_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" \
+        setsid "$TSBIN/torchserve" --start --foreground --ncs \
+        --ts-config "$abs/config.properties" --model-store "$abs/store" --disable-token-auth \
+        >"$abs/logs/torchserve.out" 2>&1) &
+    ts_pgid=$!
+    pids+=("-$ts_pgid")
+    wait_http "http://127.0.0.1:$p_inf/ping" 1200 "$ts_pgid" \
+        || fail "TorchServe did not answer /ping (see $dir/logs/torchserve.out: $(grep -m1 -i -E 'error|exception' "$dir/logs/torchserve.out" || true))"
+    curl -sf -X POST "http://127.0.0.1:$p_mgmt/models?url=dense&model_name=dense&batch_size=$TS_MAX_BATCH&max_batch_delay=$TS_DELAY_MS&initial_workers=1&synchronous=true&response_timeout=120" \
+        > "$dir/register.json" || fail "TorchServe could not register the model (see $dir/logs/model_log.log)"
+    cat "$dir/register.json"
+
+    mport="$(free_port)"
+    start_backend "$dir/maas-repo" "$mport" "$OUT/logs/backend-ts.log"
+    maas="http://127.0.0.1:$mport/v2/models/dense-ts/infer"
+    ts="http://127.0.0.1:$p_inf/v2/models/dense/infer"
+    # One request each, checked: both answer 200 with the same numbers.
+    curl -sf -H 'content-type: application/json' --data-binary @"$dir/body.json" "$maas" > "$dir/answer-maas.json" \
+        || fail "maas-backend did not answer the TorchScript request"
+    curl -sf -H 'content-type: application/json' --data-binary @"$dir/body.json" "$ts" > "$dir/answer-ts.json" \
+        || fail "TorchServe did not answer the request (see $dir/logs/model_log.log)"
+    python3 - "$dir/answer-maas.json" "$dir/answer-ts.json" "$RES/ts-agreement.json" <<'PY' || fail "the two servers disagree on the model's output"
+import json, sys
+a = json.load(open(sys.argv[1]))["outputs"][0]["data"]
+b = json.load(open(sys.argv[2]))["outputs"][0]["data"]
+assert len(a) == len(b), (len(a), len(b))
+diff = max(abs(x - y) for x, y in zip(a, b))
+json.dump({"elements": len(a), "max_abs_diff": diff}, open(sys.argv[3], "w"))
+assert diff < 1e-3, diff
+PY
+
+    local lt=("$BIN/maas-loadtest" --no-progress --body file --body-file "$dir/body.json" --mode closed)
+    echo "bench: 5. warm-up"
+    "${lt[@]}" --url "$maas" --concurrency "$TS_CONCURRENCY" --duration 2 --name warm --json "$OUT/ts-warm.json" 2>/dev/null
+    "${lt[@]}" --url "$ts" --concurrency "$TS_CONCURRENCY" --duration 2 --name warm --json "$OUT/ts-warm.json" 2>/dev/null
+    ts_run_maas() { # concurrency seconds [part]
+        local name="ts-maas-c$1${3:+.$3}"
+        echo "bench: 5. maas-backend at concurrency $1 ($2 s, JSON bodies)"
+        scrape_maas "http://127.0.0.1:$mport/metrics" dense-ts "$RES/$name.before.json"
+        "${lt[@]}" --url "$maas" --concurrency "$1" --duration "$2" --name "$name" \
+            --json "$RES/$name.json" --plot "$OUT/$name.svg"
+        scrape_maas "http://127.0.0.1:$mport/metrics" dense-ts "$RES/$name.after.json"
+    }
+    ts_run_torchserve() { # concurrency seconds [part]
+        local name="ts-torchserve-c$1${3:+.$3}" from
+        echo "bench: 5. TorchServe at concurrency $1 ($2 s, JSON bodies)"
+        from="$(wc -l < "$dir/logs/model_metrics.log" 2>/dev/null || echo 0)"
+        "${lt[@]}" --url "$ts" --concurrency "$1" --duration "$2" --name "$name" \
+            --json "$RES/$name.json" --plot "$OUT/$name.svg"
+        sleep 0.5
+        if [ -f "$dir/logs/model_metrics.log" ]; then
+            ts_batches "$dir/logs/model_metrics.log" "$from" "$RES/$name.batches.json"
+        fi
+    }
+    # In the order maas, TorchServe, TorchServe, maas, half the time each, so that drift in the
+    # machine's load cancels between the two servers.
+    local half_d
+    half_d="$(half "$BE_DURATION")"
+    ts_run_maas "$TS_CONCURRENCY" "$half_d" 1
+    ts_run_torchserve "$TS_CONCURRENCY" "$half_d" 1
+    ts_run_torchserve "$TS_CONCURRENCY" "$half_d" 2
+    ts_run_maas "$TS_CONCURRENCY" "$half_d" 2
+    ts_run_maas 1 "$half_d"
+    ts_run_torchserve 1 "$half_d"
+}
+
+# ================================================================================================
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
+    # Second invocation, under scripts/with-services.sh: the gateway section's body only.
+    set -E
+    SECTION=gateway
+    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-gateway.log)" > "$RES/$SECTION.error"' ERR
+    section_gateway_inner
+    exit 0
+fi
+
+scripts/setup.sh
+rm -rf "$OUT"
+mkdir -p "$RES" "$OUT/logs"
+trap 'stop_servers' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if want gateway && ! command -v nginx >/dev/null; then
+    echo "bench: installing nginx"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; };
+    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
+fi
+
+# The backend and the load generator are needed by every section; the gateway and billing only
+# by the gateway section, whose build failure must not stop the others.
+cargo build --release -p maas-backend -p maas-loadtest
+export GATEWAY_BUILD_FAILED=""
+if want gateway; then
+    if ! cargo build --release -p maas-gateway -p maas-billing 2>&1 | tee "$OUT/logs/build-gateway.log"; then
+        GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
+    fi
+fi
+
+run_section gateway section_gateway
+run_section backend section_backend
+run_section torchserve section_torchserve
+
+{
+    rustc --version
+    "$BIN/maas-backend" --version 2>/dev/null || true
+    .venv/bin/python -c 'import torch; print("torch", torch.__version__)' 2>/dev/null || true
+} > "$RES/versions.txt"
+python3 scripts/bench_report.py "$RES" BENCHMARKS.md
+echo "bench: wrote BENCHMARKS.md"

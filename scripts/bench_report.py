@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md from the JSON results of scripts/bench.sh (maas-loadtest reports).
+
+Usage: bench_report.py RESULTS_DIR OUTPUT.md
+
+Every figure is a ratio or a difference of two measurements taken in the same run, on the
+same machine, so the machine's speed cancels out as far as it can.
+
+Each section of scripts/bench.sh (gateway, backend, torchserve) is written on its own: a section
+that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
+results gets a "not measured: <why>" line, and the others are written all the same.
+"""
+import datetime
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+
+
+def load(res, name):
+    with open(os.path.join(res, name + ".json")) as f:
+        return json.load(f)
+
+
+def load_opt(res, name):
+    try:
+        return load(res, name)
+    except (OSError, ValueError):
+        return None
+
+
+def read_text(res, name):
+    try:
+        with open(os.path.join(res, name)) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def cmd(*args):
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, check=False)
+        return r.stdout.strip() or r.stderr.strip()
+    except OSError:
+        return "not found"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def ok_2xx(report):
+    return sum(n for code, n in report["statuses"].items() if 200 <= int(code) < 300)
+
+
+def failures(report):
+    """Answers that were not 2xx plus requests that got no answer."""
+    return report["responses"] - ok_2xx(report) + report.get("transport_errors", 0)
+
+
+def verdict(ok):
+    return "meets target" if ok else "**misses target**"
+
+
+def load_run(res, name):
+    """The loadtest report `name`, or, when the run was taken in parts (name.1, name.2, ...),
+    the parts combined: counts and elapsed time summed (so throughput = all 2xx / all time) and
+    each latency percentile the mean of the parts' (stated in the text)."""
+    one = load_opt(res, name)
+    if one is not None:
+        one["_parts"] = [name]
+        return one
+    parts = sorted(glob.glob(os.path.join(res, glob.escape(name) + ".[0-9].json")))
+    if not parts:
+        raise FileNotFoundError(f"no result {name}.json or {name}.N.json")
+    reps = [json.load(open(p)) for p in parts]
+    out = dict(reps[0])
+    out["_parts"] = [os.path.basename(p)[:-5] for p in parts]
+    statuses = {}
+    for r in reps:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    out["statuses"] = statuses
+    out["responses"] = sum(r["responses"] for r in reps)
+    out["transport_errors"] = sum(r.get("transport_errors", 0) for r in reps)
+    out["elapsed_s"] = sum(r["elapsed_s"] for r in reps)
+    out["throughput_rps"] = out["responses"] / out["elapsed_s"]
+    out["ok_throughput_rps"] = ok_2xx(out) / out["elapsed_s"]
+    out["latency_us"] = {k: round(sum(r["latency_us"][k] for r in reps) / len(reps))
+                         for k in ("p50", "p90", "p99", "p999", "max", "mean")}
+    out["latency_us"]["max"] = max(r["latency_us"]["max"] for r in reps)
+    return out
+
+
+def run_batch(res, run):
+    """Average batch over every part of a run loaded with load_run."""
+    rows = execs = 0
+    for part in run["_parts"]:
+        before, after = load_opt(res, part + ".before"), load_opt(res, part + ".after")
+        if not before or not after:
+            return None
+        rows += after.get("maas_inference_count_total", 0) - before.get("maas_inference_count_total", 0)
+        execs += after.get("maas_inference_exec_count_total", 0) - before.get("maas_inference_exec_count_total", 0)
+    return rows / execs if execs > 0 else None
+
+
+def fmt_batch(b):
+    return "n/a" if b is None else f"{b:.1f}"
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+def gateway_section(res):
+    lines = []
+    # 1. Gateway overhead.
+    d = load(res, "overhead-direct")
+    g = load(res, "gw-overhead-gateway")
+    add50 = g["latency_us"]["p50"] - d["latency_us"]["p50"]
+    add99 = g["latency_us"]["p99"] - d["latency_us"]["p99"]
+    lines += [
+        "## 1. Gateway overhead",
+        "",
+        f"Open loop at {d['target_rate_rps']:.0f} requests/s for {d['elapsed_s']:.0f} s, latency from the intended",
+        "send time; the upstream is nginx returning a fixed OIP answer. Through the gateway: API-key",
+        "authentication (cached lookup) and metering to PostgreSQL on. (Redis rate limits are not",
+        "built yet, so they are not in this path.)",
+        "",
+        "| path | 2xx | p50 us | p90 us | p99 us | p99.9 us |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in (("straight to upstream", d), ("through maas-gateway", g)):
+        l = r["latency_us"]
+        lines.append(f"| {name} | {ok_2xx(r)} | {l['p50']} | {l['p90']} | {l['p99']} | {l['p999']} |")
+    lines += [
+        "",
+        f"- Added p50: **{add50} us** (target <= 150 us: {verdict(add50 <= 150)})",
+        f"- Added p99: **{add99} us** (target <= 1,000 us: {verdict(add99 <= 1000)})",
+        "",
+    ]
+
+    # 2. Peak throughput against nginx.
+    def best(prefix):
+        top = None
+        rows = []
+        for path in sorted(glob.glob(os.path.join(res, prefix + "-c*.json"))):
+            r = json.load(open(path))
+            passes = r["latency_us"]["p99"] < 10_000 and ok_2xx(r) == r["responses"] and r["responses"] > 0
+            rows.append((r["concurrency"], r["ok_throughput_rps"], r["latency_us"]["p99"], passes))
+            if passes and (top is None or r["ok_throughput_rps"] > top[1]):
+                top = (r["concurrency"], r["ok_throughput_rps"])
+        rows.sort()
+        return top, rows
+
+    nt, nrows = best("peak-nginx")
+    gt, grows = best("gw-peak-gateway")
+    lines += [
+        "## 2. Peak throughput against nginx",
+        "",
+        "Closed loop at several concurrencies; the figure is the highest 2xx throughput whose p99 stays",
+        "under 10 ms. Same upstream for both.",
+        "",
+        "| concurrency | nginx req/s | nginx p99 us | maas-gateway req/s | maas-gateway p99 us |",
+        "|---|---|---|---|---|",
+    ]
+    for (c, nr, np, _), (_, gr, gp, _) in zip(nrows, grows):
+        lines.append(f"| {c} | {nr:.0f} | {np} | {gr:.0f} | {gp} |")
+    if nt and gt:
+        ratio = gt[1] / nt[1]
+        lines += [
+            "",
+            f"- nginx: {nt[1]:.0f} req/s (concurrency {nt[0]}); maas-gateway: {gt[1]:.0f} req/s (concurrency {gt[0]})",
+            f"- Ratio gateway / nginx: **{ratio:.2f}** (target >= 0.70: {verdict(ratio >= 0.7)})",
+            "",
+        ]
+    else:
+        lines += ["", "- No run kept p99 under 10 ms; no ratio.", ""]
+
+    # 3. Metering accuracy.
+    seen = sum(ok_2xx(json.load(open(p))) for p in glob.glob(os.path.join(res, "gw-*.json")))
+    with open(os.path.join(res, "metering-rows.txt")) as f:
+        rows = int(f.read().strip() or 0)
+    lines += [
+        "## 3. Metering accuracy",
+        "",
+        "2xx answers the client saw through the gateway over every gateway run above (warm-up included),",
+        "against the tenant's 2xx usage rows in PostgreSQL after a graceful stop (SIGTERM).",
+        "",
+        f"- Client 2xx: {seen}; usage rows: {rows}; rows / answers: **{(rows / seen if seen else 0):.6f}**"
+        f" (target exactly 1: {verdict(rows == seen)})",
+        "",
+    ]
+    return lines
+
+
+def backend_section(res):
+    cfg = load(res, "be-config")
+    c = cfg["concurrency"]
+    delay = cfg["max_queue_delay_us"]
+    dims = " -> ".join(str(d) for d in cfg["dims"])
+    b64 = load_run(res, f"be-dense-batched-c{c}")
+    u64 = load_run(res, f"be-dense-unbatched-c{c}")
+    b1 = load_run(res, "be-dense-batched-c1")
+    u1 = load_run(res, "be-dense-unbatched-c1")
+    raws = [json.load(open(p)) for p in
+            sorted(glob.glob(os.path.join(res, f"be-forward-b{cfg['max_batch_size']}*.json")))]
+    if not raws:
+        raise FileNotFoundError("no raw forward result")
+    # The faster of the raw measurements (before and after the batched run): the stricter ratio.
+    raw = max(raws, key=lambda r: r["rows_per_s"])
+    raw_list = " and ".join(f"{r['rows_per_s']:.0f}" for r in raws)
+    for r in (b64, u64, b1, u1):
+        if ok_2xx(r) == 0:
+            raise ValueError(f"run {r['scenario']} got no 2xx answer (statuses {r['statuses']}, "
+                             f"{r.get('transport_errors', 0)} transport errors)")
+    # One row per request (--batch 1), so 2xx requests/s are rows/s.
+    http_rows = b64["ok_throughput_rps"]
+    ratio_a = http_rows / raw["rows_per_s"]
+    ratio_b = b64["ok_throughput_rps"] / u64["ok_throughput_rps"]
+    added_p50 = b1["latency_us"]["p50"] - u1["latency_us"]["p50"]
+    lines = [
+        "## 4. Backend: dynamic batching",
+        "",
+        f"A dense {dims} FP32 model (random weights, `maas-backend init-dense`) on the CPU,",
+        f"served by the release `maas-backend` with one instance of {cfg['threads']} libtorch threads;",
+        f"closed loop, one random row per request in the binary tensor encoding, {cfg['duration_s']:g} s per run.",
+        f"Batched: `max_batch_size = {cfg['max_batch_size']}`, `max_queue_delay_us = {delay}`,",
+        f"`preferred_batch_sizes = {cfg['preferred_batch_sizes']}` (as config/model-dense-batched.toml).",
+        "Unbatched: the same model without `[dynamic_batching]` (one forward pass per request).",
+        "Raw: `maas-backend forward-bench`, the same weights loaded in-process, forward passes of",
+        f"{raw['batch']} rows back to back on {raw['threads']} threads, no HTTP and no batcher, measured just",
+        f"before and just after the batched run ({raw_list} rows/s); the faster counts.",
+        "At concurrency 1 each server ran twice, half the time each, in the order unbatched, batched,",
+        "batched, unbatched; the table gives the mean of the two runs' percentiles.",
+        "Average batch = inference count / execution count from the backend's `/metrics` over the run.",
+        "",
+        "| run | concurrency | 2xx req/s (= rows/s) | p50 us | p99 us | avg batch | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, r in (("batched", b64), ("unbatched", u64), ("batched", b1), ("unbatched", u1)):
+        l = r["latency_us"]
+        lines.append(f"| {label} | {r['concurrency']} | {r['ok_throughput_rps']:.0f} | {l['p50']} | {l['p99']} "
+                     f"| {fmt_batch(run_batch(res, r))} | {failures(r)} |")
+    lines.append(f"| raw forward, in-process | - | {raw['rows_per_s']:.0f} rows/s | "
+                 f"{raw['ms_per_pass'] * 1000:.0f} per pass | - | {raw['batch']} | - |")
+    observed = load_opt(res, "be-forward-observed")
+    if observed:
+        lines.append(f"| raw forward at the observed batch | - | {observed['rows_per_s']:.0f} rows/s | "
+                     f"{observed['ms_per_pass'] * 1000:.0f} per pass | - | {observed['batch']} | - |")
+    lines += [
+        "",
+        f"- (a) HTTP with batching at concurrency {c} / raw forward of {raw['batch']} rows: "
+        f"{http_rows:.0f} / {raw['rows_per_s']:.0f} rows/s = **{ratio_a:.2f}** (target >= 0.60: {verdict(ratio_a >= 0.6)})",
+    ]
+    if observed:
+        lines.append(
+            f"  - For context, against raw forward passes of the {observed['batch']} rows the batcher formed on average: "
+            f"{http_rows / observed['rows_per_s']:.2f}")
+    lines += [
+        f"- (b) Batched / unbatched at concurrency {c}: {b64['ok_throughput_rps']:.0f} / {u64['ok_throughput_rps']:.0f} "
+        f"req/s = **{ratio_b:.1f}x** (target >= 8x: {verdict(ratio_b >= 8)})",
+        f"- (c) p50 at concurrency 1, batched minus unbatched: {b1['latency_us']['p50']} - {u1['latency_us']['p50']} "
+        f"= **{added_p50} us** (target <= max_queue_delay_us = {delay} us: {verdict(added_p50 <= delay)}). A lone row",
+        "  is not a preferred batch size, so it waits out the whole delay: the expected difference is",
+        "  `max_queue_delay_us` plus the batcher's hand-off to the instance thread.",
+        "",
+    ]
+    return lines
+
+
+def torchserve_section(res):
+    cfg = load(res, "ts-config")
+    c = cfg["concurrency"]
+    m64, t64 = load_run(res, f"ts-maas-c{c}"), load_run(res, f"ts-torchserve-c{c}")
+
+    def opt_run(name):
+        try:
+            return load_run(res, name)
+        except (OSError, ValueError):
+            return None
+
+    m1, t1 = opt_run("ts-maas-c1"), opt_run("ts-torchserve-c1")
+    for r in (m64, t64):
+        if ok_2xx(r) == 0:
+            raise ValueError(f"run {r['scenario']} got no 2xx answer (statuses {r['statuses']}, "
+                             f"{r.get('transport_errors', 0)} transport errors)")
+    version = read_text(res, "ts-version.txt") or "0.12"
+    java = read_text(res, "ts-java.txt") or "java"
+    agree = load_opt(res, "ts-agreement")
+    dims = " -> ".join(str(d) for d in cfg["dims"])
+
+    def ts_batch(run):
+        rows = batches = 0
+        for part in run["_parts"]:
+            b = load_opt(res, part + ".batches")
+            if not b:
+                return None
+            rows, batches = rows + b["rows"], batches + b["batches"]
+        return rows / batches if batches else None
+
+    tput = m64["ok_throughput_rps"] / t64["ok_throughput_rps"] if t64["ok_throughput_rps"] else float("inf")
+    p99 = m64["latency_us"]["p99"] / t64["latency_us"]["p99"]
+    lines = [
+        "## 5. Backend against TorchServe",
+        "",
+        f"The same TorchScript file (a dense {dims} FP32 stack, `scripts/bench/make_torchscript.py`)",
+        f"on the CPU, served by `maas-backend` (platform `torchscript`) and by TorchServe {version} ({java}),",
+        "one model instance / worker each with "
+        f"{cfg['threads']} libtorch threads. Batching configured alike: maas `max_batch_size = {cfg['max_batch_size']}`,",
+        f"`max_queue_delay_us = {cfg['max_batch_delay_ms'] * 1000}`; TorchServe `batch_size = {cfg['max_batch_size']}`, "
+        f"`max_batch_delay = {cfg['max_batch_delay_ms']}` ms",
+        "(its unit is whole milliseconds). TorchServe runs a custom handler (`scripts/bench/ts_handler.py`: one",
+        "forward pass per batch, as maas does) behind `service_envelope=kservev2`, so both answer",
+        "`POST /v2/models/{m}/infer`; the load is the same file of one JSON-encoded row, closed loop,",
+        f"driven by `maas-loadtest`. At concurrency {c} each server ran twice for half of {cfg['duration_s']:g} s, in the",
+        "order maas, TorchServe, TorchServe, maas (throughput over both runs; percentiles the mean of the",
+        f"two runs'); at concurrency 1 once each, half of {cfg['duration_s']:g} s. TorchServe's average batch is",
+        "counted from its model_metrics.log (request ids per PredictionTime line).",
+    ]
+    if agree:
+        lines.append(f"Both servers' answers to that row agree to {agree['max_abs_diff']:.2g} (max abs difference over "
+                     f"{agree['elements']} outputs).")
+    lines += [
+        "",
+        "| server | concurrency | 2xx req/s | p50 us | p99 us | avg batch | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cc, m, t in ((c, m64, t64), (1, m1, t1)):
+        if m:
+            l = m["latency_us"]
+            lines.append(f"| maas-backend | {cc} | {m['ok_throughput_rps']:.0f} | {l['p50']} | {l['p99']} "
+                         f"| {fmt_batch(run_batch(res, m))} | {failures(m)} |")
+        if t:
+            l = t["latency_us"]
+            lines.append(f"| TorchServe | {cc} | {t['ok_throughput_rps']:.0f} | {l['p50']} | {l['p99']} "
+                         f"| {fmt_batch(ts_batch(t))} | {failures(t)} |")
+    lines += [
+        "",
+        f"- Throughput maas-backend / TorchServe at concurrency {c}: {m64['ok_throughput_rps']:.0f} / "
+        f"{t64['ok_throughput_rps']:.0f} req/s = **{tput:.2f}** (above 1: maas-backend serves more)",
+        f"- p99 maas-backend / TorchServe at concurrency {c}: {m64['latency_us']['p99']} / {t64['latency_us']['p99']} us "
+        f"= **{p99:.2f}** (below 1: maas-backend answers sooner)",
+    ]
+    if m1 and t1:
+        r1 = m1["latency_us"]["p99"] / t1["latency_us"]["p99"]
+        lines.append(f"- p99 maas-backend / TorchServe at concurrency 1: {m1['latency_us']['p99']} / "
+                     f"{t1['latency_us']['p99']} us = **{r1:.2f}**")
+    lines.append("")
+    return lines
+
+
+SECTIONS = [
+    ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
+     gateway_section),
+    ("backend", "4. Backend: dynamic batching", backend_section),
+    ("torchserve", "5. Backend against TorchServe", torchserve_section),
+]
+
+
+def render_section(res, key, title, fn):
+    why = None
+    for suffix in ("failed", "skipped"):
+        text = read_text(res, f"{key}.{suffix}")
+        if text:
+            why = text
+            break
+    if why is None:
+        try:
+            return fn(res)
+        except Exception as e:  # incomplete results: say so, write the other sections
+            why = f"results incomplete ({type(e).__name__}: {e})"
+    return [f"## {title}", "", f"- not measured: {why}", ""]
+
+
+def main():
+    res, out = sys.argv[1], sys.argv[2]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = [cmd("rustc", "--version")]
+    extra = read_text(res, "versions.txt")
+    if extra:
+        versions += [v for v in extra.splitlines()[1:] if v.strip()]
+    nginx = cmd("nginx", "-v")
+    if nginx != "not found":
+        versions.append("nginx " + nginx.replace("nginx version: ", ""))
+    psql = cmd("psql", "--version")
+    if psql != "not found":
+        versions.append(psql)
+    ts = read_text(res, "ts-version.txt")
+    if ts:
+        versions.append(f"TorchServe {ts}")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (scripts/bench.sh); do not edit by hand. Every figure compares two",
+        "measurements taken side by side in this one run on this machine, with the load generator",
+        "(`maas-loadtest`) sharing the cores with the servers.",
+        "",
+        f"- Date: {now}",
+        f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), {platform.system()} {platform.release()}",
+        f"- Versions: {'; '.join(versions)}",
+        "",
+    ]
+    for key, title, fn in SECTIONS:
+        lines += render_section(res, key, title, fn)
+    lines += [
+        "## Not measured yet",
+        "",
+        "- Limiter accuracy (needs the Redis rate limits).",
+        "",
+    ]
+    with open(out, "w") as f:
+        f.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
