@@ -114,11 +114,13 @@ impl KeyRecord {
 
 /// Extract the presented key from the request headers.
 ///
-/// `Authorization: Bearer <key>` (scheme case-insensitive) wins over `x-api-key: <key>`.
+/// `Authorization: Bearer <key>` (scheme case-insensitive) or `x-api-key: <key>`; both may be
+/// sent only with the same key.
 ///
 /// # Errors
 /// [`GatewayError::MissingApiKey`] when neither header is present;
-/// [`GatewayError::MalformedAuthorization`] for another scheme or non-text header.
+/// [`GatewayError::MalformedAuthorization`] for another scheme or non-text header;
+/// [`GatewayError::ConflictingCredentials`] when the two headers carry different values.
 pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
     if let Some(value) = req.headers.get(http::header::AUTHORIZATION) {
         let value = value
@@ -134,6 +136,11 @@ pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(GatewayError::MissingApiKey);
+        }
+        if let Some(other) = req.headers.get("x-api-key") {
+            if other.to_str().ok().map(str::trim) != Some(token) {
+                return Err(GatewayError::ConflictingCredentials);
+            }
         }
         return Ok(token.to_string());
     }
@@ -370,6 +377,13 @@ mod tests {
             presented_key(&req(&[
                 ("authorization", "Bearer abc"),
                 ("x-api-key", "xyz")
+            ])),
+            Err(GatewayError::ConflictingCredentials)
+        );
+        assert_eq!(
+            presented_key(&req(&[
+                ("authorization", "Bearer abc"),
+                ("x-api-key", " abc")
             ]))
             .unwrap(),
             "abc"

@@ -49,6 +49,53 @@ pub struct GatewayConfig {
     pub metering: MeteringConfig,
     /// API key authentication.
     pub auth: AuthConfig,
+    /// Admin API (operators): its own listener, off unless an operator token is set.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the operator API ([`crate::admin`]), axum on its own listener.
+///
+/// `Debug` prints the operator token as `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// Address the admin listener binds, `host:port`. Default `127.0.0.1:8081`.
+    pub listen: String,
+    /// Bearer token operators send (`Authorization: Bearer <token>`). Unset or empty: the admin
+    /// API is disabled (logged at start). Prefer `MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN` to the file.
+    pub operator_token: Option<String>,
+    /// Connections of the admin API's own PostgreSQL pool. Default 4.
+    pub db_max_connections: u32,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field(
+                "operator_token",
+                &self.operator_token.as_ref().map(|_| "***"),
+            )
+            .field("db_max_connections", &self.db_max_connections)
+            .finish()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:8081".into(),
+            operator_token: None,
+            db_max_connections: 4,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The operator token when the admin API is enabled (set and not empty).
+    pub fn token(&self) -> Option<&str> {
+        self.operator_token.as_deref().filter(|t| !t.is_empty())
+    }
 }
 
 /// `[upstream]`: the backends (OIP v2 inference servers) requests are forwarded to.
@@ -114,6 +161,58 @@ pub struct AuthConfig {
     pub cache_capacity: usize,
     /// Connections of the proxy's PostgreSQL pool (key lookups). Default 8.
     pub db_max_connections: u32,
+    /// JWT verification ([`crate::jwt`]); off while neither key is set.
+    pub jwt: JwtConfig,
+}
+
+/// `[auth.jwt]`: keys and claim rules for JWT bearer tokens (RFC 7519).
+///
+/// `Debug` prints the HMAC secret as `***`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JwtConfig {
+    /// HS256 shared secret (UTF-8 bytes). Unset: HS256 tokens are refused.
+    pub hs256_secret: Option<String>,
+    /// RS256 public key, PEM text (`-----BEGIN PUBLIC KEY-----`). Unset: RS256 tokens are refused.
+    pub rs256_public_key_pem: Option<String>,
+    /// Required `iss`; unset: not checked.
+    pub issuer: Option<String>,
+    /// Required `aud` (one of the token's audiences); unset: not checked.
+    pub audience: Option<String>,
+    /// Clock leeway for `exp` and `nbf`, seconds. Default 30.
+    pub leeway_s: u64,
+    /// Claim holding the tenant (a string). Default `tenant`.
+    pub tenant_claim: String,
+    /// Longest accepted token, bytes; longer ones are refused before parsing. Default 8192.
+    pub max_token_bytes: usize,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "***"))
+            .field("rs256_public_key_pem", &self.rs256_public_key_pem.is_some())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_s", &self.leeway_s)
+            .field("tenant_claim", &self.tenant_claim)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .finish()
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            hs256_secret: None,
+            rs256_public_key_pem: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+            tenant_claim: "tenant".into(),
+            max_token_bytes: 8192,
+        }
+    }
 }
 
 impl Default for GatewayConfig {
@@ -128,6 +227,7 @@ impl Default for GatewayConfig {
             upstream: UpstreamConfig::default(),
             metering: MeteringConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -162,6 +262,7 @@ impl Default for AuthConfig {
             cache_ttl_ms: 5000,
             cache_capacity: 100_000,
             db_max_connections: 8,
+            jwt: JwtConfig::default(),
         }
     }
 }
@@ -209,6 +310,12 @@ impl GatewayConfig {
         if self.metering.spool_max_bytes < self.metering.spool_segment_bytes {
             bail!("metering.spool_max_bytes must be at least metering.spool_segment_bytes");
         }
+        if self.admin.token().is_some() {
+            resolve_one(&self.admin.listen).context("admin.listen")?;
+            if self.admin.db_max_connections == 0 {
+                bail!("admin.db_max_connections must be at least 1");
+            }
+        }
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
         }
@@ -237,6 +344,11 @@ impl GatewayConfig {
                 "no database_url: set it in the config file, or DATABASE_URL, or {ENV_PREFIX}DATABASE_URL"
             ),
         }
+    }
+
+    /// `admin.listen` resolved to one socket address.
+    pub fn admin_addr(&self) -> anyhow::Result<SocketAddr> {
+        resolve_one(&self.admin.listen).context("admin.listen")
     }
 
     /// The spool directory: `metering.spool_dir`, or the per-instance default under the
@@ -338,6 +450,13 @@ mod tests {
             assert!(!c.run_migrations);
             assert_eq!(c.metering.spool_full, SpoolFullPolicy::Serve);
             assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/maas/spool"));
+            assert!(c.admin.token().is_none());
+            jail.set_env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", "op-secret");
+            jail.set_env("MAAS_GATEWAY_ADMIN__LISTEN", "127.0.0.1:7002");
+            let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
+            assert_eq!(c.admin.token(), Some("op-secret"));
+            assert_eq!(c.admin.listen, "127.0.0.1:7002");
+            assert!(!format!("{c:?}").contains("op-secret"));
             Ok(())
         });
     }

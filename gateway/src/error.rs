@@ -19,6 +19,9 @@ pub enum GatewayError {
     /// The key is not one the gateway issued (unknown hash or wrong format).
     #[error("invalid API key")]
     InvalidApiKey,
+    /// `Authorization: Bearer` and `x-api-key` carry different credentials (issue 4 item 3).
+    #[error("two different credentials: send either Authorization: Bearer or x-api-key, not both")]
+    ConflictingCredentials,
     /// The key was revoked (`api_keys.revoked_at`).
     #[error("API key revoked")]
     RevokedApiKey,
@@ -60,6 +63,7 @@ impl GatewayError {
         match self {
             GatewayError::MissingApiKey => "missing_api_key",
             GatewayError::MalformedAuthorization => "malformed_authorization",
+            GatewayError::ConflictingCredentials => "conflicting_credentials",
             GatewayError::InvalidApiKey => "invalid_api_key",
             GatewayError::RevokedApiKey => "revoked_api_key",
             GatewayError::ExpiredApiKey => "expired_api_key",
@@ -90,7 +94,9 @@ impl GatewayError {
             GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::ConflictingCredentials => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::Http(code) => *code,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -181,6 +187,10 @@ mod tests {
         assert_eq!(
             GatewayError::BadGateway("x".into()).status(),
             StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            GatewayError::ConflictingCredentials.status(),
+            StatusCode::BAD_REQUEST
         );
         assert_eq!(
             GatewayError::AuthUnavailable.status(),

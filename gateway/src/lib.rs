@@ -4,12 +4,15 @@
 //! authenticates API keys ([`auth`], [`keys`]), forwards to a backend pool ([`upstream`]) and
 //! meters every request through a local spool ([`spool`]) into PostgreSQL with a background
 //! writer ([`metering`]).
+//! The operator API (tenants, keys) is [`admin`], axum on its own listener.
 //! [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; every client-facing
 //! error and its status live in [`error`].
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod jwt;
 pub mod keys;
 pub mod metering;
 pub mod proxy;

@@ -100,6 +100,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     server.add_service(background_service("usage writer", writer));
     server.add_service(background_service("usage spool sync", syncer));
     server.add_service(background_service("announce", Announce { listen }));
+    // Its own thread and runtime (pingora owns the proxy's); bound before the readiness line.
+    let _admin = crate::admin::spawn(&config)?;
     tracing::info!(%listen, backends = ?config.upstream.backends, spool = %spool_dir.display(), "starting maas-gateway");
     server.run_forever()
 }

@@ -1,0 +1,469 @@
+//! End-to-end test of the admin API (tenants, keys) with a real PostgreSQL, a fake OIP backend
+//! and the `maas-gateway` binary: keys created over the admin API work on the data path, and a
+//! revocation or a suspension is refused there once the key cache expires.
+//!
+//! Needs `DATABASE_URL` (a role allowed to CREATE DATABASE; `make test` provides one).
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
+const INFERENCE_COUNT: i64 = 7;
+const BODY: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#;
+const COMPUTE_US: i64 = 1234;
+const TOKEN: &str = "test-operator-token-0123456789";
+const CACHE_TTL_MS: u64 = 200;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: these tests need a PostgreSQL server whose role may \
+             CREATE DATABASE (run them with `make test`, or set DATABASE_URL=postgres://...)"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `name` (query string kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{root}/{name}{query}")
+}
+
+/// A fresh database with the migrations applied. A passing test drops it with
+/// [`drop_database`]; a failing one leaves it behind for inspection.
+async fn fresh_database() -> (PgPool, String) {
+    let admin_url = database_url();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({admin_url}): {e}"));
+    let name = format!("gw_test_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("CREATE DATABASE");
+    admin.close().await;
+    let url = with_database(&admin_url, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
+    maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
+    (pool, url)
+}
+
+/// Drop the test database behind `pool` (closing `pool`; other sessions are terminated).
+async fn drop_database(pool: PgPool) {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The fake backend: answers every path with what it saw, plus the usage headers.
+///
+/// It reads the request body like a real OIP server, except for model `lazy`, which answers
+/// without reading it: hyper then closes the connection after the response, and the gateway
+/// finds that pooled upstream connection dead on its next use.
+async fn fake_backend(req: Request) -> impl IntoResponse {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    let path = parts.uri.path().to_string();
+    let body_bytes = if path.starts_with("/v2/models/lazy/") {
+        None
+    } else {
+        Some(axum::body::to_bytes(body, usize::MAX).await.unwrap().len())
+    };
+    let body = json!({
+        "path": path,
+        "saw_authorization": h.contains_key("authorization"),
+        "saw_api_key": h.contains_key("x-api-key"),
+        "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "body_bytes": body_bytes,
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("x-maas-inference-count", INFERENCE_COUNT.into());
+    headers.insert("x-maas-compute-us", COMPUTE_US.into());
+    (StatusCode::OK, headers, Json(body))
+}
+
+async fn start_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(fake_backend);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gateway_command(db_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(std::env::temp_dir())
+        .env_remove("MAAS_GATEWAY_CONFIG")
+        .env_remove("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN")
+        .env("MAAS_GATEWAY_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Start `maas-gateway serve` with the admin API (when `token` is set) and wait for its
+/// readiness line; returns the data-path and admin addresses.
+fn start_gateway(
+    db_url: &str,
+    backend: SocketAddr,
+    token: Option<&str>,
+) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let listen = free_port();
+    let admin = free_port();
+    let mut cmd = gateway_command(db_url);
+    cmd.arg("serve")
+        .env("MAAS_GATEWAY_LISTEN", listen.to_string())
+        .env("MAAS_GATEWAY_ADMIN__LISTEN", admin.to_string())
+        .env(
+            "MAAS_GATEWAY_UPSTREAM__BACKENDS",
+            format!("[\"{backend}\"]"),
+        )
+        .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", CACHE_TTL_MS.to_string())
+        .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
+        .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
+        .stdout(Stdio::piped());
+    if let Some(t) = token {
+        cmd.env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", t);
+    }
+    let mut child = cmd.spawn().expect("spawn maas-gateway");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway printed no readiness line within 60 s");
+    assert_eq!(line, format!("maas-gateway listening on {listen}"));
+    (guard, listen, admin)
+}
+
+struct Admin {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request to the admin API");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("non-JSON admin body: {}", String::from_utf8_lossy(&bytes)));
+        (status, body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body), Some(TOKEN))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, Some(TOKEN))
+            .await
+    }
+}
+
+/// POST an infer request with `key` to the data path; returns the status.
+async fn infer(client: &reqwest::Client, gw: SocketAddr, key: &str) -> u16 {
+    client
+        .post(format!("http://{gw}/v2/models/dense/infer"))
+        .header("content-type", "application/json")
+        .bearer_auth(key)
+        .body(BODY)
+        .send()
+        .await
+        .expect("request to the gateway")
+        .status()
+        .as_u16()
+}
+
+/// Poll the data path until `key` gets `want` (the key cache must expire first).
+async fn wait_for_status(client: &reqwest::Client, gw: SocketAddr, key: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_millis(CACHE_TTL_MS * 10 + 2000);
+    loop {
+        let got = infer(client, gw, key).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {got}, expected {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let (gw_process, gw, admin_addr) = start_gateway(&db_url, backend, Some(TOKEN));
+    let client = reqwest::Client::new();
+    let admin = Admin {
+        client: client.clone(),
+        base: format!("http://{admin_addr}"),
+    };
+
+    // Operator token: missing, wrong or of another scheme is 401 JSON with WWW-Authenticate.
+    for token in [None, Some("wrong"), Some("test-operator-token-012345678")] {
+        let (status, body) = admin
+            .send(reqwest::Method::GET, "/admin/v1/tenants", None, token)
+            .await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["error"].is_string());
+    }
+    let resp = client
+        .get(format!("http://{admin_addr}/admin/v1/tenants"))
+        .header("authorization", format!("Basic {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.headers().contains_key("www-authenticate"));
+
+    // Tenants.
+    let (status, tenant) = admin
+        .post("/admin/v1/tenants", json!({"name": "acme"}))
+        .await;
+    assert_eq!(status, 201, "{tenant}");
+    assert_eq!(tenant["status"], "active");
+    assert_eq!(tenant["plan"], "default");
+    let tenant_id = tenant["id"].as_str().unwrap().to_string();
+    let (status, body) = admin
+        .post("/admin/v1/tenants", json!({"name": "acme"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = admin.post("/admin/v1/tenants", json!({"nom": "x"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].is_string());
+    let (status, body) = admin.post("/admin/v1/tenants", json!({"name": ""})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, list) = admin.get("/admin/v1/tenants").await;
+    assert_eq!(status, 200);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "acme");
+
+    // Keys: the secret comes back once; listings show the prefix, never the secret or hash.
+    let keys_path = format!("/admin/v1/tenants/{tenant_id}/keys");
+    let (status, created) = admin.post(&keys_path, json!({"name": "ci"})).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert!(
+        secret.starts_with("maas_") && secret.len() == 53,
+        "{secret}"
+    );
+    assert_eq!(created["prefix"].as_str().unwrap(), &secret[..12]);
+    let key_id = created["id"].as_str().unwrap().to_string();
+    let (status, keys) = admin.get(&keys_path).await;
+    assert_eq!(status, 200);
+    assert_eq!(keys.as_array().unwrap().len(), 1);
+    let listed = keys[0].to_string();
+    assert!(!listed.contains(&secret[12..]), "{listed}");
+    assert!(keys[0].get("secret").is_none() && keys[0].get("secret_sha256").is_none());
+    assert!(!listed.contains(&maas_gateway::keys::hash_key(&secret)));
+    let (status, _) = admin
+        .post("/admin/v1/tenants/not-a-uuid/keys", json!({"name": "x"}))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = admin
+        .post(
+            &format!("/admin/v1/tenants/{}/keys", Uuid::now_v7()),
+            json!({"name": "x"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin
+        .post(&keys_path, json!({"name": "x", "allowed_models": []}))
+        .await;
+    assert_eq!(status, 400);
+
+    // The key works on the data path; two different credentials in one request are refused.
+    assert_eq!(infer(&client, gw, &secret).await, 200);
+    let both = client
+        .post(format!("http://{gw}/v2/models/dense/infer"))
+        .header("content-type", "application/json")
+        .bearer_auth(&secret)
+        .header("x-api-key", "maas_other")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status().as_u16(), 400);
+
+    // Rotate: a new secret works, the old one is refused after the cache TTL.
+    let (status, rotated) = admin
+        .post(&format!("/admin/v1/keys/{key_id}/rotate"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret);
+    assert_eq!(rotated["name"], "ci");
+    let new_key_id = rotated["id"].as_str().unwrap().to_string();
+    assert_eq!(infer(&client, gw, &new_secret).await, 200);
+    wait_for_status(&client, gw, &secret, 401).await;
+    let (status, _) = admin
+        .post(&format!("/admin/v1/keys/{key_id}/rotate"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+
+    // Revoke: refused after the cache TTL; revoking again is idempotent.
+    let (status, revoked) = admin
+        .post(&format!("/admin/v1/keys/{new_key_id}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert!(revoked["revoked_at"].is_string());
+    wait_for_status(&client, gw, &new_secret, 401).await;
+    let (status, again) = admin
+        .post(&format!("/admin/v1/keys/{new_key_id}/revoke"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["revoked_at"], revoked["revoked_at"]);
+    let (status, _) = admin
+        .post(
+            &format!("/admin/v1/keys/{}/revoke", Uuid::now_v7()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // Suspend: a live key of the tenant gets 403; reactivate: 200 again.
+    let (_, live) = admin.post(&keys_path, json!({"name": "live"})).await;
+    let live = live["secret"].as_str().unwrap().to_string();
+    assert_eq!(infer(&client, gw, &live).await, 200);
+    let (status, t) = admin
+        .post(&format!("/admin/v1/tenants/{tenant_id}/suspend"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(t["status"], "suspended");
+    wait_for_status(&client, gw, &live, 403).await;
+    let (status, t) = admin
+        .post(
+            &format!("/admin/v1/tenants/{tenant_id}/reactivate"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(t["status"], "active");
+    wait_for_status(&client, gw, &live, 200).await;
+    let (status, _) = admin
+        .post(
+            &format!("/admin/v1/tenants/{}/suspend", Uuid::now_v7()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, keys) = admin.get(&keys_path).await;
+    assert_eq!(status, 200);
+    assert_eq!(keys.as_array().unwrap().len(), 3);
+
+    // The OpenAPI document is served without a token and lists every route.
+    let (status, doc) = admin
+        .send(reqwest::Method::GET, "/admin/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, method) in [
+        ("/admin/v1/tenants", "post"),
+        ("/admin/v1/tenants", "get"),
+        ("/admin/v1/tenants/{tenant_id}/suspend", "post"),
+        ("/admin/v1/tenants/{tenant_id}/reactivate", "post"),
+        ("/admin/v1/tenants/{tenant_id}/keys", "post"),
+        ("/admin/v1/tenants/{tenant_id}/keys", "get"),
+        ("/admin/v1/keys/{key_id}/revoke", "post"),
+        ("/admin/v1/keys/{key_id}/rotate", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    assert_eq!(paths.len(), 6);
+
+    // Unknown admin routes are JSON 404s.
+    let (status, body) = admin.get("/admin/v1/nothing").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+
+    drop(gw_process);
+    drop_database(pool).await;
+}
+
+#[tokio::test]
+async fn admin_api_is_off_without_an_operator_token() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let (_gw, _listen, admin_addr) = start_gateway(&db_url, backend, None);
+    assert!(
+        std::net::TcpStream::connect(admin_addr).is_err(),
+        "admin listener must not be bound without a token"
+    );
+    drop_database(pool).await;
+}
