@@ -88,7 +88,12 @@ curl -s http://$gateway_addr/v2/models/digits/infer \\
   -d '{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[$pixels]}]}'
 
 The answer's "probabilities" has its largest value at index $label.
-Press Ctrl-C to stop everything.
+(Each make run creates a new key; keys from earlier runs stay valid.)
+
+Usage recorded so far for the tenant 'demo' (this month, as JSON):
+  DATABASE_URL=$DATABASE_URL $bin/maas-billing usage --tenant demo
+
+Press Ctrl-C to stop everything (backend, gateway, PostgreSQL, Redis).
 MSG
 
 wait -n "${pids[@]}" || true

@@ -49,7 +49,9 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
+# Ctrl-C reaches the whole foreground group: COMMAND handles it, and this script then exits
+# with COMMAND's status (so `make run` stopped by Ctrl-C ends cleanly); TERM stops us.
+trap ':' INT
 trap 'exit 143' TERM
 
 # --- PostgreSQL -------------------------------------------------------------------------------
@@ -92,4 +94,6 @@ fi
 # --- Migrations -------------------------------------------------------------------------------
 cargo run -q -p maas-billing -- migrate
 
+set +e
 "$@"
+exit $?

@@ -474,6 +474,7 @@ async fn infer_version(
     let usage = Usage {
         inference_count: u64::try_from(rows).unwrap_or(0),
         compute: forward.compute,
+        model_version: number,
     };
     tracing::debug!(
         model = model_name,

@@ -11,6 +11,10 @@ pub const INFERENCE_COUNT_HEADER: HeaderName = HeaderName::from_static("x-maas-i
 /// Compute time of the request's forward pass, integer microseconds, rounded up (so at least 1).
 pub const COMPUTE_US_HEADER: HeaderName = HeaderName::from_static("x-maas-compute-us");
 
+/// The model version that served the request (the version folder's number), so the gateway
+/// can meter it even when the request named no version.
+pub const MODEL_VERSION_HEADER: HeaderName = HeaderName::from_static("x-maas-model-version");
+
 /// What one infer request used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -18,6 +22,8 @@ pub struct Usage {
     pub inference_count: u64,
     /// Forward-pass compute time.
     pub compute: Duration,
+    /// The version that served the request.
+    pub model_version: u64,
 }
 
 impl Usage {
@@ -36,6 +42,7 @@ impl Usage {
             HeaderValue::from(self.inference_count),
         );
         headers.insert(COMPUTE_US_HEADER, HeaderValue::from(self.compute_us()));
+        headers.insert(MODEL_VERSION_HEADER, HeaderValue::from(self.model_version));
         headers
     }
 }
@@ -49,15 +56,18 @@ mod tests {
         let usage = Usage {
             inference_count: 5,
             compute: Duration::from_nanos(1),
+            model_version: 3,
         };
         assert_eq!(usage.compute_us(), 1);
         let usage = Usage {
             inference_count: 5,
             compute: Duration::from_nanos(1_500),
+            model_version: 3,
         };
         assert_eq!(usage.compute_us(), 2);
         let headers = usage.headers();
         assert_eq!(headers["x-maas-inference-count"], "5");
         assert_eq!(headers["x-maas-compute-us"], "2");
+        assert_eq!(headers["x-maas-model-version"], "3");
     }
 }

@@ -41,6 +41,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub const INFERENCE_COUNT: &str = "x-maas-inference-count";
 /// Backend response header: compute time, microseconds.
 pub const COMPUTE_US: &str = "x-maas-compute-us";
+/// Backend response header: the model version that served the request.
+pub const MODEL_VERSION: &str = "x-maas-model-version";
 
 /// Per-request state shared by the phases.
 #[derive(Debug)]
@@ -341,6 +343,13 @@ impl ProxyHttp for Gateway {
         }
         if let Some(us) = header_i64(upstream_response, COMPUTE_US) {
             ctx.compute_us = us;
+        }
+        if ctx.model_version.is_none() {
+            // The version the backend chose when the path named none (a number: it is the
+            // version folder's name; anything else is ignored).
+            if let Some(v) = header_i64(upstream_response, MODEL_VERSION) {
+                ctx.model_version = Some(v.to_string());
+            }
         }
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
         if ctx.admission == Some(Admission::Metered) {

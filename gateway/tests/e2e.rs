@@ -102,8 +102,16 @@ async fn wait_ready(url: &str) {
     panic!("{url} did not become ready within 30 s");
 }
 
-/// (http_status, model, inference_count, tenant name, response_bytes) of a usage row.
-type UsageRow = (i16, Option<String>, i64, Option<String>, i64);
+/// (http_status, model, model_version, inference_count, tenant name, response_bytes) of a
+/// usage row.
+type UsageRow = (
+    i16,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<String>,
+    i64,
+);
 
 fn argmax(v: &[f64]) -> usize {
     v.iter()
@@ -283,7 +291,8 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
     }
     for id in &request_ids {
         let rows: Vec<UsageRow> = sqlx::query_as(
-            "SELECT u.http_status, u.model, u.inference_count, t.name, u.response_bytes \
+            "SELECT u.http_status, u.model, u.model_version, u.inference_count, t.name, \
+                    u.response_bytes \
              FROM usage_events u LEFT JOIN tenants t ON t.id = u.tenant_id \
              WHERE u.request_id = $1",
         )
@@ -292,9 +301,11 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         .await
         .expect("usage row");
         assert_eq!(rows.len(), 1, "exactly one usage row for {id}");
-        let (status, model, inferences, tenant, response_bytes) = &rows[0];
+        let (status, model, version, inferences, tenant, response_bytes) = &rows[0];
         assert_eq!(*status, 200);
         assert_eq!(model.as_deref(), Some("digits"));
+        // The request named no version; the backend's answer says which one served it.
+        assert_eq!(version.as_deref(), Some("1"));
         assert_eq!(*inferences, 1);
         assert_eq!(tenant.as_deref(), Some("e2e-tenant"));
         assert!(*response_bytes > 0);
