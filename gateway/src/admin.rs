@@ -120,6 +120,9 @@ pub struct AdminState {
     pub pool: PgPool,
     /// SHA-256 of the operator token (compared in constant time, length-independent).
     token_sha256: [u8; 32],
+    /// Where changes are announced to every gateway ([`crate::invalidation`]); `None`: the
+    /// gateways' cache TTL alone bounds how long a change takes.
+    redis: Option<redis::Client>,
 }
 
 impl AdminState {
@@ -128,6 +131,35 @@ impl AdminState {
         AdminState {
             pool,
             token_sha256: Sha256::digest(operator_token.as_bytes()).into(),
+            redis: None,
+        }
+    }
+
+    /// The same, announcing changes on `redis`.
+    pub fn with_redis(mut self, redis: Option<redis::Client>) -> Self {
+        self.redis = redis;
+        self
+    }
+
+    /// Tell every gateway to forget what it cached about `tenant_id` (logged on failure: the
+    /// change then takes effect within the gateways' cache TTL).
+    async fn announce(&self, tenant_id: Uuid) {
+        self.announce_change(Some(tenant_id)).await;
+    }
+
+    /// The same for `Some(tenant)`, or for every tenant with `None`.
+    pub(crate) async fn announce_change(&self, tenant_id: Option<Uuid>) {
+        if let Some(client) = &self.redis {
+            let msg = match tenant_id {
+                Some(id) => crate::invalidation::Invalidation::tenant(id),
+                None => crate::invalidation::Invalidation::everything(),
+            };
+            match crate::invalidation::publish(client, &msg, Duration::from_secs(1)).await {
+                Ok(receivers) => tracing::debug!(?tenant_id, receivers, "invalidation announced"),
+                Err(e) => {
+                    tracing::warn!(?tenant_id, error = %e, "invalidation not announced; caches expire by TTL")
+                }
+            }
         }
     }
 
@@ -177,9 +209,25 @@ async fn require_operator(
         create_key,
         list_keys,
         revoke_key,
-        rotate_key
+        rotate_key,
+        crate::admin_limits::get_plan_limits,
+        crate::admin_limits::put_plan_limits,
+        crate::admin_limits::get_tenant_limits,
+        crate::admin_limits::put_tenant_limits,
+        crate::admin_limits::get_key_limits,
+        crate::admin_limits::put_key_limits
     ),
-    components(schemas(ErrorBody, Tenant, NewTenant, ApiKey, NewApiKey, CreatedApiKey)),
+    components(schemas(
+        ErrorBody,
+        Tenant,
+        NewTenant,
+        ApiKey,
+        NewApiKey,
+        CreatedApiKey,
+        crate::admin_limits::LimitRules,
+        crate::limits::LimitRule,
+        crate::limits::Level
+    )),
     modifiers(&BearerAuth),
     security(("operator_token" = []))
 )]
@@ -217,6 +265,18 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/admin/v1/keys/{key_id}/revoke", post(revoke_key))
         .route("/admin/v1/keys/{key_id}/rotate", post(rotate_key))
+        .route(
+            "/admin/v1/plans/{plan}/limits",
+            get(crate::admin_limits::get_plan_limits).put(crate::admin_limits::put_plan_limits),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/limits",
+            get(crate::admin_limits::get_tenant_limits).put(crate::admin_limits::put_tenant_limits),
+        )
+        .route(
+            "/admin/v1/keys/{key_id}/limits",
+            get(crate::admin_limits::get_key_limits).put(crate::admin_limits::put_key_limits),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -255,6 +315,7 @@ pub fn spawn(config: &GatewayConfig) -> anyhow::Result<Option<std::thread::JoinH
     let url = config.database_url()?.to_string();
     let max_connections = config.admin.db_max_connections;
     let token = token.to_string();
+    let redis = config.redis_client()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("maas-admin")
@@ -284,7 +345,12 @@ pub fn spawn(config: &GatewayConfig) -> anyhow::Result<Option<std::thread::JoinH
                     }
                 };
                 tracing::info!(%addr, "admin API listening");
-                if let Err(e) = axum::serve(listener, router(AdminState::new(pool, &token))).await {
+                if let Err(e) = axum::serve(
+                    listener,
+                    router(AdminState::new(pool, &token).with_redis(redis)),
+                )
+                .await
+                {
                     tracing::error!(error = %e, "admin API stopped");
                 }
             });
@@ -408,10 +474,12 @@ async fn set_tenant_status(
     .await?
     .ok_or_else(|| AppError::NotFound(format!("no tenant {id}")))?;
     tracing::info!(tenant_id = %id, status, "admin: tenant status set");
+    state.announce(id).await;
     Ok(Json(tenant))
 }
 
-/// Suspend a tenant: its keys are refused (403) once the data path's cache expires.
+/// Suspend a tenant: its keys and tokens are refused (403) on every gateway within a second
+/// (announced on Redis; without Redis, once the gateways' cache TTL expires).
 #[utoipa::path(
     post, path = "/admin/v1/tenants/{tenant_id}/suspend",
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
@@ -632,6 +700,7 @@ async fn revoke_key(
     .await?
     .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
     tracing::info!(%key_id, prefix = %key.prefix, "admin: key revoked");
+    state.announce(key.tenant_id).await;
     Ok(Json(key))
 }
 
@@ -680,6 +749,7 @@ async fn rotate_key(
     .await?;
     tx.commit().await?;
     tracing::info!(old_key_id = %key_id, key_id = %created.key.id, "admin: key rotated");
+    state.announce(old.tenant_id).await;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -723,6 +793,9 @@ mod tests {
             "/admin/v1/tenants/{tenant_id}/keys",
             "/admin/v1/keys/{key_id}/revoke",
             "/admin/v1/keys/{key_id}/rotate",
+            "/admin/v1/plans/{plan}/limits",
+            "/admin/v1/tenants/{tenant_id}/limits",
+            "/admin/v1/keys/{key_id}/limits",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),

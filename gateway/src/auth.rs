@@ -1,13 +1,21 @@
-//! API key authentication and authorization, with a short-lived in-process cache.
+//! Authentication (API keys and JWTs) and authorization, with short-lived in-process caches.
 //!
-//! A client sends `Authorization: Bearer <key>` (RFC 6750 section 2.1) or `x-api-key: <key>`.
-//! The key's SHA-256 is looked up in `api_keys` joined with `tenants`; the verdict (key found or
-//! not) is cached for `auth.cache_ttl_ms`, so PostgreSQL sees at most one lookup per key per TTL
-//! and a revoked key stops working within one TTL.
+//! A client sends `Authorization: Bearer <credential>` (RFC 6750 section 2.1) or
+//! `x-api-key: <credential>`. A credential that starts with `maas_` is an API key: its SHA-256
+//! is looked up in `api_keys` joined with `tenants`. Anything else shaped like a JWT is verified
+//! by [`crate::jwt::JwtVerifier`] when `[auth.jwt]` configures keys, and its tenant claim is
+//! looked up in `tenants` (by name, or by id when it is a UUID).
+//!
+//! Every verdict from PostgreSQL (found or not) is cached for `auth.cache_ttl_ms`, so the
+//! database sees at most one lookup per key or tenant per TTL, including for made-up keys.
+//! Changes made through the admin API are announced on Redis ([`crate::invalidation`]) and
+//! evict the tenant's entries on every gateway at once; the TTL is the backstop when Redis is
+//! down. `api_keys.last_used_at` is written lazily: the keys used since the last flush are
+//! written in one `UPDATE` every `auth.last_used_flush_ms` ([`Authenticator::flush_last_used`]).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pingora::http::RequestHeader;
@@ -17,17 +25,28 @@ use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use crate::cache::TtlCache;
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
+use crate::jwt::JwtVerifier;
 use crate::keys;
 
-/// Who a request is, once its key has been accepted.
+/// Who a request is, once its credential has been accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Principal {
     /// `tenants.id`.
     pub tenant_id: Uuid,
-    /// `api_keys.id`.
-    pub api_key_id: Uuid,
+    /// `api_keys.id`; `None` for a JWT.
+    pub api_key_id: Option<Uuid>,
+}
+
+/// One `tenants` row, as cached for JWT requests.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantRecord {
+    /// `tenants.id`.
+    pub id: Uuid,
+    /// `tenants.status`: `active` or `suspended`.
+    pub status: String,
 }
 
 /// One `api_keys` row with its tenant's status, as cached.
@@ -73,7 +92,7 @@ impl KeyRecord {
     pub fn principal(&self) -> Principal {
         Principal {
             tenant_id: self.tenant_id,
-            api_key_id: self.key_id,
+            api_key_id: Some(self.key_id),
         }
     }
 
@@ -157,12 +176,7 @@ pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
     Err(GatewayError::MissingApiKey)
 }
 
-struct CacheEntry {
-    at: Instant,
-    record: Option<Arc<KeyRecord>>,
-}
-
-/// Key lookups against PostgreSQL behind a TTL cache (positive and negative entries).
+/// Credential checks against PostgreSQL (and the JWT verifier) behind TTL caches.
 ///
 /// The pool is created on first use, inside the runtime that serves requests (pingora creates
 /// its runtimes inside `run_forever`; an sqlx pool must live on the runtime that drives it).
@@ -170,25 +184,56 @@ pub struct Authenticator {
     database_url: String,
     max_connections: u32,
     pool: OnceCell<PgPool>,
-    cache: Mutex<HashMap<String, CacheEntry>>,
-    ttl: Duration,
-    capacity: usize,
+    keys: TtlCache<KeyRecord>,
+    tenants: TtlCache<TenantRecord>,
+    jwt: Option<Arc<JwtVerifier>>,
+    used: Mutex<HashSet<Uuid>>,
 }
 
 impl Authenticator {
-    /// An authenticator that will connect to `database_url` on first use.
+    /// An authenticator for API keys that will connect to `database_url` on first use.
     pub fn new(database_url: &str, config: &AuthConfig) -> Self {
+        let ttl = Duration::from_millis(config.cache_ttl_ms);
         Authenticator {
             database_url: database_url.to_string(),
             max_connections: config.db_max_connections,
             pool: OnceCell::new(),
-            cache: Mutex::new(HashMap::new()),
-            ttl: Duration::from_millis(config.cache_ttl_ms),
-            capacity: config.cache_capacity.max(1),
+            keys: TtlCache::new(ttl, config.cache_capacity),
+            tenants: TtlCache::new(ttl, config.cache_capacity),
+            jwt: None,
+            used: Mutex::new(HashSet::new()),
         }
     }
 
-    async fn pool(&self) -> Result<&PgPool, sqlx::Error> {
+    /// The same, also accepting JWTs verified by `jwt`.
+    pub fn with_jwt(mut self, jwt: Option<Arc<JwtVerifier>>) -> Self {
+        self.jwt = jwt;
+        self
+    }
+
+    /// An authenticator for `config` (`[auth]`, with `[auth.jwt]` when it names keys).
+    ///
+    /// # Errors
+    /// When the JWT configuration is invalid ([`JwtVerifier::new`]).
+    pub fn from_config(database_url: &str, config: &AuthConfig) -> anyhow::Result<Self> {
+        let jwt = JwtVerifier::new(
+            &config.jwt,
+            Duration::from_millis(config.cache_ttl_ms),
+            config.cache_capacity,
+        )?;
+        Ok(Self::new(database_url, config).with_jwt(jwt.map(Arc::new)))
+    }
+
+    /// The JWT verifier, when JWTs are accepted.
+    pub fn jwt(&self) -> Option<&Arc<JwtVerifier>> {
+        self.jwt.as_ref()
+    }
+
+    /// The data path's PostgreSQL pool (created on first use).
+    ///
+    /// # Errors
+    /// When the pool cannot be created (a bad URL).
+    pub async fn pool(&self) -> Result<&PgPool, sqlx::Error> {
         self.pool
             .get_or_try_init(|| async {
                 PgPoolOptions::new()
@@ -199,12 +244,76 @@ impl Authenticator {
             .await
     }
 
-    /// Authenticate `secret` and authorize it for `model` (`None`: no model involved).
+    /// Authenticate `credential` (an API key or, when configured, a JWT) and authorize it for
+    /// `model` (`None`: no model involved).
     ///
     /// # Errors
-    /// 401-class errors for unknown, malformed, revoked or expired keys; 403-class for a
-    /// suspended tenant or a model outside the key's allow-list; [`GatewayError::AuthUnavailable`]
-    /// when PostgreSQL cannot be reached (fails closed; not cached).
+    /// 401-class errors for unknown, malformed, revoked or expired credentials; 403-class for a
+    /// suspended tenant or a model outside the credential's scope;
+    /// [`GatewayError::AuthUnavailable`] when PostgreSQL cannot be reached (fails closed; not
+    /// cached).
+    pub async fn authenticate_credential(
+        &self,
+        credential: &str,
+        model: Option<&str>,
+    ) -> Result<Principal, Rejection> {
+        match &self.jwt {
+            Some(jwt)
+                if !credential.starts_with(keys::KEY_PREFIX)
+                    && JwtVerifier::looks_like_jwt(credential) =>
+            {
+                self.authenticate_jwt(jwt, credential, model).await
+            }
+            _ => self.authenticate(credential, model).await,
+        }
+    }
+
+    async fn authenticate_jwt(
+        &self,
+        jwt: &JwtVerifier,
+        token: &str,
+        model: Option<&str>,
+    ) -> Result<Principal, Rejection> {
+        let identity = jwt
+            .verify(token)
+            .await
+            .map_err(|e| Rejection::from(GatewayError::InvalidToken(e.to_string())))?;
+        let tenant = match self.tenants.get(&identity.tenant) {
+            Some(t) => t,
+            None => {
+                let t = self.lookup_tenant(&identity.tenant).await.map_err(|e| {
+                    tracing::error!(error = %e, "tenant lookup failed");
+                    Rejection::from(GatewayError::AuthUnavailable)
+                })?;
+                let t = t.map(Arc::new);
+                self.tenants.insert(identity.tenant.clone(), t.clone());
+                t
+            }
+        };
+        let Some(tenant) = tenant else {
+            return Err(GatewayError::InvalidToken("invalid token: unknown tenant".into()).into());
+        };
+        let principal = Principal {
+            tenant_id: tenant.id,
+            api_key_id: None,
+        };
+        let refuse = |error| Rejection {
+            principal: Some(principal),
+            error,
+        };
+        if tenant.status != "active" {
+            return Err(refuse(GatewayError::TenantSuspended));
+        }
+        if let (Some(allowed), Some(model)) = (&identity.models, model) {
+            if !allowed.iter().any(|m| m == model) {
+                return Err(refuse(GatewayError::ModelNotAllowed(model.to_string())));
+            }
+        }
+        Ok(principal)
+    }
+
+    /// Authenticate the API key `secret` and authorize it for `model` (`None`: no model
+    /// involved). Errors as [`Authenticator::authenticate_credential`].
     pub async fn authenticate(
         &self,
         secret: &str,
@@ -214,7 +323,7 @@ impl Authenticator {
             return Err(GatewayError::InvalidApiKey.into());
         }
         let hash = keys::hash_key(secret);
-        let record = match self.cached(&hash) {
+        let record = match self.keys.get(&hash) {
             Some(record) => record,
             None => {
                 let record = self.lookup(&hash).await.map_err(|e| {
@@ -222,48 +331,70 @@ impl Authenticator {
                     Rejection::from(GatewayError::AuthUnavailable)
                 })?;
                 let record = record.map(Arc::new);
-                self.remember(hash.clone(), record.clone());
+                self.keys.insert(hash.clone(), record.clone());
                 record
             }
         };
         match record {
-            Some(record) => record
-                .authorize(&hash, model, Utc::now())
-                .map_err(|error| Rejection {
+            Some(record) => match record.authorize(&hash, model, Utc::now()) {
+                Ok(principal) => {
+                    self.used
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(record.key_id);
+                    Ok(principal)
+                }
+                Err(error) => Err(Rejection {
                     principal: (error != GatewayError::InvalidApiKey).then(|| record.principal()),
                     error,
                 }),
+            },
             None => Err(GatewayError::InvalidApiKey.into()),
         }
     }
 
-    fn cached(&self, hash: &str) -> Option<Option<Arc<KeyRecord>>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get(hash)
-            .filter(|e| e.at.elapsed() < self.ttl)
-            .map(|e| e.record.clone())
+    /// Forget every cached verdict about `tenant_id` (its keys and itself), and every negative
+    /// verdict: called when an admin change is announced ([`crate::invalidation`]).
+    pub fn invalidate_tenant(&self, tenant_id: Uuid) {
+        self.keys.evict(|k| k.tenant_id == tenant_id);
+        self.tenants.evict(|t| t.id == tenant_id);
     }
 
-    fn remember(&self, hash: String, record: Option<Arc<KeyRecord>>) {
-        if self.ttl.is_zero() {
-            return;
+    /// Forget every cached verdict (after missing announcements, e.g. a Redis reconnect).
+    pub fn invalidate_all(&self) {
+        self.keys.clear();
+        self.tenants.clear();
+    }
+
+    /// Write `api_keys.last_used_at = now()` for the keys accepted since the last call, in one
+    /// statement; returns how many keys were written. On failure the keys are kept for the next
+    /// call.
+    ///
+    /// # Errors
+    /// When PostgreSQL cannot be reached.
+    pub async fn flush_last_used(&self) -> Result<u64, sqlx::Error> {
+        let ids: Vec<Uuid> = {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            used.drain().collect()
+        };
+        if ids.is_empty() {
+            return Ok(0);
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= self.capacity {
-            let ttl = self.ttl;
-            cache.retain(|_, e| e.at.elapsed() < ttl);
-            if cache.len() >= self.capacity {
-                cache.clear();
+        let pool = self.pool().await?;
+        let done = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(pool)
+            .await;
+        match done {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(e) => {
+                self.used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(ids);
+                Err(e)
             }
         }
-        cache.insert(
-            hash,
-            CacheEntry {
-                at: Instant::now(),
-                record,
-            },
-        );
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
@@ -277,6 +408,24 @@ impl Authenticator {
         .bind(hash)
         .fetch_optional(pool)
         .await
+    }
+
+    async fn lookup_tenant(&self, name_or_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
+        let pool = self.pool().await?;
+        match Uuid::parse_str(name_or_id) {
+            Ok(id) => {
+                sqlx::query_as::<_, TenantRecord>("SELECT id, status FROM tenants WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Err(_) => {
+                sqlx::query_as::<_, TenantRecord>("SELECT id, status FROM tenants WHERE name = $1")
+                    .bind(name_or_id)
+                    .fetch_optional(pool)
+                    .await
+            }
+        }
     }
 }
 
@@ -303,7 +452,7 @@ mod tests {
         let r = record();
         assert_eq!(
             r.authorize(&h, Some("m"), now).unwrap().api_key_id,
-            r.key_id
+            Some(r.key_id)
         );
         assert_eq!(
             r.authorize(&keys::hash_key("other"), Some("m"), now),
@@ -404,7 +553,7 @@ mod tests {
             Err(GatewayError::AuthUnavailable.into())
         );
         // A failed lookup is not cached.
-        assert!(a.cached(&keys::hash_key(&good)).is_none());
+        assert!(a.keys.get(&keys::hash_key(&good)).is_none());
     }
 
     #[test]
@@ -415,12 +564,38 @@ mod tests {
             ..AuthConfig::default()
         };
         let a = Authenticator::new("postgres://x@127.0.0.1:1/x", &cfg);
-        a.remember("h1".into(), None);
-        assert_eq!(a.cached("h1").map(|r| r.is_none()), Some(true));
-        a.remember("h2".into(), Some(Arc::new(record())));
-        a.remember("h3".into(), None);
-        assert!(a.cache.lock().unwrap().len() <= 2);
+        a.keys.insert("h1".into(), None);
+        assert_eq!(a.keys.get("h1").map(|r| r.is_none()), Some(true));
+        a.keys.insert("h2".into(), Some(Arc::new(record())));
+        a.keys.insert("h3".into(), None);
+        assert!(a.keys.len() <= 2);
         std::thread::sleep(Duration::from_millis(60));
-        assert!(a.cached("h3").is_none());
+        assert!(a.keys.get("h3").is_none());
+    }
+
+    #[test]
+    fn invalidation_evicts_one_tenant_and_every_negative_entry() {
+        let a = Authenticator::new("postgres://x@127.0.0.1:1/x", &AuthConfig::default());
+        let (r1, r2) = (record(), record());
+        a.keys.insert("k1".into(), Some(Arc::new(r1.clone())));
+        a.keys.insert("k2".into(), Some(Arc::new(r2.clone())));
+        a.keys.insert("unknown".into(), None);
+        a.tenants.insert(
+            "acme".into(),
+            Some(Arc::new(TenantRecord {
+                id: r1.tenant_id,
+                status: "active".into(),
+            })),
+        );
+        a.invalidate_tenant(r1.tenant_id);
+        assert!(a.keys.get("k1").is_none());
+        assert!(a.keys.get("unknown").is_none());
+        assert!(a.tenants.get("acme").is_none());
+        assert_eq!(
+            a.keys.get("k2").flatten().map(|r| r.key_id),
+            Some(r2.key_id)
+        );
+        a.invalidate_all();
+        assert_eq!(a.keys.len(), 0);
     }
 }

@@ -32,6 +32,10 @@ pub struct GatewayConfig {
     /// PostgreSQL URL (`postgres://user:pass@host:port/db`) holding tenants, API keys and usage.
     /// No default: set it here, with `DATABASE_URL`, or with `MAAS_GATEWAY_DATABASE_URL`.
     pub database_url: Option<String>,
+    /// Redis URL (`redis://host:port/db`): cache invalidation across gateway instances (and the
+    /// rate limiter's shared state). Unset: each instance relies on its cache TTL alone.
+    /// Also read from `REDIS_URL` (`MAAS_GATEWAY_REDIS_URL` wins over it).
+    pub redis_url: Option<String>,
     /// Worker threads of the proxy's tokio runtime (pingora `threads`). Default 2.
     pub threads: usize,
     /// Apply the sqlx migrations (`migrations/*.sql`) before serving. Default true.
@@ -51,6 +55,66 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// Admin API (operators): its own listener, off unless an operator token is set.
     pub admin: AdminConfig,
+    /// Rate limits, concurrency limits, quotas and budgets ([`crate::limiter`]).
+    pub limits: LimitsConfig,
+}
+
+/// Where the limiter keeps its counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimiterBackend {
+    /// In process (governor): one gateway, no Redis.
+    Local,
+    /// Redis, shared by every gateway instance (needs `redis_url`).
+    Redis,
+}
+
+/// What the `redis` backend does when Redis fails or is too slow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailurePolicy {
+    /// Decide locally with every limit divided by `gateway_instances` (quotas and budgets are
+    /// not enforced meanwhile).
+    Open,
+    /// Answer 503.
+    Closed,
+}
+
+/// `[limits]`: admission control ([`crate::limiter`]); the rules themselves are in PostgreSQL
+/// (`rate_limits`, set through the admin API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// `local` (default) or `redis`.
+    pub backend: LimiterBackend,
+    /// Timeout of one Redis call on the request path, milliseconds. Default 20.
+    pub redis_timeout_ms: u64,
+    /// `open` (default) or `closed`.
+    pub on_redis_failure: RedisFailurePolicy,
+    /// Gateways sharing the limits; fail-open divides every limit by it. Default 1.
+    pub gateway_instances: u32,
+    /// After a Redis failure, Redis is not tried again for this many milliseconds. Default 1000.
+    pub redis_retry_ms: u64,
+    /// A concurrency slot whose gateway never released it (crash) expires after this many
+    /// seconds; keep it above the longest request. Default 300.
+    pub concurrency_lease_s: i64,
+    /// Inference units reserved per request at admission against quotas and budgets, settled
+    /// with the real count after the response. Default 1.
+    pub quota_estimate_units: i64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            backend: LimiterBackend::Local,
+            redis_timeout_ms: 20,
+            on_redis_failure: RedisFailurePolicy::Open,
+            gateway_instances: 1,
+            redis_retry_ms: 1000,
+            concurrency_lease_s: 300,
+            quota_estimate_units: 1,
+        }
+    }
 }
 
 /// `[admin]`: the operator API ([`crate::admin`]), axum on its own listener.
@@ -161,55 +225,118 @@ pub struct AuthConfig {
     pub cache_capacity: usize,
     /// Connections of the proxy's PostgreSQL pool (key lookups). Default 8.
     pub db_max_connections: u32,
-    /// JWT verification ([`crate::jwt`]); off while neither key is set.
+    /// `api_keys.last_used_at` is written for the keys used in each interval of this many
+    /// milliseconds, in one statement (not per request). Default 60000.
+    pub last_used_flush_ms: u64,
+    /// JWT verification ([`crate::jwt`]); off while no key source is set.
     pub jwt: JwtConfig,
 }
 
-/// `[auth.jwt]`: keys and claim rules for JWT bearer tokens (RFC 7519).
+/// `[auth.jwt]`: keys and claim rules for JWT bearer tokens (RFC 7519), see [`crate::jwt`].
 ///
-/// `Debug` prints the HMAC secret as `***`.
+/// JWT is on when at least one key source is set: `hmac_secret`, `keys`, `jwks_file` or
+/// `jwks_url`. `Debug` prints secrets as `***`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JwtConfig {
-    /// HS256 shared secret (UTF-8 bytes). Unset: HS256 tokens are refused.
-    pub hs256_secret: Option<String>,
-    /// RS256 public key, PEM text (`-----BEGIN PUBLIC KEY-----`). Unset: RS256 tokens are refused.
-    pub rs256_public_key_pem: Option<String>,
+    /// Shared secret (UTF-8 bytes) for HS256, HS384 and HS512 tokens without a `kid`; the
+    /// environment-friendly shorthand for one HMAC entry in `keys`. Unset: none.
+    pub hmac_secret: Option<String>,
+    /// Verification keys, each pinned to one algorithm.
+    pub keys: Vec<JwtKeyConfig>,
+    /// A JWK Set (RFC 7517) in a local file, read at start and re-read like a URL.
+    pub jwks_file: Option<PathBuf>,
+    /// A JWK Set fetched over HTTP(S) (e.g. an identity provider's `jwks_uri`), cached.
+    pub jwks_url: Option<String>,
+    /// The JWK Set is re-read after this many seconds (lazily, on the next token). Default 300.
+    pub jwks_refresh_s: u64,
+    /// A token whose `kid` is unknown triggers a re-read, at most once per this many
+    /// milliseconds (so a flood of made-up `kid`s cannot flood the identity provider).
+    /// Default 10000.
+    pub jwks_min_refresh_interval_ms: u64,
+    /// Timeout of one JWK Set fetch, milliseconds. Default 2000.
+    pub jwks_fetch_timeout_ms: u64,
     /// Required `iss`; unset: not checked.
     pub issuer: Option<String>,
     /// Required `aud` (one of the token's audiences); unset: not checked.
     pub audience: Option<String>,
     /// Clock leeway for `exp` and `nbf`, seconds. Default 30.
     pub leeway_s: u64,
-    /// Claim holding the tenant (a string). Default `tenant`.
+    /// Claim holding the tenant: its name, or its id (a UUID). Default `tenant`.
     pub tenant_claim: String,
+    /// Claim holding the models the token may call: an array of names or one space-separated
+    /// string (OAuth `scope` style). Absent from a token: every model of the tenant.
+    /// Default `models`.
+    pub models_claim: String,
     /// Longest accepted token, bytes; longer ones are refused before parsing. Default 8192.
     pub max_token_bytes: usize,
+}
+
+/// One entry of `[[auth.jwt.keys]]`: a verification key pinned to one algorithm.
+///
+/// A token is checked against a key only when its header `alg` equals the key's `alg` (and its
+/// `kid` the key's `kid`, when the key has one), so an HMAC token is never checked against a
+/// public key (algorithm confusion).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct JwtKeyConfig {
+    /// Key id matched against the token header's `kid`; unset: matches tokens without `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// One of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384,
+    /// EdDSA.
+    pub alg: String,
+    /// The shared secret for HS* (UTF-8 bytes).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// The public key for the others, PEM (`-----BEGIN PUBLIC KEY-----`, or
+    /// `-----BEGIN RSA PUBLIC KEY-----` for RSA).
+    #[serde(default)]
+    pub pem: Option<String>,
+}
+
+impl std::fmt::Debug for JwtKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtKeyConfig")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("pem", &self.pem.is_some())
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
-            .field("hs256_secret", &self.hs256_secret.as_ref().map(|_| "***"))
-            .field("rs256_public_key_pem", &self.rs256_public_key_pem.is_some())
+            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "***"))
+            .field("keys", &self.keys)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_s", &self.leeway_s)
             .field("tenant_claim", &self.tenant_claim)
+            .field("models_claim", &self.models_claim)
             .field("max_token_bytes", &self.max_token_bytes)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
-            hs256_secret: None,
-            rs256_public_key_pem: None,
+            hmac_secret: None,
+            keys: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_s: 300,
+            jwks_min_refresh_interval_ms: 10_000,
+            jwks_fetch_timeout_ms: 2000,
             issuer: None,
             audience: None,
             leeway_s: 30,
             tenant_claim: "tenant".into(),
+            models_claim: "models".into(),
             max_token_bytes: 8192,
         }
     }
@@ -220,6 +347,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             listen: "127.0.0.1:8080".into(),
             database_url: None,
+            redis_url: None,
             threads: 2,
             run_migrations: true,
             grace_period_s: 5,
@@ -228,6 +356,7 @@ impl Default for GatewayConfig {
             metering: MeteringConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -262,6 +391,7 @@ impl Default for AuthConfig {
             cache_ttl_ms: 5000,
             cache_capacity: 100_000,
             db_max_connections: 8,
+            last_used_flush_ms: 60_000,
             jwt: JwtConfig::default(),
         }
     }
@@ -277,7 +407,7 @@ impl GatewayConfig {
         Ok(
             Figment::from(Serialized::defaults(GatewayConfig::default()))
                 .merge(Toml::file(file))
-                .merge(Env::raw().only(&["DATABASE_URL"]))
+                .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
                 .merge(Env::prefixed(ENV_PREFIX).split("__")),
         )
     }
@@ -316,6 +446,12 @@ impl GatewayConfig {
                 bail!("admin.db_max_connections must be at least 1");
             }
         }
+        if self.limits.backend == LimiterBackend::Redis && self.redis_url.is_none() {
+            bail!("limits.backend = \"redis\" needs redis_url (or REDIS_URL)");
+        }
+        if self.limits.gateway_instances == 0 {
+            bail!("limits.gateway_instances must be at least 1");
+        }
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
         }
@@ -334,6 +470,19 @@ impl GatewayConfig {
             .iter()
             .map(|b| resolve_one(b).context("upstream.backends"))
             .collect()
+    }
+
+    /// A Redis client for `redis_url` (no connection is made yet); `None` when unset.
+    ///
+    /// # Errors
+    /// When the URL does not parse as a Redis URL.
+    pub fn redis_client(&self) -> anyhow::Result<Option<redis::Client>> {
+        match self.redis_url.as_deref() {
+            None | Some("") => Ok(None),
+            Some(url) => redis::Client::open(url)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("redis_url is not a Redis URL: {e}")),
+        }
     }
 
     /// The database URL, or an error saying where to set it.

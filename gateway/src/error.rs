@@ -22,14 +22,18 @@ pub enum GatewayError {
     /// `Authorization: Bearer` and `x-api-key` carry different credentials (issue 4 item 3).
     #[error("two different credentials: send either Authorization: Bearer or x-api-key, not both")]
     ConflictingCredentials,
+    /// A JWT bearer token was refused (see [`crate::jwt::JwtError`] for the messages), or it
+    /// names a tenant that does not exist.
+    #[error("{0}")]
+    InvalidToken(String),
     /// The key was revoked (`api_keys.revoked_at`).
     #[error("API key revoked")]
     RevokedApiKey,
     /// The key is past `api_keys.expires_at`.
     #[error("API key expired")]
     ExpiredApiKey,
-    /// The key's `allowed_models` does not list the model.
-    #[error("this API key may not call model '{0}'")]
+    /// The key's `allowed_models` (or the token's models claim) does not list the model.
+    #[error("this credential may not call model '{0}'")]
     ModelNotAllowed(String),
     /// The key's tenant has `status = 'suspended'`.
     #[error("tenant suspended")]
@@ -37,6 +41,13 @@ pub enum GatewayError {
     /// The path is not an Open Inference Protocol v2 route the gateway serves.
     #[error("no route for {0}: expected /v2/models/{{model}}[/versions/{{version}}]/... or /v2/health/live|ready")]
     NotFound(String),
+    /// A rate limit, concurrency limit, quota or budget refused the request (the message names
+    /// which and what it allows).
+    #[error("{0}")]
+    RateLimited(String),
+    /// The shared rate limiter (Redis) failed and the policy is fail-closed.
+    #[error("rate limiting is temporarily unavailable, retry later")]
+    LimiterUnavailable,
     /// Key lookups cannot reach PostgreSQL; the gateway fails closed.
     #[error("authentication is temporarily unavailable, retry later")]
     AuthUnavailable,
@@ -65,12 +76,15 @@ impl GatewayError {
             GatewayError::MalformedAuthorization => "malformed_authorization",
             GatewayError::ConflictingCredentials => "conflicting_credentials",
             GatewayError::InvalidApiKey => "invalid_api_key",
+            GatewayError::InvalidToken(_) => "invalid_token",
             GatewayError::RevokedApiKey => "revoked_api_key",
             GatewayError::ExpiredApiKey => "expired_api_key",
             GatewayError::ModelNotAllowed(_) => "model_not_allowed",
             GatewayError::TenantSuspended => "tenant_suspended",
             GatewayError::NotFound(_) => "not_found",
             GatewayError::AuthUnavailable => "auth_unavailable",
+            GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::LimiterUnavailable => "limiter_unavailable",
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::BadRequest(_) => "bad_request",
@@ -85,13 +99,17 @@ impl GatewayError {
             GatewayError::MissingApiKey
             | GatewayError::MalformedAuthorization
             | GatewayError::InvalidApiKey
+            | GatewayError::InvalidToken(_)
             | GatewayError::RevokedApiKey
             | GatewayError::ExpiredApiKey => StatusCode::UNAUTHORIZED,
             GatewayError::ModelNotAllowed(_) | GatewayError::TenantSuspended => {
                 StatusCode::FORBIDDEN
             }
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
-            GatewayError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuthUnavailable | GatewayError::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::BadRequest(_) | GatewayError::ConflictingCredentials => {

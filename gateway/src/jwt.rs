@@ -1,129 +1,472 @@
-//! JWT bearer tokens (RFC 7519): HS256 with a shared secret and RS256 with a PEM public key,
-//! both from `[auth.jwt]` ([`crate::config::JwtConfig`]).
+//! JWT bearer tokens (RFC 7519), verified against keys from `[auth.jwt]`
+//! ([`crate::config::JwtConfig`]): HMAC secrets, PEM public keys and JWK Sets (RFC 7517) from a
+//! file or a URL.
 //!
-//! Rules: the token is at most `max_token_bytes`; its header `alg` picks the key (HS256 only
-//! the secret, RS256 only the public key), so an HMAC token can never be checked against an RSA
-//! public key (algorithm confusion, CVE-2016-10555 style) and `alg: none` is refused (it is not
-//! an algorithm jsonwebtoken parses). `exp` is required; `exp` and `nbf` are checked with
-//! `leeway_s`; `iss` and `aud` when configured; the tenant is the string in `tenant_claim`.
-//! A request carrying two different credentials (`Authorization` and `x-api-key`) is refused
-//! ([`single_credential`]).
+//! Algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 and EdDSA (jsonwebtoken,
+//! RustCrypto backend). Rules, in order:
+//! - a token longer than `max_token_bytes` is refused before any parsing;
+//! - the header must parse and name one of the algorithms above (`alg: none` does not parse);
+//! - every key is pinned to one algorithm, and a token is checked only against keys whose
+//!   algorithm equals its header's `alg`, so an HMAC token is never checked against an RSA or
+//!   EC public key used as a secret (algorithm confusion, CVE-2016-10555 style);
+//! - a token with a `kid` is checked only against the key with that `kid`. An unknown `kid`
+//!   makes the verifier re-read its JWK Set, at most once per `jwks_min_refresh_interval_ms`
+//!   (a flood of made-up `kid`s costs the identity provider one fetch per interval), and is
+//!   refused if still unknown; a token without `kid` is tried against every key of its `alg`;
+//! - `exp` is required; `exp` and `nbf` are checked with `leeway_s`; `iss` and `aud` when
+//!   configured;
+//! - the tenant is the string in `tenant_claim` (a tenant name or id), the model scope the
+//!   array (or space-separated string) in `models_claim`, when present.
 //!
-//! Not yet wired into the data path (the proxy accepts API keys only); the two-credentials rule
-//! is already enforced there by [`crate::auth::presented_key`].
+//! A verified token is cached by its SHA-256 until the earlier of its `exp` and the cache TTL,
+//! so a request with a known token costs a hash and a map lookup.
 
+use std::collections::HashMap;
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, JwtKeyConfig};
 
-/// Why a token or a pair of credentials was refused. The messages are safe for clients.
+/// Why a token was refused (every one is a 401). The messages are safe for clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
     /// Longer than `max_token_bytes`.
-    #[error("token too large")]
+    #[error("invalid token: larger than the limit")]
     TooLarge,
     /// Not a JWT, or an algorithm this gateway does not accept (including `none`).
     #[error("invalid token: unsupported or malformed header")]
     BadHeader,
-    /// The algorithm is known but no key for it is configured.
+    /// No key is configured for the token's algorithm, or its `kid` names a key of another
+    /// algorithm.
     #[error("invalid token: algorithm not accepted")]
     AlgorithmNotAccepted,
+    /// The token's `kid` names no known key, even after re-reading the JWK Set.
+    #[error("invalid token: unknown key id (kid)")]
+    UnknownKid,
     /// Signature, `exp`, `nbf`, `iss` or `aud` check failed.
     #[error("invalid token: {0}")]
     Invalid(&'static str),
     /// The tenant claim is missing or not a non-empty string.
     #[error("invalid token: no tenant claim")]
     NoTenant,
-    /// `Authorization` and `x-api-key` carry different credentials.
-    #[error("two different credentials: send either Authorization or x-api-key, not both")]
-    ConflictingCredentials,
-}
-
-impl JwtError {
-    /// HTTP status: 400 for conflicting credentials, 401 otherwise.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            JwtError::ConflictingCredentials => http::StatusCode::BAD_REQUEST,
-            _ => http::StatusCode::UNAUTHORIZED,
-        }
-    }
+    /// The models claim is neither an array of strings nor a string.
+    #[error("invalid token: the models claim must be an array of model names or a space-separated string")]
+    BadModelsClaim,
 }
 
 /// What a verified token says.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtIdentity {
     /// Value of the tenant claim (a tenant name or id, as the issuer wrote it).
     pub tenant: String,
     /// `sub`, when present.
     pub subject: Option<String>,
-    /// Every claim of the token.
-    pub claims: Map<String, Value>,
+    /// The models claim: the models this token may call; `None`: every model of the tenant.
+    pub models: Option<Vec<String>>,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// One verification key, pinned to one algorithm.
+struct VerificationKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Where the JWK Set comes from.
+enum JwksSource {
+    File(PathBuf),
+    Url(String, reqwest::Client),
+}
+
+/// The JWK Set's keys and when they were read.
+#[derive(Default)]
+struct JwksState {
+    keys: Vec<Arc<VerificationKey>>,
+    loaded_at: Option<Instant>,
+}
+
+struct CachedToken {
+    identity: Arc<JwtIdentity>,
+    until: Instant,
 }
 
 /// Verifies tokens against the configured keys; built once from [`JwtConfig`].
 pub struct JwtVerifier {
-    hs256: Option<DecodingKey>,
-    rs256: Option<DecodingKey>,
+    static_keys: Vec<Arc<VerificationKey>>,
+    jwks_source: Option<JwksSource>,
+    jwks: RwLock<JwksState>,
+    /// Held while re-reading the JWK Set; holds the instant of the last attempt.
+    jwks_refresh: tokio::sync::Mutex<Option<Instant>>,
+    jwks_fetches: AtomicU64,
+    jwks_refresh_after: Duration,
+    jwks_min_interval: Duration,
     issuer: Option<String>,
     audience: Option<String>,
     leeway_s: u64,
     tenant_claim: String,
+    models_claim: String,
     max_token_bytes: usize,
+    cache: Mutex<HashMap<[u8; 32], CachedToken>>,
+    cache_ttl: Duration,
+    cache_capacity: usize,
+}
+
+fn parse_alg(name: &str) -> anyhow::Result<Algorithm> {
+    name.parse::<Algorithm>()
+        .map_err(|_| anyhow::anyhow!("unknown JWT algorithm '{name}' (expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)"))
+}
+
+fn static_key(k: &JwtKeyConfig) -> anyhow::Result<VerificationKey> {
+    use jsonwebtoken::AlgorithmFamily as F;
+    let alg = parse_alg(&k.alg)?;
+    let what = || format!("auth.jwt.keys (alg {}, kid {:?})", k.alg, k.kid);
+    let key = match (alg.family(), &k.secret, &k.pem) {
+        (F::Hmac, Some(secret), None) if !secret.is_empty() => {
+            DecodingKey::from_secret(secret.as_bytes())
+        }
+        (F::Hmac, _, _) => anyhow::bail!(
+            "{}: an HMAC key needs a non-empty `secret` and no `pem`",
+            what()
+        ),
+        (_, None, Some(pem)) => {
+            let pem = pem.as_bytes();
+            match alg.family() {
+                F::Rsa => DecodingKey::from_rsa_pem(pem),
+                F::Ec => DecodingKey::from_ec_pem(pem),
+                _ => DecodingKey::from_ed_pem(pem),
+            }
+        }
+        _ => anyhow::bail!(
+            "{}: a public-key algorithm needs `pem` and no `secret`",
+            what()
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+    Ok(VerificationKey {
+        kid: k.kid.clone(),
+        alg,
+        key,
+    })
+}
+
+/// The algorithm a JWK is for: its `alg`, else the one its key type allows (RSA: RS256,
+/// P-256: ES256, P-384: ES384, Ed25519: EdDSA). Symmetric (`oct`) keys are not taken from a
+/// JWK Set.
+fn jwk_alg(jwk: &Jwk) -> Option<Algorithm> {
+    if matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+        return None;
+    }
+    if let Some(a) = jwk.common.key_algorithm {
+        return Algorithm::try_from(a).ok();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => Some(Algorithm::ES256),
+            EllipticCurve::P384 => Some(Algorithm::ES384),
+            _ => None,
+        },
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            (okp.curve == EllipticCurve::Ed25519).then_some(Algorithm::EdDSA)
+        }
+        _ => None,
+    }
+}
+
+/// The usable keys of a JWK Set (others are skipped with a warning).
+fn jwks_keys(set: &JwkSet) -> Vec<Arc<VerificationKey>> {
+    set.keys
+        .iter()
+        .filter_map(|jwk| {
+            let kid = jwk.common.key_id.clone();
+            let Some(alg) = jwk_alg(jwk) else {
+                tracing::warn!(?kid, "JWK skipped: unsupported key type or algorithm");
+                return None;
+            };
+            match DecodingKey::from_jwk(jwk) {
+                Ok(key) => Some(Arc::new(VerificationKey { kid, alg, key })),
+                Err(e) => {
+                    tracing::warn!(?kid, error = %e, "JWK skipped");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl JwtVerifier {
-    /// A verifier for `config`; `Ok(None)` when neither key is configured (JWT off).
+    /// A verifier for `config`; `Ok(None)` when no key source is configured (JWT off).
+    /// Verified tokens are cached for at most `cache_ttl` (and never past their `exp`), at most
+    /// `cache_capacity` of them. A `jwks_file` is read here; a `jwks_url` on the first token.
     ///
     /// # Errors
-    /// When `rs256_public_key_pem` is not an RSA public key in PEM, or the secret is empty.
-    pub fn new(config: &JwtConfig) -> anyhow::Result<Option<Self>> {
-        let hs256 = match config.hs256_secret.as_deref() {
-            Some("") => anyhow::bail!("auth.jwt.hs256_secret is empty"),
-            Some(s) => Some(
-                DecodingKey::from_secret(s.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("auth.jwt.hs256_secret: {e}"))?,
-            ),
-            None => None,
+    /// An unknown algorithm name, a key that does not parse for its algorithm, an empty secret,
+    /// an unreadable or invalid `jwks_file`, or a `jwks_url` that is not http(s).
+    pub fn new(
+        config: &JwtConfig,
+        cache_ttl: Duration,
+        cache_capacity: usize,
+    ) -> anyhow::Result<Option<Self>> {
+        let mut static_keys = Vec::new();
+        if let Some(secret) = &config.hmac_secret {
+            if secret.is_empty() {
+                anyhow::bail!("auth.jwt.hmac_secret is empty");
+            }
+            for alg in ["HS256", "HS384", "HS512"] {
+                static_keys.push(Arc::new(static_key(&JwtKeyConfig {
+                    kid: None,
+                    alg: alg.into(),
+                    secret: Some(secret.clone()),
+                    pem: None,
+                })?));
+            }
+        }
+        for k in &config.keys {
+            static_keys.push(Arc::new(static_key(k)?));
+        }
+        let jwks_source = match (&config.jwks_file, &config.jwks_url) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set auth.jwt.jwks_file or auth.jwt.jwks_url, not both")
+            }
+            (Some(path), None) => Some(JwksSource::File(path.clone())),
+            (None, Some(url)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    anyhow::bail!("auth.jwt.jwks_url must be an http(s) URL");
+                }
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_millis(config.jwks_fetch_timeout_ms.max(1)))
+                    .build()?;
+                Some(JwksSource::Url(url.clone(), client))
+            }
+            (None, None) => None,
         };
-        let rs256 = match config.rs256_public_key_pem.as_deref() {
-            Some(pem) => Some(DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
-                anyhow::anyhow!("auth.jwt.rs256_public_key_pem is not an RSA public key: {e}")
-            })?),
-            None => None,
-        };
-        if hs256.is_none() && rs256.is_none() {
+        if static_keys.is_empty() && jwks_source.is_none() {
             return Ok(None);
         }
+        let mut jwks = JwksState::default();
+        if let Some(JwksSource::File(path)) = &jwks_source {
+            let bytes = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("auth.jwt.jwks_file {}: {e}", path.display()))?;
+            let set: JwkSet = serde_json::from_slice(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "auth.jwt.jwks_file {} is not a JWK Set: {e}",
+                    path.display()
+                )
+            })?;
+            jwks.keys = jwks_keys(&set);
+            jwks.loaded_at = Some(Instant::now());
+        }
         Ok(Some(JwtVerifier {
-            hs256,
-            rs256,
+            static_keys,
+            jwks_source,
+            jwks: RwLock::new(jwks),
+            jwks_refresh: tokio::sync::Mutex::new(None),
+            jwks_fetches: AtomicU64::new(0),
+            jwks_refresh_after: Duration::from_secs(config.jwks_refresh_s),
+            jwks_min_interval: Duration::from_millis(config.jwks_min_refresh_interval_ms),
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             leeway_s: config.leeway_s,
             tenant_claim: config.tenant_claim.clone(),
+            models_claim: config.models_claim.clone(),
             max_token_bytes: config.max_token_bytes,
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl,
+            cache_capacity: cache_capacity.max(1),
         }))
+    }
+
+    /// How many times the JWK Set was fetched or read since start (the `jwks_file` read at
+    /// construction not counted).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.jwks_fetches.load(Ordering::Relaxed)
+    }
+
+    /// Whether `token` looks like a JWS compact serialization (three dot-separated parts).
+    pub fn looks_like_jwt(token: &str) -> bool {
+        token.bytes().filter(|b| *b == b'.').count() == 2
     }
 
     /// Verify `token` (the text after `Bearer `) and return who it names.
     ///
     /// # Errors
     /// [`JwtError`] for every refusal; see the module documentation for the rules.
-    pub fn verify(&self, token: &str) -> Result<JwtIdentity, JwtError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<JwtIdentity>, JwtError> {
         if token.len() > self.max_token_bytes {
             return Err(JwtError::TooLarge);
         }
-        let header = decode_header(token).map_err(|_| JwtError::BadHeader)?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.hs256.as_ref(),
-            Algorithm::RS256 => self.rs256.as_ref(),
-            _ => None,
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(identity) = self.cached(&digest) {
+            return Ok(identity);
         }
-        .ok_or(JwtError::AlgorithmNotAccepted)?;
-        let mut validation = Validation::new(header.alg);
+        let header = decode_header(token).map_err(|_| JwtError::BadHeader)?;
+        let keys = self.keys_for(header.alg, header.kid.as_deref()).await?;
+        let mut last = JwtError::Invalid("bad signature");
+        for key in keys {
+            match self.check(token, &key) {
+                Ok(identity) => {
+                    let identity = Arc::new(identity);
+                    self.remember(digest, &identity);
+                    return Ok(identity);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<Arc<JwtIdentity>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(digest)
+            .filter(|c| c.until > Instant::now())
+            .map(|c| c.identity.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], identity: &Arc<JwtIdentity>) {
+        let left = Duration::from_secs(identity.expires_at.saturating_sub(unix_now()));
+        let ttl = self.cache_ttl.min(left);
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.cache_capacity {
+            cache.retain(|_, c| c.until > now);
+            if cache.len() >= self.cache_capacity {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            digest,
+            CachedToken {
+                identity: identity.clone(),
+                until: now + ttl,
+            },
+        );
+    }
+
+    /// The keys a token with `alg` and `kid` may be checked against (re-reading the JWK Set
+    /// when it is stale or the `kid` is unknown, within the refresh rate limit).
+    async fn keys_for(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Vec<Arc<VerificationKey>>, JwtError> {
+        let stale = self.jwks_source.is_some()
+            && self
+                .jwks
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .loaded_at
+                .is_none_or(|t| t.elapsed() >= self.jwks_refresh_after);
+        if stale {
+            self.refresh_jwks().await;
+        }
+        match self.select(alg, kid) {
+            Err(JwtError::UnknownKid) if self.jwks_source.is_some() => {
+                self.refresh_jwks().await;
+                self.select(alg, kid)
+            }
+            other => other,
+        }
+    }
+
+    fn select(
+        &self,
+        alg: Algorithm,
+        kid: Option<&str>,
+    ) -> Result<Vec<Arc<VerificationKey>>, JwtError> {
+        let jwks = self.jwks.read().unwrap_or_else(|p| p.into_inner());
+        let all = self.static_keys.iter().chain(jwks.keys.iter());
+        match kid {
+            Some(kid) => {
+                let named: Vec<_> = all.filter(|k| k.kid.as_deref() == Some(kid)).collect();
+                if named.is_empty() {
+                    return Err(JwtError::UnknownKid);
+                }
+                let usable: Vec<_> = named
+                    .into_iter()
+                    .filter(|k| k.alg == alg)
+                    .cloned()
+                    .collect();
+                if usable.is_empty() {
+                    return Err(JwtError::AlgorithmNotAccepted);
+                }
+                Ok(usable)
+            }
+            None => {
+                let usable: Vec<_> = all.filter(|k| k.alg == alg).cloned().collect();
+                if usable.is_empty() {
+                    return Err(JwtError::AlgorithmNotAccepted);
+                }
+                Ok(usable)
+            }
+        }
+    }
+
+    /// Re-read the JWK Set unless another task just did, or the last attempt is more recent
+    /// than `jwks_min_refresh_interval_ms`. A failed read keeps the previous keys.
+    async fn refresh_jwks(&self) {
+        let Some(source) = &self.jwks_source else {
+            return;
+        };
+        let mut last_attempt = self.jwks_refresh.lock().await;
+        if last_attempt.is_some_and(|t| t.elapsed() < self.jwks_min_interval) {
+            return;
+        }
+        *last_attempt = Some(Instant::now());
+        self.jwks_fetches.fetch_add(1, Ordering::Relaxed);
+        let set: Result<JwkSet, String> = match source {
+            JwksSource::File(path) => match tokio::fs::read(path).await {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            JwksSource::Url(url, client) => {
+                let fetched = async {
+                    client
+                        .get(url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json::<JwkSet>()
+                        .await
+                };
+                fetched.await.map_err(|e| e.to_string())
+            }
+        };
+        match set {
+            Ok(set) => {
+                let keys = jwks_keys(&set);
+                tracing::info!(keys = keys.len(), "JWK Set loaded");
+                let mut jwks = self.jwks.write().unwrap_or_else(|p| p.into_inner());
+                jwks.keys = keys;
+                jwks.loaded_at = Some(Instant::now());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "JWK Set could not be read; keeping the previous keys")
+            }
+        }
+    }
+
+    fn check(&self, token: &str, key: &VerificationKey) -> Result<JwtIdentity, JwtError> {
+        let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway_s;
         validation.validate_nbf = true;
         validation.required_spec_claims = HashSet::from(["exp".to_string()]);
@@ -138,7 +481,7 @@ impl JwtVerifier {
             }
             None => validation.validate_aud = false,
         }
-        let data = decode::<Map<String, Value>>(token, key, &validation).map_err(|e| {
+        let data = decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             JwtError::Invalid(match e.kind() {
                 ErrorKind::InvalidSignature => "bad signature",
@@ -162,28 +505,25 @@ impl JwtVerifier {
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_string);
+        let models = match claims.get(&self.models_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.split_whitespace().map(str::to_string).collect()),
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(JwtError::BadModelsClaim)?,
+            ),
+            Some(_) => return Err(JwtError::BadModelsClaim),
+        };
+        let expires_at = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         Ok(JwtIdentity {
             tenant,
             subject,
-            claims,
+            models,
+            expires_at,
         })
-    }
-}
-
-/// The one credential of a request, given the `Authorization: Bearer` token and the
-/// `x-api-key` value (each trimmed, `None` when absent or empty).
-///
-/// # Errors
-/// [`JwtError::ConflictingCredentials`] when both are present and differ (the same value in
-/// both is accepted, as some clients send both).
-pub fn single_credential<'a>(
-    bearer: Option<&'a str>,
-    x_api_key: Option<&'a str>,
-) -> Result<Option<&'a str>, JwtError> {
-    match (bearer, x_api_key) {
-        (Some(a), Some(b)) if a != b => Err(JwtError::ConflictingCredentials),
-        (Some(a), _) => Ok(Some(a)),
-        (None, b) => Ok(b),
     }
 }
 
@@ -193,15 +533,37 @@ mod tests {
     use jsonwebtoken::{encode, get_current_timestamp, EncodingKey, Header};
     use serde_json::json;
 
-    /// Test-only RSA key pair (generated for these tests; protects nothing).
-    const RSA_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCXgw/AQaFVoyy6\nWMn1MJwdgsfgqKW4X2KRHcLhqg9OTxzLM7THcWRBoGBORby+TKeuq062N3wc977N\nUrCpD6TONKGdSCPM44wcovXcM35vQ+fYlypNrVcNgygdZXh+bHAl+19gOHh0ZUio\niFzH6EGrcnLzc3aX0LJcPjITYUH1Rt8yMAEH1sOUq+naEWsn2tk5P+5/dYwL0AMc\nnFpnDAO4hz3fER7uys3zbipCpRXqGiaW6O8G8wh3dlHOcEJebYUMTEJHuikKOVBl\nsIH91EwmPLD1LGPWWGhbzmkv2LL9ittyEx5Q/IT8hZX/wgsMXgTFlVkON9eJuOy2\nws7bE8JTAgMBAAECggEAAum2J9AbNfZJKdwDJf+lQLv+88bKSN0sm/WihYwrdyn2\nN8Hqu9rmPozCzT5x/oaiwqzwenhenn/03yWz18xBMuW4Jbn5VjsZuoM3juA+kg0Q\nLA3b9lpazhuzbb1Br8yN620FzGfJiRNZbkQQ5JcGjDFLHHsf0JNmmndnpw+7oOeQ\nU89NrZJuv1aqAuyUwaUuRVPrn7zXhyyp10AMQmo0CQDaTn96tnFY/xd2JHUTmdgK\nYNHkFiJDjMB5ZW/K5qblMAQCf34EEC/VE3EoPTnxyNvXg+j30/SH6tL8+AgGWBUe\nqAuskspmhvKt1W1H/csQmOFReqTluSHwOQCVMRN7gQKBgQDS04ccCPC7EX4ZJp5t\ne3+QFLTQHkczCOWrwwRy9RMREqMLUB5LmRknunSBHbWZqukPfCe2fJ+zhZuO4/H+\nFZ78R8FVvNwt7GgTM0ONNeh2CzjnLK8x7yox4KEC619fq+HevuB5F+GLYhzAfMjy\nM/c+ADqEFT+3BiDozyxbvSUwUQKBgQC3+fXMb9dW+/v3Y0cri3R/FXg7tMtZAhBU\n7e72YtfxLw6ZFx53G/rn9j2tOWlg1Z0iTrZ4vQxI9EmqJZQkF64PFZG6QZ6uRnk2\nB7Yp70y/l9cDiQAXtYhywHql228XKFJI21v3nhakzv1mJoFXnHQbTX+8mWaUUUZ4\nVfN21+cjYwKBgALJLMXgEF5IcuQeMIW91gevXlxJqiMwgOhuIUbrmh7loiXqHxxc\nn4p42kVCgT3QllfQCi5NI0caAt42gOIcowcuY42ge0BYGV/3k3LwPWwh5dSYMJB2\nWpZiI36IYbA/8zIgT5MKD77pwvuAKp+YtDGrixpntXnTqOeqpSlpLG6hAoGBAIeI\n/V0L8++gGgMpv2/EACHzli0eR0SecZuv4gDf1shW64E69/W1xkWHMe7gwdJV7Lou\nlN0kIN3KIk7X+mgQjemM8VvvJdCsGHYGflwscDUhzoRLNKdC1G/9fx2bKB8+VEha\nWkl0zKfD2gicS2NY3mySzo0J0floWusiHwepjR2TAoGAdbbRqxV+kiCH+RvtQvbb\nvNI0lK8gs8ZJpQYHsZrNalVaW0IASR89IIgpIbLBfZ4mFgszNsEfoMGWiumf4ncz\naqHL+6hk/8D8CUOhC/HY7aIlTJLW3omKlm7tA3tVluBD//zSCUF1hXRWoHU9Q6jW\nQ6GE18tgAsNHAfsNZwCVsRA=\n-----END PRIVATE KEY-----";
-    const RSA_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAl4MPwEGhVaMsuljJ9TCc\nHYLH4KiluF9ikR3C4aoPTk8cyzO0x3FkQaBgTkW8vkynrqtOtjd8HPe+zVKwqQ+k\nzjShnUgjzOOMHKL13DN+b0Pn2JcqTa1XDYMoHWV4fmxwJftfYDh4dGVIqIhcx+hB\nq3Jy83N2l9CyXD4yE2FB9UbfMjABB9bDlKvp2hFrJ9rZOT/uf3WMC9ADHJxaZwwD\nuIc93xEe7srN824qQqUV6homlujvBvMId3ZRznBCXm2FDExCR7opCjlQZbCB/dRM\nJjyw9Sxj1lhoW85pL9iy/YrbchMeUPyE/IWV/8ILDF4ExZVZDjfXibjstsLO2xPC\nUwIDAQAB\n-----END PUBLIC KEY-----";
+    const RSA_PRIVATE: &str = include_str!("../testdata/jwt/rsa-private.pem");
+    const RSA_PUBLIC: &str = include_str!("../testdata/jwt/rsa-public.pem");
+    const ES256_PRIVATE: &str = include_str!("../testdata/jwt/es256-private.pem");
+    const ES256_PUBLIC: &str = include_str!("../testdata/jwt/es256-public.pem");
+    const ES384_PRIVATE: &str = include_str!("../testdata/jwt/es384-private.pem");
+    const ES384_PUBLIC: &str = include_str!("../testdata/jwt/es384-public.pem");
+    const ED_PRIVATE: &str = include_str!("../testdata/jwt/ed25519-private.pem");
+    const ED_PUBLIC: &str = include_str!("../testdata/jwt/ed25519-public.pem");
     const SECRET: &str = "hs256-test-secret-0123456789abcdef";
+    const TTL: Duration = Duration::from_secs(5);
+
+    fn key(alg: &str, pem: &str) -> JwtKeyConfig {
+        JwtKeyConfig {
+            kid: None,
+            alg: alg.into(),
+            secret: None,
+            pem: Some(pem.into()),
+        }
+    }
 
     fn config() -> JwtConfig {
+        let mut keys = vec![];
+        for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+            keys.push(key(alg, RSA_PUBLIC));
+        }
+        keys.push(key("ES256", ES256_PUBLIC));
+        keys.push(key("ES384", ES384_PUBLIC));
+        keys.push(key("EdDSA", ED_PUBLIC));
         JwtConfig {
-            hs256_secret: Some(SECRET.into()),
-            rs256_public_key_pem: Some(RSA_PUBLIC.into()),
+            hmac_secret: Some(SECRET.into()),
+            keys,
             issuer: Some("https://issuer.example".into()),
             audience: Some("maas".into()),
             leeway_s: 5,
@@ -227,97 +589,174 @@ mod tests {
         c
     }
 
-    fn hs(c: &Value) -> String {
-        encode(
-            &Header::new(Algorithm::HS256),
-            c,
-            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-        )
-        .unwrap()
+    fn signing_key(alg: Algorithm) -> EncodingKey {
+        use jsonwebtoken::AlgorithmFamily as F;
+        match alg.family() {
+            F::Hmac => EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+            F::Rsa => EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+            F::Ec if alg == Algorithm::ES256 => {
+                EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).unwrap()
+            }
+            F::Ec => EncodingKey::from_ec_pem(ES384_PRIVATE.as_bytes()).unwrap(),
+            F::Ed => EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap(),
+        }
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, c: &Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        encode(&header, c, &signing_key(alg)).unwrap()
     }
 
     fn rs(c: &Value) -> String {
-        let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
-        encode(&Header::new(Algorithm::RS256), c, &key).unwrap()
+        sign(Algorithm::RS256, None, c)
+    }
+
+    fn verifier_for(config: &JwtConfig) -> JwtVerifier {
+        JwtVerifier::new(config, TTL, 100).unwrap().unwrap()
     }
 
     fn verifier() -> JwtVerifier {
-        JwtVerifier::new(&config()).unwrap().unwrap()
+        verifier_for(&config())
     }
 
-    #[test]
-    fn accepts_valid_hs256_and_rs256() {
+    #[tokio::test]
+    async fn accepts_every_supported_algorithm() {
         let v = verifier();
-        let id = v.verify(&hs(&claims(json!({})))).unwrap();
-        assert_eq!(id.tenant, "acme");
-        assert_eq!(id.subject.as_deref(), Some("user-1"));
-        assert_eq!(v.verify(&rs(&claims(json!({})))).unwrap().tenant, "acme");
+        for alg in [
+            "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+            "ES256", "ES384", "EdDSA",
+        ] {
+            let alg: Algorithm = alg.parse().unwrap();
+            let id = v.verify(&sign(alg, None, &claims(json!({})))).await;
+            let id = id.unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(id.tenant, "acme", "{alg:?}");
+            assert_eq!(id.subject.as_deref(), Some("user-1"));
+            assert_eq!(id.models, None);
+        }
     }
 
     #[test]
-    fn off_without_keys_and_bad_pem_is_an_error() {
-        assert!(JwtVerifier::new(&JwtConfig::default()).unwrap().is_none());
-        let bad = JwtConfig {
-            rs256_public_key_pem: Some("not a pem".into()),
+    fn off_without_keys_and_bad_keys_are_errors() {
+        assert!(JwtVerifier::new(&JwtConfig::default(), TTL, 1)
+            .unwrap()
+            .is_none());
+        let bad = |k: JwtKeyConfig| {
+            let c = JwtConfig {
+                keys: vec![k],
+                ..JwtConfig::default()
+            };
+            JwtVerifier::new(&c, TTL, 1).err().map(|e| e.to_string())
+        };
+        assert!(bad(key("RS256", "not a pem")).is_some());
+        assert!(bad(key("ES256", RSA_PUBLIC)).is_some());
+        assert!(bad(key("none", RSA_PUBLIC))
+            .unwrap()
+            .contains("unknown JWT algorithm"));
+        let hmac_with_pem = bad(key("HS256", RSA_PUBLIC)).unwrap();
+        assert!(
+            hmac_with_pem.contains("needs a non-empty `secret`"),
+            "{hmac_with_pem}"
+        );
+        let empty = JwtConfig {
+            hmac_secret: Some(String::new()),
             ..JwtConfig::default()
         };
-        assert!(JwtVerifier::new(&bad).is_err());
+        assert!(JwtVerifier::new(&empty, TTL, 1).is_err());
     }
 
-    #[test]
-    fn checks_time_issuer_audience_and_tenant() {
+    #[tokio::test]
+    async fn checks_time_issuer_audience_tenant_and_models() {
         let v = verifier();
         let now = get_current_timestamp();
-        let e = |c: Value| v.verify(&rs(&claims(c))).unwrap_err();
-        assert_eq!(e(json!({"exp": now - 60})), JwtError::Invalid("expired"));
+        let e = |c: Value| {
+            let t = rs(&claims(c));
+            let v = &v;
+            async move { v.verify(&t).await.unwrap_err() }
+        };
         assert_eq!(
-            e(json!({"nbf": now + 60})),
+            e(json!({"exp": now - 60})).await,
+            JwtError::Invalid("expired")
+        );
+        assert_eq!(
+            e(json!({"nbf": now + 60})).await,
             JwtError::Invalid("not yet valid (nbf)")
         );
-        assert!(matches!(e(json!({"exp": null})), JwtError::Invalid(_)));
+        assert!(matches!(
+            e(json!({"exp": null})).await,
+            JwtError::Invalid(_)
+        ));
         assert_eq!(
-            e(json!({"iss": "https://evil.example"})),
+            e(json!({"iss": "https://evil.example"})).await,
             JwtError::Invalid("wrong issuer")
         );
         assert_eq!(
-            e(json!({"aud": "other"})),
+            e(json!({"aud": "other"})).await,
             JwtError::Invalid("wrong audience")
         );
-        assert!(matches!(e(json!({"aud": null})), JwtError::Invalid(_)));
-        assert_eq!(e(json!({"tenant": null})), JwtError::NoTenant);
-        assert_eq!(e(json!({"tenant": 7})), JwtError::NoTenant);
+        assert!(matches!(
+            e(json!({"aud": null})).await,
+            JwtError::Invalid(_)
+        ));
+        assert_eq!(e(json!({"tenant": null})).await, JwtError::NoTenant);
+        assert_eq!(e(json!({"tenant": 7})).await, JwtError::NoTenant);
+        assert_eq!(e(json!({"models": 7})).await, JwtError::BadModelsClaim);
+        assert_eq!(
+            e(json!({"models": ["a", 1]})).await,
+            JwtError::BadModelsClaim
+        );
         // Within the leeway.
-        assert!(v.verify(&rs(&claims(json!({"exp": now - 2})))).is_ok());
-        assert!(v.verify(&rs(&claims(json!({"nbf": now + 2})))).is_ok());
+        assert!(v
+            .verify(&rs(&claims(json!({"exp": now - 2}))))
+            .await
+            .is_ok());
+        assert!(v
+            .verify(&rs(&claims(json!({"nbf": now + 2}))))
+            .await
+            .is_ok());
+        // Model scopes, as an array or an OAuth-style string.
+        let id = v
+            .verify(&rs(&claims(json!({"models": ["digits", "seed"]}))))
+            .await
+            .unwrap();
+        assert_eq!(
+            id.models,
+            Some(vec!["digits".to_string(), "seed".to_string()])
+        );
+        let id = v
+            .verify(&rs(&claims(
+                json!({"models": "digits  seed", "exp": now + 600}),
+            )))
+            .await
+            .unwrap();
+        assert_eq!(
+            id.models,
+            Some(vec!["digits".to_string(), "seed".to_string()])
+        );
+        assert_eq!(id.expires_at, now + 600);
     }
 
-    #[test]
-    fn configurable_tenant_claim() {
-        let v = JwtVerifier::new(&JwtConfig {
+    #[tokio::test]
+    async fn configurable_tenant_claim() {
+        let v = verifier_for(&JwtConfig {
             tenant_claim: "org".into(),
             ..config()
-        })
-        .unwrap()
-        .unwrap();
+        });
         assert_eq!(
-            v.verify(&hs(&claims(json!({})))).unwrap_err(),
+            v.verify(&rs(&claims(json!({})))).await.unwrap_err(),
             JwtError::NoTenant
         );
-        assert_eq!(
-            v.verify(&hs(&claims(json!({"org": "globex"}))))
-                .unwrap()
-                .tenant,
-            "globex"
-        );
+        let t = rs(&claims(json!({"org": "globex"})));
+        assert_eq!(v.verify(&t).await.unwrap().tenant, "globex");
     }
 
-    #[test]
-    fn rejects_forgeries() {
+    #[tokio::test]
+    async fn rejects_forgeries() {
         let v = verifier();
         // alg none.
         let none =
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ0ZW5hbnQiOiJhY21lIiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
-        assert_eq!(v.verify(none).unwrap_err(), JwtError::BadHeader);
+        assert_eq!(v.verify(none).await.unwrap_err(), JwtError::BadHeader);
         // Algorithm confusion: HS256 signed with the RSA public key as the HMAC secret.
         let confused = encode(
             &Header::new(Algorithm::HS256),
@@ -326,17 +765,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&confused).unwrap_err(),
+            v.verify(&confused).await.unwrap_err(),
             JwtError::Invalid("bad signature")
         );
-        let rs_only = JwtVerifier::new(&JwtConfig {
-            hs256_secret: None,
+        let public_keys_only = verifier_for(&JwtConfig {
+            hmac_secret: None,
             ..config()
-        })
-        .unwrap()
-        .unwrap();
+        });
         assert_eq!(
-            rs_only.verify(&confused).unwrap_err(),
+            public_keys_only.verify(&confused).await.unwrap_err(),
             JwtError::AlgorithmNotAccepted
         );
         // Wrong HMAC secret.
@@ -347,7 +784,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            v.verify(&other).unwrap_err(),
+            v.verify(&other).await.unwrap_err(),
             JwtError::Invalid("bad signature")
         );
         // Tampered payload.
@@ -356,35 +793,131 @@ mod tests {
         let forged_payload = rs(&claims(json!({"tenant": "globex"})));
         parts[1] = forged_payload.split('.').nth(1).unwrap();
         assert_eq!(
-            v.verify(&parts.join(".")).unwrap_err(),
+            v.verify(&parts.join(".")).await.unwrap_err(),
             JwtError::Invalid("bad signature")
         );
-        // Other algorithms, garbage, size.
-        let hs384 = encode(
-            &Header::new(Algorithm::HS384),
-            &claims(json!({})),
-            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
-        )
-        .unwrap();
+        // An algorithm with no key configured.
+        let rs_only = verifier_for(&JwtConfig {
+            hmac_secret: None,
+            keys: vec![key("RS256", RSA_PUBLIC)],
+            ..config()
+        });
+        let ps = sign(Algorithm::PS256, None, &claims(json!({})));
         assert_eq!(
-            v.verify(&hs384).unwrap_err(),
+            rs_only.verify(&ps).await.unwrap_err(),
             JwtError::AlgorithmNotAccepted
         );
-        assert_eq!(v.verify("not.a.jwt").unwrap_err(), JwtError::BadHeader);
-        assert_eq!(v.verify("").unwrap_err(), JwtError::BadHeader);
+        // Garbage, size.
+        assert_eq!(
+            v.verify("not.a.jwt").await.unwrap_err(),
+            JwtError::BadHeader
+        );
+        assert_eq!(v.verify("").await.unwrap_err(), JwtError::BadHeader);
         let big = "a".repeat(8193);
-        assert_eq!(v.verify(&big).unwrap_err(), JwtError::TooLarge);
+        assert_eq!(v.verify(&big).await.unwrap_err(), JwtError::TooLarge);
     }
 
-    #[test]
-    fn one_credential_per_request() {
-        assert_eq!(single_credential(Some("a"), None), Ok(Some("a")));
-        assert_eq!(single_credential(None, Some("b")), Ok(Some("b")));
-        assert_eq!(single_credential(Some("a"), Some("a")), Ok(Some("a")));
-        assert_eq!(single_credential(None, None), Ok(None));
-        let e = single_credential(Some("a"), Some("b")).unwrap_err();
-        assert_eq!(e, JwtError::ConflictingCredentials);
-        assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
-        assert_eq!(JwtError::NoTenant.status(), http::StatusCode::UNAUTHORIZED);
+    #[tokio::test]
+    async fn kid_selects_the_key_and_pins_its_algorithm() {
+        let mut a = key("RS256", RSA_PUBLIC);
+        a.kid = Some("rsa-1".into());
+        let mut b = key("ES256", ES256_PUBLIC);
+        b.kid = Some("ec-1".into());
+        let v = verifier_for(&JwtConfig {
+            hmac_secret: None,
+            keys: vec![a, b],
+            ..config()
+        });
+        let c = claims(json!({}));
+        assert!(v
+            .verify(&sign(Algorithm::RS256, Some("rsa-1"), &c))
+            .await
+            .is_ok());
+        assert!(v
+            .verify(&sign(Algorithm::ES256, Some("ec-1"), &c))
+            .await
+            .is_ok());
+        // The right algorithm under another key's kid.
+        assert_eq!(
+            v.verify(&sign(Algorithm::ES256, Some("rsa-1"), &c))
+                .await
+                .unwrap_err(),
+            JwtError::AlgorithmNotAccepted
+        );
+        assert_eq!(
+            v.verify(&sign(Algorithm::RS256, Some("nope"), &c))
+                .await
+                .unwrap_err(),
+            JwtError::UnknownKid
+        );
+        // No kid: tried against every key of its algorithm.
+        assert!(v.verify(&sign(Algorithm::RS256, None, &c)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn jwks_file_is_reread_on_unknown_kid_at_most_once_per_interval() {
+        use jsonwebtoken::jwk::Jwk;
+        let dir = std::env::temp_dir().join(format!("maas-jwks-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        let jwk = |alg: Algorithm, kid: &str| {
+            let mut j = Jwk::from_encoding_key(&signing_key(alg), alg).unwrap();
+            j.common.key_id = Some(kid.into());
+            j
+        };
+        let write = |keys: Vec<Jwk>| {
+            std::fs::write(&path, serde_json::to_vec(&JwkSet { keys }).unwrap()).unwrap();
+        };
+        write(vec![jwk(Algorithm::RS256, "k1")]);
+        let v = verifier_for(&JwtConfig {
+            hmac_secret: None,
+            keys: vec![],
+            jwks_file: Some(path.clone()),
+            jwks_min_refresh_interval_ms: 1000,
+            ..config()
+        });
+        let c = claims(json!({}));
+        // Signed up front: signing is slow in a debug build, and the test is about timing.
+        let flood: Vec<String> = (0..50)
+            .map(|i| sign(Algorithm::RS256, Some(&format!("made-up-{i}")), &c))
+            .collect();
+        let t2 = sign(Algorithm::ES256, Some("k2"), &c);
+        let t3 = sign(Algorithm::RS256, Some("still-unknown"), &c);
+        assert!(v
+            .verify(&sign(Algorithm::RS256, Some("k1"), &c))
+            .await
+            .is_ok());
+        assert_eq!(v.jwks_fetches(), 0);
+        // The issuer rotates in an EC key.
+        write(vec![
+            jwk(Algorithm::RS256, "k1"),
+            jwk(Algorithm::ES256, "k2"),
+        ]);
+        assert!(v.verify(&t2).await.is_ok());
+        assert_eq!(v.jwks_fetches(), 1);
+        // A flood of unknown kids: no further read within the interval.
+        for t in &flood {
+            assert_eq!(v.verify(t).await.unwrap_err(), JwtError::UnknownKid);
+        }
+        assert_eq!(v.jwks_fetches(), 1);
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        assert_eq!(v.verify(&t3).await.unwrap_err(), JwtError::UnknownKid);
+        assert_eq!(v.jwks_fetches(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn verified_tokens_are_cached_until_exp() {
+        let v = verifier();
+        let now = get_current_timestamp();
+        let t = rs(&claims(json!({"exp": now + 600})));
+        let a = v.verify(&t).await.unwrap();
+        let b = v.verify(&t).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "second verification is a cache hit");
+        // A token expiring now (inside the leeway) is accepted but not cached.
+        let t = rs(&claims(json!({"exp": now})));
+        assert!(v.verify(&t).await.is_ok());
+        let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
+        assert!(v.cached(&digest).is_none());
     }
 }

@@ -31,6 +31,8 @@ use uuid::Uuid;
 
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
+use crate::limiter::{self, Limiter, Permit};
+use crate::limits::{LimitResolver, Prices};
 use crate::metering::{Admission, UsageSender};
 use crate::route::{parse_route, Route};
 use crate::upstream::BackendPool;
@@ -74,6 +76,14 @@ pub struct RequestCtx {
     pub error_type: Option<&'static str>,
     /// The metering decision for an authenticated request (`None` before authentication).
     pub admission: Option<Admission>,
+    /// The limiter's reservations, released in `logging`.
+    pub permit: Option<Permit>,
+    /// Prices of the model for the tenant (budget settlement).
+    pub prices: Prices,
+    /// `RateLimit-Policy` and `RateLimit` values for the response.
+    pub rate_headers: Option<(String, String)>,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after_s: Option<u64>,
 }
 
 impl RequestCtx {
@@ -100,6 +110,10 @@ impl RequestCtx {
             tries: 0,
             error_type: None,
             admission: None,
+            permit: None,
+            prices: Prices::default(),
+            rate_headers: None,
+            retry_after_s: None,
         }
     }
 
@@ -110,7 +124,7 @@ impl RequestCtx {
             request_id: self.request_id,
             started_at: self.started_at,
             tenant_id: self.principal.map(|p| p.tenant_id),
-            api_key_id: self.principal.map(|p| p.api_key_id),
+            api_key_id: self.principal.and_then(|p| p.api_key_id),
             model: self.model.clone(),
             model_version: self.model_version.clone(),
             http_status: i16::try_from(http_status).unwrap_or(i16::MAX),
@@ -126,24 +140,68 @@ impl RequestCtx {
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     auth: Arc<Authenticator>,
+    limits: Arc<LimitResolver>,
+    limiter: Limiter,
     backends: BackendPool,
     connect_timeout: Duration,
     usage: UsageSender,
 }
 
 impl Gateway {
-    /// A gateway forwarding to `backends`, authenticating with `auth`, metering into `usage`.
+    /// A gateway forwarding to `backends`, authenticating with `auth`, admitting with `limits`
+    /// and `limiter`, metering into `usage`.
     pub fn new(
         auth: Arc<Authenticator>,
+        limits: Arc<LimitResolver>,
+        limiter: Limiter,
         backends: BackendPool,
         connect_timeout: Duration,
         usage: UsageSender,
     ) -> Self {
         Gateway {
             auth,
+            limits,
+            limiter,
             backends,
             connect_timeout,
             usage,
+        }
+    }
+
+    /// Apply the rate limits, concurrency limits, quotas and budgets of `principal` for the
+    /// request's model; the permit (or the refusal's headers) goes into `ctx`.
+    async fn admit(&self, principal: Principal, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        let pool = self.auth.pool().await.map_err(|e| {
+            tracing::error!(error = %e, "no database pool for limits");
+            GatewayError::AuthUnavailable
+        })?;
+        let limits = self
+            .limits
+            .limits(
+                pool,
+                principal.tenant_id,
+                principal.api_key_id,
+                ctx.model.as_deref(),
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "limit lookup failed");
+                GatewayError::AuthUnavailable
+            })?;
+        match self.limiter.admit(pool, ctx.request_id, &limits).await {
+            limiter::Admission::Unlimited => Ok(()),
+            limiter::Admission::Admitted(permit) => {
+                ctx.rate_headers = permit.headers.clone();
+                ctx.prices = limits.prices;
+                ctx.permit = Some(permit);
+                Ok(())
+            }
+            limiter::Admission::Denied(denial) => {
+                ctx.rate_headers = denial.headers;
+                ctx.retry_after_s = Some(denial.retry_after_s);
+                Err(GatewayError::RateLimited(denial.message))
+            }
+            limiter::Admission::Unavailable => Err(GatewayError::LimiterUnavailable),
         }
     }
 
@@ -176,9 +234,23 @@ async fn write_error(
     if err.www_authenticate() {
         resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
     }
+    if let Some(s) = ctx.retry_after_s {
+        resp.insert_header(header::RETRY_AFTER, s.to_string())?;
+    }
+    insert_rate_headers(&mut resp, ctx)?;
     ctx.response_bytes += body.len() as u64;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) when a limit
+/// applied to the request.
+fn insert_rate_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    if let Some((policy, state)) = &ctx.rate_headers {
+        resp.insert_header("ratelimit-policy", policy.as_str())?;
+        resp.insert_header("ratelimit", state.as_str())?;
+    }
     Ok(())
 }
 
@@ -240,7 +312,11 @@ impl ProxyHttp for Gateway {
             Ok(secret) => secret,
             Err(e) => return self.reject(session, ctx, &e).await,
         };
-        match self.auth.authenticate(&secret, ctx.model.as_deref()).await {
+        match self
+            .auth
+            .authenticate_credential(&secret, ctx.model.as_deref())
+            .await
+        {
             Ok(principal) => {
                 ctx.principal = Some(principal);
                 let admission = self.usage.admit();
@@ -249,7 +325,10 @@ impl ProxyHttp for Gateway {
                     let full = GatewayError::Http(http::StatusCode::SERVICE_UNAVAILABLE);
                     return self.reject(session, ctx, &full).await;
                 }
-                Ok(false)
+                match self.admit(principal, ctx).await {
+                    Ok(()) => Ok(false),
+                    Err(e) => self.reject(session, ctx, &e).await,
+                }
             }
             Err(rejection) => {
                 ctx.principal = rejection.principal;
@@ -352,6 +431,7 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_response.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+        insert_rate_headers(upstream_response, ctx)?;
         if ctx.admission == Some(Admission::Metered) {
             // Spooled before the client sees the header: a crash from here on loses nothing.
             let event = ctx.usage_event(upstream_response.status.as_u16());
@@ -412,6 +492,16 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
         let event = ctx.usage_event(status);
+        if let Some(permit) = ctx.permit.take() {
+            let success = (200..300).contains(&status);
+            self.limiter.finish(
+                permit,
+                success,
+                ctx.inference_count,
+                ctx.compute_us,
+                &ctx.prices,
+            );
+        }
         tracing::debug!(
             request_id = %ctx.request_id,
             status,

@@ -17,6 +17,8 @@ use sqlx::PgPool;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
+use crate::limiter::Limiter;
+use crate::limits::LimitResolver;
 use crate::metering;
 use crate::proxy::Gateway;
 use crate::spool::{Spool, SpoolOptions};
@@ -78,7 +80,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let auth = Arc::new(Authenticator::new(&database_url, &config.auth));
+    let auth = Arc::new(Authenticator::from_config(&database_url, &config.auth)?);
+    let redis = config.redis_client()?;
     let spool_dir = config.spool_dir();
     let spool = Spool::open(SpoolOptions {
         dir: spool_dir.clone(),
@@ -87,8 +90,19 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     })
     .with_context(|| format!("opening the usage spool {}", spool_dir.display()))?;
     let (usage, writer, syncer) = metering::pipeline(spool, &database_url, &config.metering);
+    let limits = Arc::new(LimitResolver::new(
+        Duration::from_millis(config.auth.cache_ttl_ms),
+        config.auth.cache_capacity,
+    ));
+    let limiter = Limiter::new(&config.limits, redis.clone())?;
+    let invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>> =
+        vec![auth.clone(), limits.clone(), Arc::new(limiter.clone())];
+    let limiter_for_maintenance = limiter.clone();
+    let auth_for_maintenance = auth.clone();
     let gateway = Gateway::new(
         auth,
+        limits,
+        limiter,
         BackendPool::new(backends),
         Duration::from_millis(config.upstream.connect_timeout_ms),
         usage,
@@ -100,10 +114,59 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     server.add_service(background_service("usage writer", writer));
     server.add_service(background_service("usage spool sync", syncer));
     server.add_service(background_service("announce", Announce { listen }));
+    server.add_service(background_service(
+        "auth maintenance",
+        AuthMaintenance {
+            auth: auth_for_maintenance,
+            limiter: limiter_for_maintenance,
+            invalidate,
+            redis,
+            last_used_flush: Duration::from_millis(config.auth.last_used_flush_ms.max(1)),
+        },
+    ));
     // Its own thread and runtime (pingora owns the proxy's); bound before the readiness line.
     let _admin = crate::admin::spawn(&config)?;
     tracing::info!(%listen, backends = ?config.upstream.backends, spool = %spool_dir.display(), "starting maas-gateway");
     server.run_forever()
+}
+
+/// Keeps the authenticator's caches honest: applies invalidations announced on Redis
+/// ([`crate::invalidation`]) and writes `api_keys.last_used_at` every `last_used_flush`
+/// (and once more at shutdown).
+struct AuthMaintenance {
+    auth: Arc<Authenticator>,
+    limiter: Limiter,
+    invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>>,
+    redis: Option<redis::Client>,
+    last_used_flush: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for AuthMaintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.limiter.warm_up().await;
+        if let Some(client) = self.redis.clone() {
+            let targets = self.invalidate.clone();
+            let mut stop = shutdown.clone();
+            tokio::spawn(crate::invalidation::listen(client, targets, async move {
+                let _ = stop.changed().await;
+            }));
+        }
+        let mut tick = tokio::time::interval(self.last_used_flush);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {
+                    let _ = self.auth.flush_last_used().await;
+                    return;
+                }
+            }
+            if let Err(e) = self.auth.flush_last_used().await {
+                tracing::warn!(error = %e, "could not write api_keys.last_used_at; will retry");
+            }
+        }
+    }
 }
 
 /// Prints the readiness line once a TCP connection to the listener succeeds.

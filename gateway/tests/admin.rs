@@ -439,13 +439,19 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         ("/admin/v1/tenants/{tenant_id}/keys", "get"),
         ("/admin/v1/keys/{key_id}/revoke", "post"),
         ("/admin/v1/keys/{key_id}/rotate", "post"),
+        ("/admin/v1/plans/{plan}/limits", "get"),
+        ("/admin/v1/plans/{plan}/limits", "put"),
+        ("/admin/v1/tenants/{tenant_id}/limits", "get"),
+        ("/admin/v1/tenants/{tenant_id}/limits", "put"),
+        ("/admin/v1/keys/{key_id}/limits", "get"),
+        ("/admin/v1/keys/{key_id}/limits", "put"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 6);
+    assert_eq!(paths.len(), 9);
 
     // Unknown admin routes are JSON 404s.
     let (status, body) = admin.get("/admin/v1/nothing").await;

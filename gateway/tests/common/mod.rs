@@ -1,0 +1,261 @@
+//! Shared harness of the gateway's integration tests: a fresh PostgreSQL database per test, a
+//! fake OIP backend, and the `maas-gateway` binary started on free loopback ports.
+//!
+//! Needs `DATABASE_URL` (a role allowed to CREATE DATABASE) and, for the tests that use it,
+//! `REDIS_URL`; `make test` provides both (scripts/with-services.sh).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The gateway binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
+/// `x-maas-inference-count` of every fake backend answer.
+pub const INFERENCE_COUNT: i64 = 7;
+/// `x-maas-compute-us` of every fake backend answer.
+pub const COMPUTE_US: i64 = 1234;
+/// A small OIP infer body.
+pub const BODY: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#;
+
+/// `DATABASE_URL`, or a panic saying how to get one.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: these tests need a PostgreSQL server whose role may \
+             CREATE DATABASE (run them with `make test`, or set DATABASE_URL=postgres://...)"
+        )
+    })
+}
+
+/// `REDIS_URL`, or a panic saying how to get one.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        panic!(
+            "REDIS_URL is not set: these tests need a Redis server (run them with `make test`, \
+             or set REDIS_URL=redis://127.0.0.1:6379)"
+        )
+    })
+}
+
+/// `url` with its database name replaced by `name` (query string kept).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{root}/{name}{query}")
+}
+
+/// A fresh database with the migrations applied. A passing test drops it with
+/// [`drop_database`]; a failing one leaves it behind for inspection.
+pub async fn fresh_database() -> (PgPool, String) {
+    let admin_url = database_url();
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({admin_url}): {e}"));
+    let name = format!("gw_test_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .expect("CREATE DATABASE");
+    admin.close().await;
+    let url = with_database(&admin_url, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
+    maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
+    (pool, url)
+}
+
+/// Drop the test database behind `pool` (closing `pool`; other sessions are terminated).
+pub async fn drop_database(pool: PgPool) {
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// A free loopback address (bound and released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The fake backend: answers every path with what it saw, plus the usage headers. For model
+/// `slow` it waits 300 ms before answering.
+pub async fn fake_backend(req: Request) -> impl IntoResponse {
+    let (parts, body) = req.into_parts();
+    let h = &parts.headers;
+    let path = parts.uri.path().to_string();
+    let body_bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_or(0, |b| b.len());
+    if path.starts_with("/v2/models/slow/") {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let body = json!({
+        "path": path,
+        "saw_authorization": h.contains_key("authorization"),
+        "saw_api_key": h.contains_key("x-api-key"),
+        "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "body_bytes": body_bytes,
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("x-maas-inference-count", INFERENCE_COUNT.into());
+    headers.insert("x-maas-compute-us", COMPUTE_US.into());
+    (StatusCode::OK, headers, Json(body))
+}
+
+/// Serve `app` on a free loopback port in the current runtime.
+pub async fn serve_app(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// [`fake_backend`] on a free loopback port.
+pub async fn start_backend() -> SocketAddr {
+    serve_app(axum::Router::new().fallback(fake_backend)).await
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `maas-gateway` with a clean environment pointing at `db_url`.
+pub fn gateway_command(db_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(std::env::temp_dir())
+        .env_remove("MAAS_GATEWAY_CONFIG")
+        .env_remove("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN")
+        .env_remove("REDIS_URL")
+        .env("MAAS_GATEWAY_DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// A running `maas-gateway serve`.
+pub struct RunningGateway {
+    /// Killed on drop.
+    pub child: ChildGuard,
+    /// The data-path address.
+    pub listen: SocketAddr,
+    /// The admin API address (listening only when an operator token was given).
+    pub admin: SocketAddr,
+    /// Its spool directory (removed on drop).
+    pub spool: std::path::PathBuf,
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_dir_all(&self.spool);
+    }
+}
+
+/// Start `maas-gateway serve` for `backends`, with the extra environment `env` (applied last),
+/// and wait for its readiness line. Auth cache TTL 200 ms, flush interval 50 ms, no grace
+/// period and a private spool directory unless `env` says otherwise.
+pub fn start_gateway(
+    db_url: &str,
+    backends: &[SocketAddr],
+    env: &[(&str, String)],
+) -> RunningGateway {
+    let listen = free_addr();
+    let admin = free_addr();
+    let spool = std::env::temp_dir().join(format!("maas-test-spool-{}", Uuid::new_v4().simple()));
+    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let mut cmd = gateway_command(db_url);
+    cmd.arg("serve")
+        .env("MAAS_GATEWAY_LISTEN", listen.to_string())
+        .env("MAAS_GATEWAY_ADMIN__LISTEN", admin.to_string())
+        .env(
+            "MAAS_GATEWAY_UPSTREAM__BACKENDS",
+            format!("[{}]", backends.join(",")),
+        )
+        .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "200")
+        .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
+        .env("MAAS_GATEWAY_METERING__SPOOL_DIR", &spool)
+        .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
+        .stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn maas-gateway");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway printed no readiness line within 60 s");
+    assert_eq!(line, format!("maas-gateway listening on {listen}"));
+    RunningGateway {
+        child: guard,
+        listen,
+        admin,
+        spool,
+    }
+}
+
+/// `maas-gateway keys create`, returning the printed secret.
+pub fn create_key(db_url: &str, tenant: &str, models: Option<&str>) -> String {
+    let mut cmd = gateway_command(db_url);
+    cmd.args(["keys", "create", "--tenant", tenant, "--name", "test"]);
+    if let Some(m) = models {
+        cmd.args(["--models", m]);
+    }
+    let out = cmd.output().expect("run keys create");
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
