@@ -43,42 +43,19 @@ impl Owner {
 const RULE_COLUMNS: &str = "level, model, rate, period_s, burst, concurrency, \
                             monthly_inference_quota, monthly_budget_micro_usd";
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    level: String,
-    model: Option<String>,
-    rate: Option<i32>,
-    period_s: i32,
-    burst: Option<i32>,
-    concurrency: Option<i32>,
-    monthly_inference_quota: Option<i64>,
-    monthly_budget_micro_usd: Option<i64>,
-}
-
 async fn read(pool: &PgPool, owner: &Owner) -> Result<LimitRules, AppError> {
     let sql = format!(
         "SELECT {RULE_COLUMNS} FROM rate_limits WHERE {} = $1 ORDER BY level, model NULLS FIRST",
         owner.column()
     );
-    let q = sqlx::query_as::<_, Row>(&sql);
+    let q = sqlx::query_as::<_, crate::limits::RuleRow>(&sql);
     let rows = match owner {
         Owner::Plan(p) => q.bind(p.clone()).fetch_all(pool).await?,
         Owner::Tenant(id) | Owner::Key(id) => q.bind(*id).fetch_all(pool).await?,
     };
     let rules = rows
         .into_iter()
-        .filter_map(|r| {
-            Some(LimitRule {
-                level: Level::parse(&r.level)?,
-                model: r.model,
-                rate: r.rate,
-                period_s: r.period_s,
-                burst: r.burst,
-                concurrency: r.concurrency,
-                monthly_inference_quota: r.monthly_inference_quota,
-                monthly_budget_micro_usd: r.monthly_budget_micro_usd,
-            })
-        })
+        .filter_map(|r| r.into_rule().map(|(_, rule)| rule))
         .collect();
     Ok(LimitRules { rules })
 }

@@ -206,8 +206,10 @@ pub fn resolve(
     out
 }
 
+/// One `rate_limits` row as selected (`owner_rank`: 2 key, 1 tenant, 0 plan; absent: 0).
 #[derive(sqlx::FromRow)]
-struct RuleRow {
+pub(crate) struct RuleRow {
+    #[sqlx(default)]
     owner_rank: i32,
     level: String,
     model: Option<String>,
@@ -220,7 +222,7 @@ struct RuleRow {
 }
 
 impl RuleRow {
-    fn into_rule(self) -> Option<(Owner, LimitRule)> {
+    pub(crate) fn into_rule(self) -> Option<(Owner, LimitRule)> {
         let owner = match self.owner_rank {
             2 => Owner::Key,
             1 => Owner::Tenant,

@@ -4,195 +4,33 @@
 //!
 //! Needs `DATABASE_URL` (a role allowed to CREATE DATABASE; `make test` provides one).
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::Json;
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
-const INFERENCE_COUNT: i64 = 7;
-const BODY: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#;
-const COMPUTE_US: i64 = 1234;
+mod common;
+
+use common::*;
+
 const TOKEN: &str = "test-operator-token-0123456789";
 const CACHE_TTL_MS: u64 = 200;
 
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: these tests need a PostgreSQL server whose role may \
-             CREATE DATABASE (run them with `make test`, or set DATABASE_URL=postgres://...)"
-        )
-    })
-}
-
-/// `url` with its database name replaced by `name` (query string kept).
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let root = match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    };
-    format!("{root}/{name}{query}")
-}
-
-/// A fresh database with the migrations applied. A passing test drops it with
-/// [`drop_database`]; a failing one leaves it behind for inspection.
-async fn fresh_database() -> (PgPool, String) {
-    let admin_url = database_url();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({admin_url}): {e}"));
-    let name = format!("gw_test_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("CREATE DATABASE");
-    admin.close().await;
-    let url = with_database(&admin_url, &name);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .expect("connect to the test database");
-    maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
-    (pool, url)
-}
-
-/// Drop the test database behind `pool` (closing `pool`; other sessions are terminated).
-async fn drop_database(pool: PgPool) {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url())
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// The fake backend: answers every path with what it saw, plus the usage headers.
-///
-/// It reads the request body like a real OIP server, except for model `lazy`, which answers
-/// without reading it: hyper then closes the connection after the response, and the gateway
-/// finds that pooled upstream connection dead on its next use.
-async fn fake_backend(req: Request) -> impl IntoResponse {
-    let (parts, body) = req.into_parts();
-    let h = &parts.headers;
-    let path = parts.uri.path().to_string();
-    let body_bytes = if path.starts_with("/v2/models/lazy/") {
-        None
-    } else {
-        Some(axum::body::to_bytes(body, usize::MAX).await.unwrap().len())
-    };
-    let body = json!({
-        "path": path,
-        "saw_authorization": h.contains_key("authorization"),
-        "saw_api_key": h.contains_key("x-api-key"),
-        "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
-        "body_bytes": body_bytes,
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
-    });
-    let mut headers = HeaderMap::new();
-    headers.insert("x-maas-inference-count", INFERENCE_COUNT.into());
-    headers.insert("x-maas-compute-us", COMPUTE_US.into());
-    (StatusCode::OK, headers, Json(body))
-}
-
-async fn start_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(fake_backend);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gateway_command(db_url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(std::env::temp_dir())
-        .env_remove("MAAS_GATEWAY_CONFIG")
-        .env_remove("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN")
-        .env("MAAS_GATEWAY_DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-/// Start `maas-gateway serve` with the admin API (when `token` is set) and wait for its
-/// readiness line; returns the data-path and admin addresses.
-fn start_gateway(
+/// Start the gateway with the admin API (when `token` is set); its process, data-path and admin
+/// addresses.
+fn start(
     db_url: &str,
     backend: SocketAddr,
     token: Option<&str>,
-) -> (ChildGuard, SocketAddr, SocketAddr) {
-    let listen = free_port();
-    let admin = free_port();
-    let mut cmd = gateway_command(db_url);
-    cmd.arg("serve")
-        .env("MAAS_GATEWAY_LISTEN", listen.to_string())
-        .env("MAAS_GATEWAY_ADMIN__LISTEN", admin.to_string())
-        .env(
-            "MAAS_GATEWAY_UPSTREAM__BACKENDS",
-            format!("[\"{backend}\"]"),
-        )
-        .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", CACHE_TTL_MS.to_string())
-        .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
-        .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
-        .stdout(Stdio::piped());
+) -> (RunningGateway, SocketAddr, SocketAddr) {
+    let mut env = vec![("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", CACHE_TTL_MS.to_string())];
     if let Some(t) = token {
-        cmd.env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", t);
+        env.push(("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", t.to_string()));
     }
-    let mut child = cmd.spawn().expect("spawn maas-gateway");
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway printed no readiness line within 60 s");
-    assert_eq!(line, format!("maas-gateway listening on {listen}"));
-    (guard, listen, admin)
+    let gw = start_gateway(db_url, &[backend], &env);
+    let (listen, admin) = (gw.listen, gw.admin);
+    (gw, listen, admin)
 }
 
 struct Admin {
@@ -265,7 +103,7 @@ async fn wait_for_status(client: &reqwest::Client, gw: SocketAddr, key: &str, wa
 async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
-    let (gw_process, gw, admin_addr) = start_gateway(&db_url, backend, Some(TOKEN));
+    let (gw_process, gw, admin_addr) = start(&db_url, backend, Some(TOKEN));
     let client = reqwest::Client::new();
     let admin = Admin {
         client: client.clone(),
@@ -466,7 +304,7 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
 async fn admin_api_is_off_without_an_operator_token() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
-    let (_gw, _listen, admin_addr) = start_gateway(&db_url, backend, None);
+    let (_gw, _listen, admin_addr) = start(&db_url, backend, None);
     assert!(
         std::net::TcpStream::connect(admin_addr).is_err(),
         "admin listener must not be bound without a token"

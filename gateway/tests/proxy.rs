@@ -4,212 +4,22 @@
 //! test creates its own database `gw_test_<random>`, applies the migrations, starts an axum
 //! fake backend on a free loopback port and the `maas-gateway` binary on another.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::Json;
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_maas-gateway");
-const INFERENCE_COUNT: i64 = 7;
-const BODY: &str = r#"{"inputs":[{"name":"x","datatype":"FP32","shape":[1,1],"data":[1.0]}]}"#;
-const COMPUTE_US: i64 = 1234;
+mod common;
 
-fn database_url() -> String {
-    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
-        panic!(
-            "DATABASE_URL is not set: these tests need a PostgreSQL server whose role may \
-             CREATE DATABASE (run them with `make test`, or set DATABASE_URL=postgres://...)"
-        )
-    })
-}
+use common::*;
 
-/// `url` with its database name replaced by `name` (query string kept).
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let root = match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    };
-    format!("{root}/{name}{query}")
-}
-
-/// A fresh database with the migrations applied. A passing test drops it with
-/// [`drop_database`]; a failing one leaves it behind for inspection.
-async fn fresh_database() -> (PgPool, String) {
-    let admin_url = database_url();
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to DATABASE_URL ({admin_url}): {e}"));
-    let name = format!("gw_test_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .expect("CREATE DATABASE");
-    admin.close().await;
-    let url = with_database(&admin_url, &name);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await
-        .expect("connect to the test database");
-    maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
-    (pool, url)
-}
-
-/// Drop the test database behind `pool` (closing `pool`; other sessions are terminated).
-async fn drop_database(pool: PgPool) {
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&database_url())
-        .await
-        .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-/// The fake backend: answers every path with what it saw, plus the usage headers.
-///
-/// It reads the request body like a real OIP server, except for model `lazy`, which answers
-/// without reading it: hyper then closes the connection after the response, and the gateway
-/// finds that pooled upstream connection dead on its next use.
-async fn fake_backend(req: Request) -> impl IntoResponse {
-    let (parts, body) = req.into_parts();
-    let h = &parts.headers;
-    let path = parts.uri.path().to_string();
-    let body_bytes = if path.starts_with("/v2/models/lazy/") {
-        None
-    } else {
-        Some(axum::body::to_bytes(body, usize::MAX).await.unwrap().len())
-    };
-    let body = json!({
-        "path": path,
-        "saw_authorization": h.contains_key("authorization"),
-        "saw_api_key": h.contains_key("x-api-key"),
-        "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
-        "body_bytes": body_bytes,
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
-    });
-    let mut headers = HeaderMap::new();
-    headers.insert("x-maas-inference-count", INFERENCE_COUNT.into());
-    headers.insert("x-maas-compute-us", COMPUTE_US.into());
-    (StatusCode::OK, headers, Json(body))
-}
-
-async fn start_backend() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().fallback(fake_backend);
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
-
-/// A child process killed (SIGKILL) and reaped on drop.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn gateway_command(db_url: &str) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(std::env::temp_dir())
-        .env_remove("MAAS_GATEWAY_CONFIG")
-        .env("MAAS_GATEWAY_DATABASE_URL", db_url)
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
-/// Start `maas-gateway serve` and wait for its readiness line.
-fn start_gateway(db_url: &str, backends: &[SocketAddr]) -> (ChildGuard, SocketAddr) {
-    let listen = free_port();
-    let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
-    let mut child = gateway_command(db_url)
-        .arg("serve")
-        .env("MAAS_GATEWAY_LISTEN", listen.to_string())
-        .env(
-            "MAAS_GATEWAY_UPSTREAM__BACKENDS",
-            format!("[{}]", backends.join(",")),
-        )
-        .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "200")
-        .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
-        .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn maas-gateway");
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway printed no readiness line within 60 s");
-    assert_eq!(line, format!("maas-gateway listening on {listen}"));
-    (guard, listen)
-}
-
-/// `maas-gateway keys create`, returning the printed secret.
-fn create_key(db_url: &str, tenant: &str, models: Option<&str>) -> String {
-    let mut cmd = gateway_command(db_url);
-    cmd.args(["keys", "create", "--tenant", tenant, "--name", "test"]);
-    if let Some(m) = models {
-        cmd.args(["--models", m]);
-    }
-    let out = cmd.output().expect("run keys create");
-    assert!(
-        out.status.success(),
-        "keys create failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "keys create must print only the secret: {stdout:?}"
-    );
-    let secret = lines[0].to_string();
-    assert!(
-        secret.starts_with("maas_") && secret.len() == 53,
-        "{secret}"
-    );
-    secret
+/// Start the gateway for `backends`; its process and data-path address.
+fn start(db_url: &str, backends: &[SocketAddr]) -> (RunningGateway, SocketAddr) {
+    let gw = start_gateway(db_url, backends, &[]);
+    let addr = gw.listen;
+    (gw, addr)
 }
 
 struct Reply {
@@ -335,7 +145,7 @@ async fn authenticates_forwards_and_meters() {
         .await
         .unwrap();
     let acme = tenant_id(&pool, "acme").await;
-    let (gateway, gw) = start_gateway(&db_url, &[backend]);
+    let (gateway, gw) = start(&db_url, &[backend]);
     let client = reqwest::Client::new();
     let bearer = format!("Bearer {key}");
     let mut expected_rows = 0;
@@ -526,8 +336,8 @@ async fn unreachable_backend_is_502_json_and_metered() {
         String::from_utf8_lossy(&out.stderr)
     );
     let key = create_key(&db_url, "acme", None);
-    let dead = free_port(); // nothing listens here
-    let (gateway, gw) = start_gateway(&db_url, &[dead]);
+    let dead = free_addr(); // nothing listens here
+    let (gateway, gw) = start(&db_url, &[dead]);
     let client = reqwest::Client::new();
     let r = call(
         &client,
@@ -551,8 +361,8 @@ async fn retries_next_backend_when_one_is_down() {
     let (pool, db_url) = fresh_database().await;
     let key = create_key(&db_url, "acme", None);
     let backend = start_backend().await;
-    let dead = free_port();
-    let (gateway, gw) = start_gateway(&db_url, &[dead, backend]);
+    let dead = free_addr();
+    let (gateway, gw) = start(&db_url, &[dead, backend]);
     let client = reqwest::Client::new();
     for _ in 0..4 {
         let r = call(
@@ -574,7 +384,7 @@ async fn retries_post_on_a_stale_pooled_connection() {
     let (pool, db_url) = fresh_database().await;
     let key = create_key(&db_url, "acme", None);
     let backend = start_backend().await;
-    let (gateway, gw) = start_gateway(&db_url, &[backend]);
+    let (gateway, gw) = start(&db_url, &[backend]);
     let client = reqwest::Client::new();
     let auth = format!("Bearer {key}");
     let mut tasks = Vec::new();
@@ -608,7 +418,7 @@ async fn meters_every_request_under_load() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
     let key = create_key(&db_url, "acme", None);
-    let (gateway, gw) = start_gateway(&db_url, &[backend]);
+    let (gateway, gw) = start(&db_url, &[backend]);
     let client = reqwest::Client::new();
     let bearer = format!("Bearer {key}");
     let started = Instant::now();

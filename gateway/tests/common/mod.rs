@@ -114,14 +114,23 @@ pub fn free_addr() -> SocketAddr {
 }
 
 /// The fake backend: answers every path with what it saw, plus the usage headers. For model
-/// `slow` it waits 300 ms before answering.
+/// `slow` it waits 300 ms before answering. It reads the request body like a real OIP server,
+/// except for model `lazy`, which answers without reading it: hyper then closes the connection
+/// after the response, and the gateway finds that pooled upstream connection dead on its next
+/// use.
 pub async fn fake_backend(req: Request) -> impl IntoResponse {
     let (parts, body) = req.into_parts();
     let h = &parts.headers;
     let path = parts.uri.path().to_string();
-    let body_bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .map_or(0, |b| b.len());
+    let body_bytes = if path.starts_with("/v2/models/lazy/") {
+        None
+    } else {
+        Some(
+            axum::body::to_bytes(body, usize::MAX)
+                .await
+                .map_or(0, |b| b.len()),
+        )
+    };
     if path.starts_with("/v2/models/slow/") {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
