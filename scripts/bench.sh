@@ -10,12 +10,15 @@
 #                  maas-gateway against nginx as a plain reverse proxy to the same upstream.
 #               3. metering accuracy: 2xx answers the client saw through the gateway against
 #                  usage rows in PostgreSQL.
+#               6. rate limiter: latency added by the in-process and the Redis limiter (open
+#                  loop, same path), and accuracy (admitted against the GCRA bound).
 #   backend     4. dynamic batching (issue 3, item 9): a dense 1024 -> 4096 -> 4096 -> 1024 FP32
 #                  model on CPU, release maas-backend, binary tensor bodies of random rows:
 #                  (a) HTTP rows/s at concurrency 64 with batching / raw in-process forward of
 #                  the same batch size (`maas-backend forward-bench`); (b) batched / unbatched at
 #                  concurrency 64; (c) p50 at concurrency 1, batched minus unbatched, against
 #                  max_queue_delay_us.
+#   auth        7. authentication on a cache hit (API key, RS256 JWT), criterion.
 #   torchserve  5. maas-backend against TorchServe 0.12 serving the same TorchScript file on CPU,
 #                  batching configured alike, same JSON bodies, same closed-loop load: throughput
 #                  and p99 ratios.
@@ -23,7 +26,7 @@
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
-#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all three)
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all four)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
@@ -41,7 +44,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth}"
 TS_VENV=.data/bench-venv
 TS_VERSION="0.12.*"
 
@@ -180,6 +183,48 @@ NGX
         --duration "$DURATION" --name gw-overhead-gateway --json "$RES/gw-overhead-gateway.json" \
         --plot "$OUT/overhead-gateway.svg"
 
+    # --- 6. the rate limiter on the same path ----------------------------------------------------
+    # Tenant bench-limits has a tenant rule no run reaches (100,000 requests/s, burst 10,000, 256
+    # in flight), so every request runs the limiter and none is refused: the latency added by the
+    # in-process limiter (this gateway, [limits] backend = "local") and by the Redis limiter (a
+    # second gateway with backend = "redis", against its own unlimited baseline).
+    local LKEY AKEY1 AKEY2 GW2_PORT GW2_URL gw2_pid
+    LKEY="$("$BIN/maas-gateway" keys create --tenant bench-limits --name "bench-$(date +%s)")"
+    AKEY1="$("$BIN/maas-gateway" keys create --tenant bench-accuracy --name "local-$(date +%s)")"
+    AKEY2="$("$BIN/maas-gateway" keys create --tenant bench-accuracy --name "redis-$(date +%s)")"
+    psql "$DATABASE_URL" -qc "INSERT INTO rate_limits (id, tenant_id, level, rate, burst, concurrency)
+        SELECT gen_random_uuid(), id, 'tenant', 100000, 10000, 256 FROM tenants WHERE name = 'bench-limits'"
+    # Accuracy: each key may send $LIM_RATE requests/s with a burst of $LIM_BURST.
+    psql "$DATABASE_URL" -qc "INSERT INTO rate_limits (id, api_key_id, level, rate, burst)
+        SELECT gen_random_uuid(), k.id, 'key', $LIM_RATE, $LIM_BURST FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+        WHERE t.name = 'bench-accuracy'"
+    GW2_PORT="$(free_port)"
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW2_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+        MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
+        MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool-redis" MAAS_GATEWAY_LIMITS__BACKEND=redis \
+        "$BIN/maas-gateway" serve --config config/gateway.toml >"$OUT/logs/gateway-redis.log" 2>&1 &
+    gw2_pid=$!
+    pids+=("$gw2_pid")
+    wait_http "http://127.0.0.1:$GW2_PORT/v2/health/live" || fail "the Redis-limited maas-gateway did not start (see $OUT/logs/gateway-redis.log)"
+    GW2_URL="http://127.0.0.1:$GW2_PORT/v2/models/digits/infer"
+    "${LT[@]}" --url "$GW2_URL" --key "$KEY" --mode closed --concurrency 8 --duration 2 \
+        --name gw-warmup-redis --json "$RES/gw-warmup-redis.json" 2>/dev/null
+    echo "bench: 6. limiter latency at 1,000 requests/s (open loop, ${DURATION} s each)"
+    "${LT[@]}" --url "$GW_URL" --key "$LKEY" --mode open --rate 1000 --concurrency 64 \
+        --duration "$DURATION" --name lim-local --json "$RES/lim-local.json"
+    "${LT[@]}" --url "$GW2_URL" --key "$KEY" --mode open --rate 1000 --concurrency 64 \
+        --duration "$DURATION" --name gw-limits-redis-base --json "$RES/gw-limits-redis-base.json"
+    "${LT[@]}" --url "$GW2_URL" --key "$LKEY" --mode open --rate 1000 --concurrency 64 \
+        --duration "$DURATION" --name lim-redis --json "$RES/lim-redis.json"
+    echo "bench: 6. limiter accuracy: $LIM_RATE requests/s, burst $LIM_BURST, closed loop at concurrency 32"
+    "${LT[@]}" --url "$GW_URL" --key "$AKEY1" --mode closed --concurrency 32 --duration "$DURATION" \
+        --name lim-accuracy-local --json "$RES/lim-accuracy-local.json"
+    "${LT[@]}" --url "$GW2_URL" --key "$AKEY2" --mode closed --concurrency 32 --duration "$DURATION" \
+        --name lim-accuracy-redis --json "$RES/lim-accuracy-redis.json"
+    printf '{"rate": %s, "burst": %s}\n' "$LIM_RATE" "$LIM_BURST" > "$RES/lim-config.json"
+    kill -TERM "$gw2_pid"; wait "$gw2_pid" 2>/dev/null || true
+    pids=("$gw_pid")
+
     echo "bench: 2. peak throughput with p99 < 10 ms (closed loop)"
     local c peak_d
     peak_d="$(half "$DURATION")"
@@ -204,6 +249,9 @@ NGX
     kill -TERM "$gw_pid"; wait "$gw_pid" 2>/dev/null || true; pids=()
     psql "$DATABASE_URL" -Atc "$q" > "$RES/metering-rows.txt"
 }
+
+LIM_RATE=200
+LIM_BURST=20
 
 section_gateway() {
     [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
@@ -504,6 +552,37 @@ PY
 }
 
 # ================================================================================================
+# Section auth: authentication on a cache hit (criterion, issue 4 item 9).
+# ================================================================================================
+section_auth_inner() {
+    cargo bench -q -p maas-gateway --bench auth -- --noplot 2>&1 | grep -E '^auth/|time:' || true
+    python3 - "$RES/auth.json" <<'PY'
+import glob, json, os, sys
+out = {}
+for path in glob.glob("target/criterion/auth/*/new/estimates.json"):
+    name = path.split(os.sep)[-3]
+    e = json.load(open(path))
+    out[name] = {k: {"ns": e[k]["point_estimate"], "lo": e[k]["confidence_interval"]["lower_bound"],
+                     "hi": e[k]["confidence_interval"]["upper_bound"]} for k in ("median", "mean")}
+if not out:
+    sys.exit("no criterion results under target/criterion/auth")
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+PY
+}
+
+section_auth() {
+    rm -rf target/criterion/auth
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=auth "$0"
+}
+
+# ================================================================================================
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = auth ]; then
+    set -E
+    SECTION=auth
+    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND" > "$RES/$SECTION.error"' ERR
+    section_auth_inner
+    exit 0
+fi
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
     # Second invocation, under scripts/with-services.sh: the gateway section's body only.
     set -E
@@ -539,6 +618,7 @@ fi
 run_section gateway section_gateway
 run_section backend section_backend
 run_section torchserve section_torchserve
+run_section auth section_auth
 
 {
     rustc --version
