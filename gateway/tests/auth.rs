@@ -300,7 +300,7 @@ async fn until_status(client: &reqwest::Client, gw: SocketAddr, key: &str, want:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn revocation_and_suspension_reach_another_gateway_within_one_second() {
+async fn revocation_suspension_and_limits_reach_another_gateway_within_one_second() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
     let redis = redis_url();
@@ -373,6 +373,25 @@ async fn revocation_and_suspension_reach_another_gateway_within_one_second() {
     .await;
     let took = until_status(&client, b.listen, s2, 200).await;
     assert!(took < Duration::from_secs(1), "reactivation took {took:?}");
+
+    // A limit set through A applies on B within one second (B's limits cache lives 10 min).
+    let resp = client
+        .put(format!(
+            "http://{}/admin/v1/keys/{}/limits",
+            a.admin,
+            k2["id"].as_str().unwrap()
+        ))
+        .bearer_auth(OPERATOR)
+        .json(&json!({"rules": [{"level": "key", "rate": 1, "period_s": 60, "burst": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let took = until_status(&client, b.listen, s2, 429).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the new limit took {took:?} on the other gateway"
+    );
 
     // last_used_at: written lazily for the keys that were used, not for the unused one.
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -273,6 +273,22 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         .expect("send");
     assert_eq!(resp.status(), 401);
 
+    // An unknown model is a 404 that names only the model asked for (nothing about the models
+    // that exist, this tenant's or anyone else's).
+    let resp = client
+        .post(infer_url.replace("/digits/", "/no-such-model/"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 404);
+    let err: serde_json::Value = resp.json().await.expect("json error");
+    assert_eq!(
+        err,
+        serde_json::json!({"error": "unknown model 'no-such-model'"})
+    );
+
     // Metering: exactly one usage row per request, with what the user would check.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut all = request_ids.clone();
