@@ -119,6 +119,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         AuthMaintenance {
             auth: auth_for_maintenance,
             limiter: limiter_for_maintenance,
+            last_stats: std::sync::Mutex::new([0; 4]),
             invalidate,
             redis,
             last_used_flush: Duration::from_millis(config.auth.last_used_flush_ms.max(1)),
@@ -132,13 +133,40 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 
 /// Keeps the authenticator's caches honest: applies invalidations announced on Redis
 /// ([`crate::invalidation`]) and writes `api_keys.last_used_at` every `last_used_flush`
-/// (and once more at shutdown).
+/// (and once more at shutdown); logs the rate limiter's counters (fail-open decisions, Redis
+/// errors) on the same interval when they moved.
 struct AuthMaintenance {
     auth: Arc<Authenticator>,
     limiter: Limiter,
+    last_stats: std::sync::Mutex<[u64; 4]>,
     invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>>,
     redis: Option<redis::Client>,
     last_used_flush: Duration,
+}
+
+impl AuthMaintenance {
+    /// One log line with the limiter's counters when any moved since the last one.
+    fn log_limiter_stats(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.limiter.stats();
+        let now = [
+            s.fail_open.load(Relaxed),
+            s.fail_closed.load(Relaxed),
+            s.redis_errors.load(Relaxed),
+            s.cached_denials.load(Relaxed),
+        ];
+        let mut last = self.last_stats.lock().unwrap_or_else(|p| p.into_inner());
+        if now != *last {
+            tracing::info!(
+                fail_open_total = now[0],
+                fail_closed_total = now[1],
+                redis_errors_total = now[2],
+                cached_denials_total = now[3],
+                "rate limiter counters"
+            );
+            *last = now;
+        }
+    }
 }
 
 #[async_trait]
@@ -165,6 +193,7 @@ impl BackgroundService for AuthMaintenance {
             if let Err(e) = self.auth.flush_last_used().await {
                 tracing::warn!(error = %e, "could not write api_keys.last_used_at; will retry");
             }
+            self.log_limiter_stats();
         }
     }
 }

@@ -184,6 +184,7 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
             "MAAS_GATEWAY_UPSTREAM__BACKENDS",
             format!("[\"{backend_addr}\"]"),
         )
+        .env("MAAS_GATEWAY_METERING__SPOOL_DIR", repo.join("spool"))
         .stdout(Stdio::null())
         .spawn()
         .expect("start gateway");
