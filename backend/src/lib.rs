@@ -8,10 +8,10 @@
 //! Modules, in the order a request meets them: [`server`] (routes) → [`extract`] (body, path)
 //! → [`binary`] (JSON header and binary part) → [`oip`] (protocol types) → [`validation`]
 //! (request → typed input, with [`datatype`]) → [`repository`] (model → version → [`worker`]:
-//! batcher and instances) → [`dense`] or [`torchscript`] (forward pass) → [`usage`] (headers)
-//! and [`metrics`]; [`error`] maps every failure to a status and a JSON body. [`config`] is a
-//! model's `config.toml`; [`train`] and [`dataset`] make new versions; [`bench`] makes and times
-//! benchmark models; [`cli`] is the command line.
+//! batching queue and instance threads) → [`dense`] or [`torchscript`] (forward pass) →
+//! [`usage`] (headers) and [`metrics`]; [`error`] maps every failure to a status and a JSON
+//! body. [`config`] is a model's `config.toml`; [`train`] and [`dataset`] make new versions;
+//! [`bench`] makes and times benchmark models; [`cli`] is the command line.
 
 #![warn(missing_docs)]
 
