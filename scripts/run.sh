@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job of `make run` (called inside scripts/with-services.sh, which provides
-# DATABASE_URL): trains the demo model `digits` if it has no version, starts one backend and one
-# gateway, creates a demo tenant and API key, and prints a ready-to-paste curl that classifies a
-# real row of the digits data through the gateway. Ctrl-C stops everything.
+# DATABASE_URL): trains the demo model `digits` and imports the seed's Keras file as the demo
+# model `seed-keras` if they have no version, starts one backend and one gateway, creates a demo
+# tenant and API key, and prints ready-to-paste curls that classify a real row of the digits
+# data and a probe row of the Keras model through the gateway. Ctrl-C stops everything.
 #
 # Environment (all optional):
 #   MAAS_PROFILE        cargo profile folder of the binaries (default: release)
@@ -47,6 +48,11 @@ if ! compgen -G "$repo/digits/[0-9]*/model.safetensors" >/dev/null; then
     echo "run: training the demo model 'digits' (64 -> 128 relu -> 10 softmax) on data/digits.csv.gz"
     "$bin/maas-backend" train --data data/digits.csv.gz --repo "$repo" --model digits 2>"$logs/train.log"
 fi
+if ! compgen -G "$repo/seed-keras/[0-9]*/model.safetensors" >/dev/null; then
+    echo "run: importing the seed's Keras model 'seed-keras' (100 -> 128 relu -> 10 softmax) from data/seed-keras/model.h5"
+    "$bin/maas-backend" import keras data/seed-keras/model.h5 --repo "$repo" --name seed-keras 2>"$logs/import.log" \
+        || { echo "run: the Keras import failed; see $logs/import.log" >&2; tail -n 5 "$logs/import.log" >&2; exit 1; }
+fi
 
 wait_for() { # url, name, pid
     for _ in $(seq 300); do
@@ -74,10 +80,13 @@ key="$("$bin/maas-gateway" keys create --tenant demo --name "demo-$(date -u +%Y%
 row="$(zcat data/digits.csv.gz | sed -n 11p)"
 pixels="${row%,*}"
 label="${row##*,}"
+# The first probe row of the seed's Keras model and the class Keras itself predicts for it.
+probe="$(sed -n 1p data/seed-keras/probe_inputs.csv)"
+probe_class="$(sed -n 1p data/seed-keras/probe_outputs.csv | python3 -c 'import sys; v=[float(x) for x in sys.stdin.read().split(",")]; print(v.index(max(v)))')"
 
 cat <<MSG
 
-maas is running: gateway http://$gateway_addr -> backend http://$backend_addr (model 'digits')
+maas is running: gateway http://$gateway_addr -> backend http://$backend_addr (models 'digits', 'seed-keras')
 Logs: $logs/   Usage rows: PostgreSQL table usage_events ($DATABASE_URL)
 
 Classify a real handwritten digit (row 11 of data/digits.csv.gz, label $label) through the gateway:
@@ -88,6 +97,16 @@ curl -s http://$gateway_addr/v2/models/digits/infer \\
   -d '{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[$pixels]}]}'
 
 The answer's "probabilities" has its largest value at index $label.
+
+The seed's Keras model (imported from data/seed-keras/model.h5) on its first probe row:
+
+curl -s http://$gateway_addr/v2/models/seed-keras/infer \\
+  -H 'Authorization: Bearer $key' \\
+  -H 'Content-Type: application/json' \\
+  -d '{"inputs":[{"name":"input","shape":[1,100],"datatype":"FP32","data":[$probe]}]}'
+
+Its "probabilities" match Keras's own (data/seed-keras/probe_outputs.csv, row 1): largest at index $probe_class.
+
 (Each make run creates a new key; keys from earlier runs stay valid.)
 
 Usage recorded so far for the tenant 'demo' (this month, as JSON):

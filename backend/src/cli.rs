@@ -1,4 +1,5 @@
-//! The command line: `maas-backend serve` and `maas-backend train`.
+//! The command line: `maas-backend serve`, `train`, `import keras`, `init-dense` and
+//! `forward-bench`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -35,6 +36,31 @@ pub enum Command {
     /// Time the raw in-process forward pass of a model version (no HTTP, no batcher);
     /// prints one JSON line.
     ForwardBench(ForwardBenchArgs),
+    /// Import a model from another framework's file as a new version.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+/// `maas-backend import <format>`.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// A Keras model saved as HDF5 (`model.save("model.h5")`) made of Dense layers, written as
+    /// a dense model version (see the `keras` module for what is accepted).
+    Keras(ImportKerasArgs),
+}
+
+/// `maas-backend import keras`.
+#[derive(Debug, Args)]
+pub struct ImportKerasArgs {
+    /// The Keras HDF5 file.
+    pub file: PathBuf,
+    /// The model repository to write the new version into.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// The model's name (its folder in the repository); an existing model must have the same
+    /// layers.
+    #[arg(long)]
+    pub name: String,
 }
 
 /// `maas-backend init-dense`.
@@ -187,6 +213,23 @@ impl Cli {
                     Duration::from_secs_f64(seconds),
                 )?;
                 println!("{}", serde_json::to_string(&result)?);
+                Ok(())
+            }
+            Command::Import(ImportCommand::Keras(args)) => {
+                let report = crate::keras::import_keras(&args.file, &args.repo, &args.name)?;
+                let layers: Vec<String> = report
+                    .config
+                    .layers
+                    .iter()
+                    .map(|l| format!("{} -> {} {}", l.in_features, l.out_features, l.activation))
+                    .collect();
+                println!(
+                    "imported {} as {}/{} ({})",
+                    args.file.display(),
+                    args.name,
+                    report.version,
+                    layers.join(", ")
+                );
                 Ok(())
             }
         }

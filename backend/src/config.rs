@@ -78,12 +78,17 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DynamicBatching {
-    /// `max_queue_delay_us`: the longest the first request of a batch waits for others, in
-    /// microseconds, before the batch runs anyway. Default 0: run with what is queued.
+    /// `max_queue_delay_us`: the longest a free instance holds a batch back for more requests,
+    /// in microseconds, before it runs anyway: from the first request's arrival at an idle
+    /// instance, or from the moment a busy instance became free (requests that queued while
+    /// every instance was busy are never cut short of a full batch before the free instance
+    /// has given late ones this delay to join). Default 0: run with what is queued. The rules
+    /// are on [`crate::worker::decide`].
     #[serde(default)]
     pub max_queue_delay_us: u64,
-    /// `preferred_batch_sizes`: batch sizes (rows) that run at once when reached, without
-    /// waiting out `max_queue_delay_us`. Each between 1 and `max_batch_size`. Default none.
+    /// `preferred_batch_sizes`: batch sizes (rows) that run at once, without waiting out
+    /// `max_queue_delay_us`, when a free instance's batch grows to one of them. Each between 1
+    /// and `max_batch_size`. Default none.
     #[serde(default)]
     pub preferred_batch_sizes: Vec<u32>,
     /// `max_queue_size`: requests that may wait for a forward pass; one more is answered 503

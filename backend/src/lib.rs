@@ -3,15 +3,17 @@
 //! tensor data extension), gathers requests into batches per model version with a dynamic
 //! batcher, runs forward passes with libtorch on dedicated instance threads (CPU or CUDA),
 //! reports usage in response headers for the gateway's metering and metrics at `/metrics`,
-//! loads and unloads models on request, and trains new versions from CSV tables.
+//! loads and unloads models on request, trains new versions from CSV tables and imports Keras
+//! HDF5 models.
 //!
 //! Modules, in the order a request meets them: [`server`] (routes) → [`extract`] (body, path)
 //! → [`binary`] (JSON header and binary part) → [`oip`] (protocol types) → [`validation`]
 //! (request → typed input, with [`datatype`]) → [`repository`] (model → version → [`worker`]:
-//! batcher and instances) → [`dense`] or [`torchscript`] (forward pass) → [`usage`] (headers)
-//! and [`metrics`]; [`error`] maps every failure to a status and a JSON body. [`config`] is a
-//! model's `config.toml`; [`train`] and [`dataset`] make new versions; [`bench`] makes and times
-//! benchmark models; [`cli`] is the command line.
+//! batching queue and instance threads) → [`dense`] or [`torchscript`] (forward pass) →
+//! [`usage`] (headers) and [`metrics`]; [`error`] maps every failure to a status and a JSON
+//! body. [`config`] is a model's `config.toml`; [`train`] and [`dataset`] make new versions
+//! and [`keras`] imports them; [`bench`] makes and times benchmark models; [`cli`] is the
+//! command line.
 
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod datatype;
 pub mod dense;
 pub mod error;
 pub mod extract;
+pub mod keras;
 pub mod metrics;
 pub mod oip;
 pub mod repository;

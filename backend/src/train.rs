@@ -428,20 +428,15 @@ fn served_accuracy(model: &DenseModel, rows: &Rows) -> anyhow::Result<f64> {
     Ok(accuracy(&scores, &rows.y)?)
 }
 
-/// Writes `model.safetensors` and `metrics.json` into a temporary folder and renames it to the
-/// next free version number. Returns the version and its folder.
+/// Writes `model.safetensors` and `metrics.json` as the next version of `model_dir`
+/// ([`write_version_folder`]). Returns the version and its folder.
 fn write_version(
     model_dir: &Path,
     tensors: &HashMap<String, Tensor>,
     metrics: &mut Metrics,
     started: Instant,
 ) -> anyhow::Result<(u64, PathBuf)> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let temp = model_dir.join(format!(".tmp-train-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-    let result = (|| -> anyhow::Result<(u64, PathBuf)> {
+    write_version_folder(model_dir, "train", |temp| {
         let mut named: Vec<(&String, &Tensor)> = tensors.iter().collect();
         named.sort_by(|a, b| a.0.cmp(b.0));
         Tensor::write_safetensors(&named, temp.join(WEIGHTS_FILE))
@@ -451,7 +446,27 @@ fn write_version(
             temp.join(METRICS_FILE),
             serde_json::to_vec_pretty(&*metrics)?,
         )?;
-        // Another trainer may take a number between our look and our rename: try the next one.
+        Ok(())
+    })
+}
+
+/// Creates a new version folder of `model_dir` without a window in which the server could see
+/// it half written: `fill` writes the files into a temporary folder `.tmp-<purpose>-...`
+/// (ignored by the repository), which is then renamed to the next free version number.
+/// Returns the version and its folder; on error the temporary folder is removed.
+pub(crate) fn write_version_folder(
+    model_dir: &Path,
+    purpose: &str,
+    fill: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<(u64, PathBuf)> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let temp = model_dir.join(format!(".tmp-{purpose}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    let result = (|| -> anyhow::Result<(u64, PathBuf)> {
+        fill(&temp)?;
+        // Another writer may take a number between our look and our rename: try the next one.
         for _ in 0..16 {
             let version = version_numbers(model_dir)?.last().copied().unwrap_or(0) + 1;
             let dir = model_dir.join(version.to_string());
@@ -480,7 +495,7 @@ fn write_version(
 }
 
 /// Writes a file through a temporary sibling and a rename.
-fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let temp = path.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&temp, contents).with_context(|| format!("cannot write {}", temp.display()))?;
     std::fs::rename(&temp, path)
