@@ -9,8 +9,8 @@
 //!   once; `source` is `maas-gateway`, `type` [`CLOUDEVENT_TYPE`], `subject` the tenant id,
 //!   `time` the request's start, `data` the event's fields.
 //!
-//! Events are read in pages ordered by (`started_at`, `request_id`), so an export of any size
-//! runs in constant memory.
+//! Events are read in pages ordered by (`started_at`, `request_id`) ([`UsageExport`]), so an
+//! export of any size runs in constant memory.
 
 use std::io::Write;
 
@@ -138,38 +138,97 @@ pub fn cloudevent(e: &ExportedEvent) -> serde_json::Value {
     ce
 }
 
-/// Writes the events with `from <= started_at < to` (of one tenant, when given) to `out` in
-/// `format`. Returns the number of events written.
-///
-/// # Errors
-/// [`BillingError::Invalid`] when `from >= to`, a database error, or a write error.
-pub async fn export_usage<W: Write>(
-    pool: &PgPool,
+/// An export read page by page: each call to [`UsageExport::next_chunk`] fetches one page of
+/// events (at most 5,000) and encodes it, so a caller can stream an export of any size in
+/// constant memory (the admin API sends each chunk as it comes; [`export_usage`] writes them to
+/// a `Write`). The CSV header row is the start of the first chunk.
+#[derive(Debug)]
+pub struct UsageExport {
+    pool: PgPool,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     tenant_id: Option<Uuid>,
     format: ExportFormat,
-    out: W,
-) -> Result<u64, BillingError> {
-    if from >= to {
-        return Err(BillingError::Invalid("`from` must be before `to`".into()));
-    }
-    enum Sink<W: Write> {
-        Csv(Box<csv::Writer<W>>),
-        Lines(std::io::BufWriter<W>),
-    }
-    let mut sink = match format {
-        ExportFormat::Csv => {
-            let mut w = csv::Writer::from_writer(out);
-            w.write_record(CSV_HEADER).map_err(csv_err)?;
-            Sink::Csv(Box::new(w))
+    /// Where the next page starts: after this (started_at, request_id).
+    after: Option<(DateTime<Utc>, Uuid)>,
+    /// Chunks returned so far.
+    chunks: u64,
+    /// Events encoded so far.
+    events: u64,
+    /// The last page was read (or a page failed): no more chunks.
+    done: bool,
+}
+
+impl UsageExport {
+    /// An export of the events with `from <= started_at < to` (of one tenant, when given).
+    ///
+    /// # Errors
+    /// [`BillingError::Invalid`] when `from >= to`.
+    pub fn new(
+        pool: PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        tenant_id: Option<Uuid>,
+        format: ExportFormat,
+    ) -> Result<UsageExport, BillingError> {
+        if from >= to {
+            return Err(BillingError::Invalid("`from` must be before `to`".into()));
         }
-        _ => Sink::Lines(std::io::BufWriter::new(out)),
-    };
-    let mut after: Option<(DateTime<Utc>, Uuid)> = None;
-    let mut written = 0u64;
-    loop {
-        let page: Vec<ExportedEvent> = sqlx::query_as(
+        Ok(UsageExport {
+            pool,
+            from,
+            to,
+            tenant_id,
+            format,
+            after: None,
+            chunks: 0,
+            events: 0,
+            done: false,
+        })
+    }
+
+    /// Events encoded so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// The next chunk of the export: `Some(bytes)` for each page (the first one always, even
+    /// when empty, so a CSV export always has its header row), `None` once every event was
+    /// returned. After an error the export is over (further calls return `None`).
+    ///
+    /// # Errors
+    /// A database error, or an encoding error.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, BillingError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self.fetch_page().await {
+            Ok(page) => page,
+            Err(e) => {
+                self.done = true;
+                return Err(e.into());
+            }
+        };
+        let chunk = match self.encode(&page) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        self.chunks += 1;
+        self.events += page.len() as u64;
+        match page.last() {
+            Some(last) if page.len() as i64 == PAGE => {
+                self.after = Some((last.started_at, last.request_id));
+            }
+            _ => self.done = true,
+        }
+        Ok(Some(chunk))
+    }
+
+    async fn fetch_page(&self) -> Result<Vec<ExportedEvent>, sqlx::Error> {
+        sqlx::query_as(
             "SELECT request_id, started_at, tenant_id, api_key_id, model, model_version, \
                  http_status, inference_count, compute_us, request_bytes, response_bytes, \
                  latency_us \
@@ -179,41 +238,64 @@ pub async fn export_usage<W: Write>(
                AND ($4::timestamptz IS NULL OR (started_at, request_id) > ($4, $5)) \
              ORDER BY started_at, request_id LIMIT $6",
         )
-        .bind(from)
-        .bind(to)
-        .bind(tenant_id)
-        .bind(after.map(|a| a.0))
-        .bind(after.map(|a| a.1))
+        .bind(self.from)
+        .bind(self.to)
+        .bind(self.tenant_id)
+        .bind(self.after.map(|a| a.0))
+        .bind(self.after.map(|a| a.1))
         .bind(PAGE)
-        .fetch_all(pool)
-        .await?;
-        for e in &page {
-            match &mut sink {
-                Sink::Csv(w) => w.write_record(csv_record(e)).map_err(csv_err)?,
-                Sink::Lines(out) => {
-                    if format == ExportFormat::CloudEvents {
-                        serde_json::to_writer(&mut *out, &cloudevent(e))
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    fn encode(&self, page: &[ExportedEvent]) -> Result<Vec<u8>, BillingError> {
+        let mut out = Vec::new();
+        match self.format {
+            ExportFormat::Csv => {
+                let mut w = csv::Writer::from_writer(&mut out);
+                if self.chunks == 0 {
+                    w.write_record(CSV_HEADER).map_err(csv_err)?;
+                }
+                for e in page {
+                    w.write_record(csv_record(e)).map_err(csv_err)?;
+                }
+                w.flush()?;
+            }
+            ExportFormat::Jsonl | ExportFormat::CloudEvents => {
+                for e in page {
+                    if self.format == ExportFormat::CloudEvents {
+                        serde_json::to_writer(&mut out, &cloudevent(e))
                     } else {
-                        serde_json::to_writer(&mut *out, e)
+                        serde_json::to_writer(&mut out, e)
                     }
                     .map_err(std::io::Error::from)?;
-                    out.write_all(b"\n")?;
+                    out.push(b'\n');
                 }
             }
         }
-        written += page.len() as u64;
-        match page.last() {
-            Some(last) if page.len() as i64 == PAGE => {
-                after = Some((last.started_at, last.request_id));
-            }
-            _ => break,
-        }
+        Ok(out)
     }
-    match &mut sink {
-        Sink::Csv(w) => w.flush()?,
-        Sink::Lines(out) => out.flush()?,
+}
+
+/// Writes the events with `from <= started_at < to` (of one tenant, when given) to `out` in
+/// `format`, page by page ([`UsageExport`]). Returns the number of events written.
+///
+/// # Errors
+/// [`BillingError::Invalid`] when `from >= to`, a database error, or a write error.
+pub async fn export_usage<W: Write>(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    tenant_id: Option<Uuid>,
+    format: ExportFormat,
+    mut out: W,
+) -> Result<u64, BillingError> {
+    let mut export = UsageExport::new(pool.clone(), from, to, tenant_id, format)?;
+    while let Some(chunk) = export.next_chunk().await? {
+        out.write_all(&chunk)?;
     }
-    Ok(written)
+    out.flush()?;
+    Ok(export.events())
 }
 
 fn csv_err(e: csv::Error) -> BillingError {

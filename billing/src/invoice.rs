@@ -84,6 +84,7 @@ impl std::fmt::Display for Period {
 
 /// A model's billable usage over a period (2xx requests only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelUsage {
     /// Model name.
     pub model: String,
@@ -97,6 +98,7 @@ pub struct ModelUsage {
 
 /// One invoice line: a model's usage, what is billed after included units, and the charges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InvoiceLine {
     /// The usage.
     pub usage: ModelUsage,
@@ -120,6 +122,7 @@ pub struct InvoiceLine {
 
 /// An invoice of one tenant for one month.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Invoice {
     /// Tenant name.
     pub tenant: String,

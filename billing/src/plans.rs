@@ -15,6 +15,7 @@ pub const ANY_MODEL: &str = "*";
 /// The price of one model in a plan. Money is integer micro-USD (1 USD = 1,000,000);
 /// included units are per model per calendar month (UTC), consumed before anything is charged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelPrice {
     /// Model name, or [`ANY_MODEL`].
     pub model: String,

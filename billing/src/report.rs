@@ -18,6 +18,7 @@ use crate::BillingError;
 
 /// Bucket width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Granularity {
     /// One bucket per hour.
@@ -69,6 +70,7 @@ pub struct UsageQuery {
 
 /// One bucket (and group) of a report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageBucket {
     /// Start of the bucket (an instant; local midnight or hour in the query's zone).
     pub bucket_start: DateTime<Utc>,
@@ -140,6 +142,18 @@ fn on_hour(t: DateTime<Utc>) -> bool {
     t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0
 }
 
+/// Whether PostgreSQL's time zone database knows `tz` as a zone name (`pg_timezone_names`:
+/// IANA names such as `UTC` or `Europe/Paris`; abbreviations like `CET` are not names).
+///
+/// # Errors
+/// Database errors.
+pub async fn is_known_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
+        .bind(tz)
+        .fetch_one(pool)
+        .await
+}
+
 /// Runs a usage report (see the module notes for where it reads from).
 ///
 /// # Errors
@@ -148,12 +162,7 @@ pub async fn usage_report(pool: &PgPool, q: &UsageQuery) -> Result<Vec<UsageBuck
     if q.from >= q.to {
         return Err(BillingError::Invalid("`from` must be before `to`".into()));
     }
-    let known: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
-            .bind(&q.time_zone)
-            .fetch_one(pool)
-            .await?;
-    if !known {
+    if !is_known_time_zone(pool, &q.time_zone).await? {
         return Err(BillingError::Invalid(format!(
             "time zone `{}`: expected an IANA name such as UTC or Europe/Berlin",
             q.time_zone

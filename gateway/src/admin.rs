@@ -1,9 +1,12 @@
-//! Admin API for operators: tenants and API keys, on its own listener (axum).
+//! Admin API for operators and tenant admins: tenants and API keys, limits, tenant admins,
+//! usage, invoices and exports, on its own listener (axum).
 //!
-//! Every route is under `/admin/v1` and needs `Authorization: Bearer <operator token>`
-//! (`[admin] operator_token` or `MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN`), compared in constant time;
-//! anything else is 401 with `WWW-Authenticate: Bearer`. The OpenAPI document generated from
-//! this file (utoipa) is served without a token at `/admin/v1/openapi.json`.
+//! Every route is under `/admin/v1` and needs `Authorization: Bearer <token>`: the operator token
+//! (`[admin] operator_token` or `MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN`, compared in constant time)
+//! for everything, or a tenant admin's token ([`crate::admin_usage`]) for its own tenant's
+//! usage, invoices and exports (any other route or tenant: 403). A missing, unknown or revoked
+//! token is 401 with `WWW-Authenticate: Bearer`. The OpenAPI document generated from this file
+//! and its siblings (utoipa) is served without a token at `/admin/v1/openapi.json`.
 //!
 //! The admin API writes PostgreSQL only; the data path sees a revoked key or a suspended tenant
 //! once its cached lookup expires (`auth.cache_ttl_ms`).
@@ -31,6 +34,7 @@ use subtle::ConstantTimeEq;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use crate::admin_usage::TenantAdminAuth;
 use crate::config::GatewayConfig;
 use crate::keys;
 
@@ -41,9 +45,12 @@ pub const MAX_NAME_LEN: usize = 200;
 /// and answered as a bare `internal error`.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// No operator token, or the wrong one (401).
-    #[error("missing or invalid operator token: send Authorization: Bearer <operator token>")]
+    /// No token, or one that is neither the operator token nor a live tenant admin's (401).
+    #[error("missing or invalid admin token: send Authorization: Bearer <operator token or tenant admin token>")]
     Unauthorized,
+    /// A valid token that may not do this, e.g. a tenant admin asking for another tenant (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request is malformed; the message says what was expected (400).
     #[error("{0}")]
     BadRequest(String),
@@ -82,6 +89,7 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
@@ -164,34 +172,26 @@ impl AdminState {
     }
 
     /// Whether `headers` carry `Authorization: Bearer <operator token>`.
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-        else {
+    pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = crate::admin_usage::bearer_token(headers) else {
             return false;
         };
-        let Some((scheme, token)) = value.split_once(' ') else {
-            return false;
-        };
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return false;
-        }
-        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         presented.ct_eq(&self.token_sha256).into()
     }
 }
 
+/// Operator-only routes: the operator token passes; a tenant admin's token is 403; anything
+/// else 401.
 async fn require_operator(
     State(state): State<AdminState>,
     req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    if state.authorized(req.headers()) {
-        Ok(next.run(req).await)
-    } else {
-        Err(AppError::Unauthorized)
-    }
+    crate::admin_usage::Caller::resolve(&state, req.headers())
+        .await?
+        .require_operator()?;
+    Ok(next.run(req).await)
 }
 
 /// The OpenAPI document of the admin API.
@@ -199,7 +199,7 @@ async fn require_operator(
 #[openapi(
     info(
         title = "maas gateway admin API",
-        description = "Operator API: tenants and API keys. Every operation needs `Authorization: Bearer <operator token>`."
+        description = "Operator and tenant admin API: tenants, API keys, limits, tenant admins, usage, invoices and exports. Every operation needs `Authorization: Bearer <operator token>`; a tenant admin's token is accepted for its own tenant's usage, invoices and exports."
     ),
     paths(
         create_tenant,
@@ -215,7 +215,13 @@ async fn require_operator(
         crate::admin_limits::get_tenant_limits,
         crate::admin_limits::put_tenant_limits,
         crate::admin_limits::get_key_limits,
-        crate::admin_limits::put_key_limits
+        crate::admin_limits::put_key_limits,
+        crate::admin_usage::create_tenant_admin,
+        crate::admin_usage::list_tenant_admins,
+        crate::admin_usage::revoke_tenant_admin,
+        crate::admin_usage::get_usage,
+        crate::admin_usage::get_invoice,
+        crate::admin_usage::export_usage
     ),
     components(schemas(
         ErrorBody,
@@ -226,9 +232,19 @@ async fn require_operator(
         CreatedApiKey,
         crate::admin_limits::LimitRules,
         crate::limits::LimitRule,
-        crate::limits::Level
+        crate::limits::Level,
+        crate::admin_usage::TenantAdmin,
+        crate::admin_usage::NewTenantAdmin,
+        crate::admin_usage::CreatedTenantAdmin,
+        crate::admin_usage::UsageReport,
+        maas_billing::report::UsageBucket,
+        maas_billing::report::Granularity,
+        maas_billing::invoice::Invoice,
+        maas_billing::invoice::InvoiceLine,
+        maas_billing::invoice::ModelUsage,
+        maas_billing::plans::ModelPrice
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &TenantAdminAuth),
     security(("operator_token" = []))
 )]
 pub struct AdminApi;
@@ -277,6 +293,7 @@ pub fn router(state: AdminState) -> Router {
             "/admin/v1/keys/{key_id}/limits",
             get(crate::admin_limits::get_key_limits).put(crate::admin_limits::put_key_limits),
         )
+        .merge(crate::admin_usage::operator_routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -284,6 +301,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/v1/openapi.json", get(openapi_json))
         .merge(protected)
+        .merge(crate::admin_usage::tenant_routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -388,7 +406,7 @@ pub struct NewTenant {
 
 const TENANT_COLUMNS: &str = "id, name, status, plan, created_at";
 
-fn check_name(what: &str, name: &str) -> Result<(), AppError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), AppError> {
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_LEN {
         return Err(AppError::BadRequest(format!(
             "{what} must be 1 to {MAX_NAME_LEN} characters"
@@ -397,7 +415,7 @@ fn check_name(what: &str, name: &str) -> Result<(), AppError> {
     Ok(())
 }
 
-fn parse_id(what: &str, raw: &str) -> Result<Uuid, AppError> {
+pub(crate) fn parse_id(what: &str, raw: &str) -> Result<Uuid, AppError> {
     Uuid::parse_str(raw).map_err(|_| AppError::BadRequest(format!("{what} must be a UUID")))
 }
 
@@ -601,6 +619,51 @@ async fn tenant_exists(state: &AdminState, id: Uuid) -> Result<(), AppError> {
         .ok_or_else(|| AppError::NotFound(format!("no tenant {id}")))
 }
 
+/// The rows of `table` (as `columns`) that belong to tenant `raw_id`, oldest first: 400 when
+/// `raw_id` is not a UUID, 404 when there is no such tenant.
+pub(crate) async fn tenant_rows<T>(
+    state: &AdminState,
+    raw_id: &str,
+    table: &str,
+    columns: &str,
+) -> Result<Vec<T>, AppError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let tenant_id = parse_id("tenant_id", raw_id)?;
+    tenant_exists(state, tenant_id).await?;
+    Ok(sqlx::query_as::<_, T>(&format!(
+        "SELECT {columns} FROM {table} WHERE tenant_id = $1 ORDER BY created_at, id"
+    ))
+    .bind(tenant_id)
+    .fetch_all(&state.pool)
+    .await?)
+}
+
+/// Revoke row `raw_id` of `table` (idempotent: a revoked row keeps its first revocation time)
+/// and return it as `columns`: 400 naming `id_name` when `raw_id` is not a UUID, 404
+/// `no {what} {id}` when there is no such row.
+pub(crate) async fn revoke_row<T>(
+    state: &AdminState,
+    table: &str,
+    columns: &str,
+    (id_name, what): (&str, &str),
+    raw_id: &str,
+) -> Result<T, AppError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let id = parse_id(id_name, raw_id)?;
+    sqlx::query_as::<_, T>(&format!(
+        "UPDATE {table} SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 \
+         RETURNING {columns}"
+    ))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or_else(|| AppError::NotFound(format!("no {what} {id}")))
+}
+
 /// Create an API key for a tenant; the response holds the secret, shown this once.
 #[utoipa::path(
     post, path = "/admin/v1/tenants/{tenant_id}/keys", request_body = NewApiKey,
@@ -664,15 +727,9 @@ async fn list_keys(
     State(state): State<AdminState>,
     Path(tenant_id): Path<String>,
 ) -> Result<Json<Vec<ApiKey>>, AppError> {
-    let tenant_id = parse_id("tenant_id", &tenant_id)?;
-    tenant_exists(&state, tenant_id).await?;
-    let keys = sqlx::query_as::<_, ApiKey>(&format!(
-        "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+    Ok(Json(
+        tenant_rows(&state, &tenant_id, "api_keys", KEY_COLUMNS).await?,
     ))
-    .bind(tenant_id)
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(keys))
 }
 
 /// Revoke a key (idempotent: revoking a revoked key keeps its first revocation time).
@@ -690,16 +747,9 @@ async fn revoke_key(
     State(state): State<AdminState>,
     Path(key_id): Path<String>,
 ) -> Result<Json<ApiKey>, AppError> {
-    let key_id = parse_id("key_id", &key_id)?;
-    let key = sqlx::query_as::<_, ApiKey>(&format!(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 \
-         RETURNING {KEY_COLUMNS}"
-    ))
-    .bind(key_id)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
-    tracing::info!(%key_id, prefix = %key.prefix, "admin: key revoked");
+    let key: ApiKey =
+        revoke_row(&state, "api_keys", KEY_COLUMNS, ("key_id", "key"), &key_id).await?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, "admin: key revoked");
     state.announce(key.tenant_id).await;
     Ok(Json(key))
 }
@@ -796,6 +846,11 @@ mod tests {
             "/admin/v1/plans/{plan}/limits",
             "/admin/v1/tenants/{tenant_id}/limits",
             "/admin/v1/keys/{key_id}/limits",
+            "/admin/v1/tenants/{tenant_id}/admins",
+            "/admin/v1/tenant-admins/{admin_id}/revoke",
+            "/admin/v1/tenants/{tenant_id}/usage",
+            "/admin/v1/tenants/{tenant_id}/usage/export",
+            "/admin/v1/tenants/{tenant_id}/invoices/{period}",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admin_limits;
+pub mod admin_usage;
 pub mod auth;
 pub mod cache;
 pub mod config;

@@ -46,19 +46,8 @@ impl Admin {
         body: Option<Value>,
         token: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request to the admin API");
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("non-JSON admin body: {}", String::from_utf8_lossy(&bytes)));
-        (status, body)
+        let answer = admin_request(&self.client, &self.base, method, path, token, body).await;
+        (answer.status, answer.json())
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
@@ -283,13 +272,19 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         ("/admin/v1/tenants/{tenant_id}/limits", "put"),
         ("/admin/v1/keys/{key_id}/limits", "get"),
         ("/admin/v1/keys/{key_id}/limits", "put"),
+        ("/admin/v1/tenants/{tenant_id}/admins", "post"),
+        ("/admin/v1/tenants/{tenant_id}/admins", "get"),
+        ("/admin/v1/tenant-admins/{admin_id}/revoke", "post"),
+        ("/admin/v1/tenants/{tenant_id}/usage", "get"),
+        ("/admin/v1/tenants/{tenant_id}/usage/export", "get"),
+        ("/admin/v1/tenants/{tenant_id}/invoices/{period}", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 9);
+    assert_eq!(paths.len(), 14);
 
     // Unknown admin routes are JSON 404s.
     let (status, body) = admin.get("/admin/v1/nothing").await;

@@ -268,3 +268,51 @@ pub fn create_key(db_url: &str, tenant: &str, models: Option<&str>) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// An admin API answer: status, headers and body.
+pub struct AdminAnswer {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl AdminAnswer {
+    /// The body as JSON, or a panic showing it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "non-JSON admin body ({}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Send `method path` to the admin API at `base` (`http://host:port`), with `Authorization:
+/// Bearer <token>` and a JSON `body` when given.
+pub async fn admin_request(
+    client: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> AdminAnswer {
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request to the admin API");
+    AdminAnswer {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.bytes().await.expect("admin API body").to_vec(),
+    }
+}
