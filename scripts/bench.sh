@@ -22,6 +22,9 @@
 #   torchserve  5. maas-backend against TorchServe 0.12 serving the same TorchScript file on CPU,
 #                  batching configured alike, same JSON bodies, same closed-loop load: throughput
 #                  and p99 ratios.
+#   ingest      8. metering ingest (issue 6, item 8): usage events appended to a spool and drained
+#                  into PostgreSQL (insert + hourly rollup, batches of 5,000), events/s, against
+#                  the 50,000 events/s target and the gateway's peak request rate of figure 2.
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
@@ -31,6 +34,7 @@
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
 #                                        TorchServe's worker)
+#   MAAS_BENCH_INGEST_EVENTS=200000      usage events per ingest run (ingest)
 # Everything listens on loopback, on free ports; load loops are bounded in time; every server
 # started here is stopped on exit. Needs: nginx (installed with apt-get when missing), PostgreSQL
 # and Redis (scripts/with-services.sh) for the gateway section; Java 17 and a venv with
@@ -44,7 +48,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest}"
 TS_VENV=.data/bench-venv
 TS_VERSION="0.12.*"
 
@@ -583,6 +587,38 @@ if [ "${MAAS_BENCH_SECTION_INNER:-}" = auth ]; then
     section_auth_inner
     exit 0
 fi
+
+# ================================================================================================
+# Section ingest: sustained metering ingest into PostgreSQL (issue 6, item 8).
+# ================================================================================================
+INGEST_EVENTS="${MAAS_BENCH_INGEST_EVENTS:-200000}"
+
+# Runs under scripts/with-services.sh: the ignored test `ingest_benchmark` (gateway/tests/
+# metering.rs), release build, on a fresh database of that server; it writes results/ingest.json.
+section_ingest_inner() {
+    echo "bench: 8. metering ingest: $INGEST_EVENTS events, spool -> PostgreSQL"
+    MAAS_INGEST_EVENTS="$INGEST_EVENTS" MAAS_INGEST_JSON="$PWD/$RES/ingest.json" RUST_LOG=warn \
+        cargo test --release -p maas-gateway --test metering -- --ignored --exact ingest_benchmark \
+        --nocapture
+    [ -s "$RES/ingest.json" ] || fail "ingest_benchmark wrote no result (see $OUT/logs/section-ingest.log)"
+    cat "$RES/ingest.json"; echo
+}
+
+section_ingest() {
+    [ -z "${INGEST_BUILD_FAILED:-}" ] || fail "$INGEST_BUILD_FAILED"
+    # A fresh PostgreSQL for this section only, as for the gateway section.
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=ingest "$0"
+}
+
+# ================================================================================================
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
+    # Second invocation, under scripts/with-services.sh: the ingest section's body only.
+    set -E
+    SECTION=ingest
+    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-ingest.log)" > "$RES/$SECTION.error"' ERR
+    section_ingest_inner
+    exit 0
+fi
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
     # Second invocation, under scripts/with-services.sh: the gateway section's body only.
     set -E
@@ -605,20 +641,36 @@ if want gateway && ! command -v nginx >/dev/null; then
     else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
 fi
 
-# The backend and the load generator are needed by every section; the gateway and billing only
-# by the gateway section, whose build failure must not stop the others.
-cargo build --release -p maas-backend -p maas-loadtest
+# The backend and the load generator are needed by every section but ingest; the gateway and
+# billing only by the gateway section, whose build failure must not stop the others.
+if want gateway || want backend || want torchserve; then
+    cargo build --release -p maas-backend -p maas-loadtest
+fi
 export GATEWAY_BUILD_FAILED=""
 if want gateway; then
     if ! cargo build --release -p maas-gateway -p maas-billing 2>&1 | tee "$OUT/logs/build-gateway.log"; then
         GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
     fi
 fi
+# The ingest section runs a test binary of maas-gateway (release); built here so that its
+# build time stays out of the measurement and its failure out of the other sections.
+export INGEST_BUILD_FAILED=""
+if want ingest; then
+    if ! cargo test --release -p maas-gateway --test metering --no-run 2>&1 | tee "$OUT/logs/build-ingest.log"; then
+        INGEST_BUILD_FAILED="the release build of maas-gateway's metering tests failed ($(grep -m1 -E '^error' "$OUT/logs/build-ingest.log" || echo 'see the build log'))"
+    fi
+fi
+
+# The criterion benchmark, built here for the same reason.
+if want auth; then
+    cargo bench -q -p maas-gateway --bench auth --no-run
+fi
 
 run_section gateway section_gateway
 run_section backend section_backend
 run_section torchserve section_torchserve
 run_section auth section_auth
+run_section ingest section_ingest
 
 {
     rustc --version

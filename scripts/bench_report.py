@@ -6,7 +6,7 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of scripts/bench.sh (gateway, backend, torchserve) is written on its own: a section
+Each section of scripts/bench.sh (gateway, backend, torchserve, ingest) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -438,6 +438,52 @@ def torchserve_section(res):
     return lines
 
 
+# --- section ingest ------------------------------------------------------------------------------
+
+INGEST_TARGET_EPS = 50_000
+
+
+def gateway_peak_rps(res):
+    """Figure 2's gateway peak from this run's results: the highest 2xx throughput of a closed-loop
+    gateway run with every answer 2xx and p99 under 10 ms; None when there is none."""
+    peaks = [r["ok_throughput_rps"]
+             for r in (json.load(open(p)) for p in glob.glob(os.path.join(res, "gw-peak-gateway-c*.json")))
+             if r["responses"] > 0 and ok_2xx(r) == r["responses"] and r["latency_us"]["p99"] < 10_000]
+    return max(peaks) if peaks else None
+
+
+def ingest_section(res):
+    r = load(res, "ingest")
+    eps = r["ingest_events_per_s"]
+    lines = [
+        "## 8. Metering ingest",
+        "",
+        f"`ingest_benchmark` (gateway/tests/metering.rs, {r.get('profile', 'release')} build): {r['events']:,} usage events (10 tenants,",
+        "50 keys, 3 models) appended to the gateway's spool (a billable and a final record each, then one",
+        "fsync), then drained by the usage writer into PostgreSQL, which inserts each batch of",
+        f"{r['batch_size']:,} with `ON CONFLICT DO NOTHING` and updates the hourly rollup in the same statement.",
+        "PostgreSQL is a private instance on this machine (scripts/with-services.sh), sharing its cores.",
+        "",
+        "| step | figure |",
+        "|---|---|",
+        f"| spool append | {r['spool_append_us_per_record']:.2f} us per record |",
+        f"| spool decode alone | {r['spool_decode_events_per_s']:,.0f} events/s |",
+        f"| spool -> PostgreSQL (insert + rollup) | {eps:,.0f} events/s ({r['ingest_s']:.2f} s) |",
+        "",
+        f"- Ingest: **{eps:,.0f} events/s** (target >= {INGEST_TARGET_EPS:,} events/s: {verdict(eps >= INGEST_TARGET_EPS)})",
+    ]
+    peak = gateway_peak_rps(res)
+    if peak:
+        lines.append(f"- Against the gateway's peak of figure 2 ({peak:,.0f} requests/s, one usage event each): "
+                     f"**{eps / peak:.1f}x** (above 1: the spool drains faster than a fully loaded gateway "
+                     f"fills it: {verdict(eps > peak)})")
+    else:
+        lines.append("- Against the gateway's peak: not measured in this run (figure 2 has no run with "
+                     "p99 under 10 ms, or the gateway section did not run)")
+    lines.append("")
+    return lines
+
+
 SECTIONS = [
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
@@ -445,6 +491,7 @@ SECTIONS = [
     ("torchserve", "5. Backend against TorchServe", torchserve_section),
     ("gateway", "6. Rate limiter", limiter_section),
     ("auth", "7. Authentication", auth_section),
+    ("ingest", "8. Metering ingest", ingest_section),
 ]
 
 

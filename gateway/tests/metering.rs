@@ -873,6 +873,8 @@ async fn sigterm_drains_the_queue() {
 /// Ingest benchmark (issue 6 item 8): events appended to a spool, then drained into
 /// PostgreSQL in batches of 5,000. Run with
 /// `cargo test -p maas-gateway --test metering -- --ignored --nocapture ingest`.
+/// `MAAS_INGEST_EVENTS` sets the number of events (default 200,000); with `MAAS_INGEST_JSON`
+/// set, the figures are also written there as one JSON object (`make bench`, section ingest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn ingest_benchmark() {
@@ -936,6 +938,18 @@ async fn ingest_benchmark() {
         n as f64 / decode.as_secs_f64(),
         n as f64 / ingest.as_secs_f64()
     );
+    if let Ok(path) = std::env::var("MAAS_INGEST_JSON") {
+        let result = serde_json::json!({
+            "events": n,
+            "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+            "batch_size": config.batch_size,
+            "spool_append_us_per_record": append.as_secs_f64() * 1e6 / (2 * n) as f64,
+            "spool_decode_events_per_s": n as f64 / decode.as_secs_f64(),
+            "ingest_s": ingest.as_secs_f64(),
+            "ingest_events_per_s": n as f64 / ingest.as_secs_f64(),
+        });
+        std::fs::write(&path, result.to_string()).expect("write MAAS_INGEST_JSON");
+    }
     drop((reader, writer, spool));
     drop_database(pool, &admin).await;
     let _ = std::fs::remove_dir_all(&dir);
