@@ -653,3 +653,70 @@ async fn monthly_quota_and_budget_refuse_and_rebuild_from_postgres() {
     drop(gw);
     drop_database(pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_times_out_into_the_fallback() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let redis = PrivateRedis::start(free_addr().port());
+    let mut env = redis_env(
+        &redis.url(),
+        &[
+            ("MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS", "50"),
+            ("MAAS_GATEWAY_LIMITS__REDIS_RETRY_MS", "100"),
+        ],
+    );
+    env.push(("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string()));
+    let gw = start_gateway(&db_url, &[backend], &env);
+    let client = reqwest::Client::new();
+    let key = create_key(&db_url, "acme", None);
+    let id = key_id(&pool, &key).await;
+    put_limits(
+        &client,
+        gw.admin,
+        &format!("/admin/v1/keys/{id}/limits"),
+        json!([{"level": "key", "rate": 1000, "burst": 100}]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(&client, gw.listen, "dense", &key).await.status, 200);
+    // Redis stops answering for 1.5 s (every client paused): no request waits for it.
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, key) = (client.clone(), key.clone());
+        let gw = gw.listen;
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let status = call(&client, gw, "dense", &key).await.status;
+            (status, sent.elapsed())
+        }));
+    }
+    for t in tasks {
+        let (status, took) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            took < Duration::from_millis(1000),
+            "a request waited {took:?} for a paused Redis"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the requests waited out the pause"
+    );
+    drop(gw);
+    drop(redis);
+    drop_database(pool).await;
+}
