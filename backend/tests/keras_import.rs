@@ -20,9 +20,17 @@ use common::{workspace, Server, BIN};
 /// One test at a time uses HDF5 in this process. The HDF5 library's object ids are global and
 /// reused once closed; with files created and opened from several test threads at once, a
 /// file was sometimes still open (and locked) when the next step opened it.
+///
+/// Even so, a file written by a test was once still locked (HDF5's own `flock`, errno 11) when
+/// the import opened it, in a clean-clone CI run: HDF5 file locking is turned off for this test
+/// process (`HDF5_USE_FILE_LOCKING`, read by libhdf5 >= 1.10.7 at every open). The files are
+/// private to each test, so the lock protects nothing here; the CLI keeps HDF5's default.
 fn hdf5_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+    let guard = LOCK.lock().unwrap_or_else(PoisonError::into_inner);
+    // Set while holding the lock: no other test is inside libhdf5 (which reads it with getenv).
+    std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+    guard
 }
 
 /// A unique folder under cargo's per-target temp folder, removed on drop.
