@@ -361,19 +361,15 @@ impl PrivateRedis {
     }
 }
 
-async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
+/// A gateway using the private Redis at `redis_url` with the extra limiter settings `extra`,
+/// and a key allowed 1,000 requests/s (burst 100) that has made one admitted call.
+async fn gateway_with_limited_key(
+    redis_url: &str,
+    extra: &[(&str, &str)],
+) -> (sqlx::PgPool, RunningGateway, reqwest::Client, String, Uuid) {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
-    let port = free_addr().port();
-    let redis = PrivateRedis::start(port);
-    let mut env = redis_env(
-        &redis.url(),
-        &[
-            ("MAAS_GATEWAY_LIMITS__ON_REDIS_FAILURE", policy),
-            ("MAAS_GATEWAY_LIMITS__REDIS_RETRY_MS", "200"),
-            ("MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS", "100"),
-        ],
-    );
+    let mut env = redis_env(redis_url, extra);
     env.push(("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string()));
     let gw = start_gateway(&db_url, &[backend], &env);
     let client = reqwest::Client::new();
@@ -388,6 +384,21 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(call(&client, gw.listen, "dense", &key).await.status, 200);
+    (pool, gw, client, key, id)
+}
+
+async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
+    let port = free_addr().port();
+    let redis = PrivateRedis::start(port);
+    let (pool, gw, client, key, id) = gateway_with_limited_key(
+        &redis.url(),
+        &[
+            ("MAAS_GATEWAY_LIMITS__ON_REDIS_FAILURE", policy),
+            ("MAAS_GATEWAY_LIMITS__REDIS_RETRY_MS", "200"),
+            ("MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS", "100"),
+        ],
+    )
+    .await;
     // Redis is used: the key's GCRA state exists there.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -656,30 +667,15 @@ async fn monthly_quota_and_budget_refuse_and_rebuild_from_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_times_out_into_the_fallback() {
-    let (pool, db_url) = fresh_database().await;
-    let backend = start_backend().await;
     let redis = PrivateRedis::start(free_addr().port());
-    let mut env = redis_env(
+    let (pool, gw, client, key, _id) = gateway_with_limited_key(
         &redis.url(),
         &[
             ("MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS", "50"),
             ("MAAS_GATEWAY_LIMITS__REDIS_RETRY_MS", "100"),
         ],
-    );
-    env.push(("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string()));
-    let gw = start_gateway(&db_url, &[backend], &env);
-    let client = reqwest::Client::new();
-    let key = create_key(&db_url, "acme", None);
-    let id = key_id(&pool, &key).await;
-    put_limits(
-        &client,
-        gw.admin,
-        &format!("/admin/v1/keys/{id}/limits"),
-        json!([{"level": "key", "rate": 1000, "burst": 100}]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(call(&client, gw.listen, "dense", &key).await.status, 200);
     // Redis stops answering for 1.5 s (every client paused): no request waits for it.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
