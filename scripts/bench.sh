@@ -240,11 +240,11 @@ NGX
         --duration "$DURATION" --name gw-limits-redis-base --json "$RES/gw-limits-redis-base.json"
     "${LT[@]}" --url "$GW2_URL" --key "$LKEY" --mode open --rate 1000 --concurrency 64 \
         --duration "$DURATION" --name lim-redis --json "$RES/lim-redis.json"
-    echo "bench: 6. limiter accuracy: $LIM_RATE requests/s, burst $LIM_BURST, closed loop at concurrency 32"
-    "${LT[@]}" --url "$GW_URL" --key "$AKEY1" --mode closed --concurrency 32 --duration "$DURATION" \
-        --name lim-accuracy-local --json "$RES/lim-accuracy-local.json"
-    "${LT[@]}" --url "$GW2_URL" --key "$AKEY2" --mode closed --concurrency 32 --duration "$DURATION" \
-        --name lim-accuracy-redis --json "$RES/lim-accuracy-redis.json"
+    echo "bench: 6. limiter accuracy: $LIM_RATE requests/s, burst $LIM_BURST (loadtest/scenarios/limits.toml)"
+    MAAS_LIMITED_KEY="$AKEY1" "${LT[@]}" --scenario loadtest/scenarios/limits.toml --url "$GW_URL" \
+        --duration "$DURATION" --name lim-accuracy-local --json "$RES/lim-accuracy-local.json"
+    MAAS_LIMITED_KEY="$AKEY2" "${LT[@]}" --scenario loadtest/scenarios/limits.toml --url "$GW2_URL" \
+        --duration "$DURATION" --name lim-accuracy-redis --json "$RES/lim-accuracy-redis.json"
     kill -TERM "$gw2_pid"; wait "$gw2_pid" 2>/dev/null || true
     printf '{"rate": %s, "burst": %s, "redis_timeout_ms": %s, "redis_failures": %s}\n' "$LIM_RATE" "$LIM_BURST" \
         "$LIM_REDIS_TIMEOUT_MS" "$(grep -c 'rate limiter: Redis failed' "$OUT/logs/gateway-redis.log" || true)" > "$RES/lim-config.json"

@@ -235,8 +235,8 @@ def limiter_section(res):
     rate, burst = cfg["rate"], cfg["burst"]
     lines += [
         "",
-        f"Accuracy: one key limited to {rate} requests/s with a burst of {burst}, 32 clients in a closed",
-        "loop (refused clients retry at once); admitted = 2xx answers; the GCRA bound is",
+        f"Accuracy (`loadtest/scenarios/limits.toml`): one key limited to {rate} requests/s with a burst",
+        f"of {burst}, 32 clients in a closed loop (refused clients retry at once); admitted = 2xx answers; the GCRA bound is",
         "rate x elapsed + burst, elapsed from the first send to the last answer.",
         "",
         "| limiter | 2xx | 429 | elapsed s | bound | 2xx / bound |",

@@ -70,7 +70,9 @@ pub fn digits_rows(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
 ///
 /// JSON: `{"inputs":[{"name","shape","datatype","data":[...]}]}`.
 /// Binary (OIP binary tensor data extension): the same JSON without `data` and with
-/// `"parameters":{"binary_data_size":N}`, followed by N little-endian bytes.
+/// `"parameters":{"binary_data_size":N}`, followed by N little-endian bytes; the request also
+/// asks for its outputs as binary data (`"parameters":{"binary_data_output":true}`), which is
+/// what Triton's Python client `tritonclient.http` sends when no output is named.
 pub fn encode(t: &TensorData, encoding: Encoding) -> anyhow::Result<PreparedBody> {
     let elem = match t.datatype.as_str() {
         "FP32" | "INT32" => 4,
@@ -105,10 +107,13 @@ pub fn encode(t: &TensorData, encoding: Encoding) -> anyhow::Result<PreparedBody
                     _ => raw.extend_from_slice(&(v as i64).to_le_bytes()),
                 }
             }
-            let header = serde_json::json!({"inputs": [{
-                "name": t.name, "shape": t.shape, "datatype": t.datatype,
-                "parameters": {"binary_data_size": raw.len()}
-            }]});
+            let header = serde_json::json!({
+                "inputs": [{
+                    "name": t.name, "shape": t.shape, "datatype": t.datatype,
+                    "parameters": {"binary_data_size": raw.len()}
+                }],
+                "parameters": {"binary_data_output": true}
+            });
             let mut bytes = serde_json::to_vec(&header)?;
             let header_len = bytes.len();
             bytes.extend_from_slice(&raw);
@@ -249,6 +254,7 @@ mod tests {
         let header: serde_json::Value = serde_json::from_slice(&b.bytes[..h]).expect("header");
         assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 16);
         assert!(header["inputs"][0].get("data").is_none());
+        assert_eq!(header["parameters"]["binary_data_output"], true);
         let raw = &b.bytes[h..];
         assert_eq!(raw.len(), 16);
         assert_eq!(&raw[4..8], &2.5f32.to_le_bytes());
