@@ -131,7 +131,8 @@ fn default_stage_timeout_ms() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// `layers`: `[first, end)`, a half-open range of layer indices (0-based, as in
-    /// `layers.{i}.weight`), not empty.
+    /// `layers.{i}.weight`), not empty; exactly two numbers.
+    #[serde(deserialize_with = "two_indices")]
     pub layers: [usize; 2],
     /// `device`: run this stage in this process on `"cpu"` or `"cuda:N"`, on its own thread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +141,18 @@ pub struct StageConfig {
     /// layers of this model and version; activations go to it as binary tensors over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+}
+
+/// `[first, end]`: a list of exactly two layer indices (serde's fixed-size arrays would ignore
+/// extra elements).
+fn two_indices<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[usize; 2], D::Error> {
+    let list = Vec::<usize>::deserialize(deserializer)?;
+    <[usize; 2]>::try_from(list.as_slice()).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "layers must be [first, end] (two layer indices), got {} numbers",
+            list.len()
+        ))
+    })
 }
 
 impl StageConfig {
@@ -1093,7 +1106,10 @@ address = "127.0.0.1:8011"
         let e = with("device = \"cpu\"", "device = \"gpu\"");
         assert!(e.contains("invalid device 'gpu'"), "{e}");
         let e = with("layers = [0, 1]", "layers = [0, 1, 2]");
-        assert!(e.contains("2"), "{e}");
+        assert!(
+            e.contains("layers must be [first, end] (two layer indices), got 3"),
+            "{e}"
+        );
         let e = with("micro_batches = 4", "micro_batches = 4\nstagez = 1");
         assert!(e.contains("stagez"), "{e}");
         let e = error_of(&format!(
