@@ -649,8 +649,8 @@ section_ingest() {
 # ================================================================================================
 SPLIT_DIMS=4096,4096,4096,4096,4096,4096,4096,4096,4096   # 8 layers of 4096 x 4096
 SPLIT_MICRO=4           # micro-batches per forward batch
-SPLIT_BATCH=16          # rows per request
-SPLIT_CONCURRENCY=4     # requests in flight: forward batches of up to 64 rows
+SPLIT_BATCH=32          # rows per request
+SPLIT_CONCURRENCY=4     # requests in flight: forward batches of up to 128 rows, micro-batches of 32
 
 section_split() {
     local dir="$OUT/split" repo port sport base duration batching
@@ -661,7 +661,7 @@ section_split() {
         "$((SPLIT_BATCH * SPLIT_CONCURRENCY))")
     echo "bench: 9. split: writing the 8 x 4096 x 4096 model"
     "$BIN/maas-backend" init-dense --repo "$repo" --model dense8 --dims "$SPLIT_DIMS" --seed 42 \
-        --config "$(printf '%s[instances]\nintra_op_threads = %s\n' "$batching" "$THREADS")"
+        --config "$(printf '%s\n[instances]\nintra_op_threads = %s\n' "$batching" "$THREADS")"
     # The same weights (a link to version 1) as: the whole model on 1 thread, and 2 stages.
     sport="$(free_port)"
     for m in dense8-t1 dense8-split; do
