@@ -252,6 +252,69 @@ fn a_dead_stage_is_a_clear_error_and_the_front_keeps_serving() {
     );
 }
 
+/// A stage that accepts connections but never answers an infer request: the request fails
+/// with 503 once the pipeline's `timeout_ms` has passed, instead of hanging.
+#[test]
+fn a_stage_that_never_answers_times_out() {
+    use std::io::{Read, Write};
+    let repo = repo_with_digits("hang", &["digits_split"]);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    // A fake stage: answers the metadata check, then holds every other request unanswered.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let read = stream.read(&mut buffer).unwrap_or(0);
+            if !buffer[..read].starts_with(b"GET ") {
+                held.push(stream);
+                continue;
+            }
+            let tensor = |name: &str, width: i64| json!({"name": name, "datatype": "FP32", "shape": [-1, width]});
+            let body = json!({
+                "name": "digits_split.layers-1-2", "versions": ["1"], "platform": "dense",
+                "inputs": [tensor("input", 128)], "outputs": [tensor("output", 10)],
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    write_split(
+        &repo,
+        "digits_split",
+        "digits_split",
+        2,
+        &digits_stages(&address),
+    );
+    let config = repo.join("digits_split/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("timeout_ms = 10000", "timeout_ms = 500"),
+    )
+    .unwrap();
+    let front = Server::start(&repo, &[]);
+    let rows: Vec<Vec<f32>> = digits_rows(5).into_iter().map(|(x, _)| x).collect();
+    let started = std::time::Instant::now();
+    let (status, body) = infer(&front, "digits_split", &rows);
+    assert_eq!(status, 503, "{body}\n{}", front.log());
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("pipeline stage 1 at {address} failed: timed out")),
+        "{error}"
+    );
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
 /// A stage that is asked for layers the model does not have, or with a bad range, refuses to
 /// start with a message saying so.
 #[test]
