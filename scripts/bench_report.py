@@ -487,7 +487,6 @@ def ingest_section(res):
     return lines
 
 
-
 def split_section(res):
     cfg = load(res, "split-config")
     rows_per_request = cfg["rows_per_request"]

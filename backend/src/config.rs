@@ -941,6 +941,11 @@ bias = true
             vec![32, 64]
         );
         assert_eq!(batched.instances.intra_op_threads, Some(2));
+        let split =
+            ModelConfig::from_toml(include_str!("../../config/model-dense-split.toml")).unwrap();
+        let pipeline = split.pipeline.unwrap();
+        assert_eq!(pipeline.micro_batches, 4);
+        assert_eq!(pipeline.stages[1].range(), 2..4);
     }
 
     #[test]
