@@ -347,6 +347,45 @@ mod tests {
         }
     }
 
+    /// Two stages loaded with `load_range` compose to the whole model, reading only their
+    /// own layers (layer 1 of the file is layer 0 of the second stage).
+    #[test]
+    fn ranges_compose_to_the_whole_model() {
+        let config = dense_classifier(3, 4, 2);
+        tch::manual_seed(1);
+        let tensors: Vec<(String, Tensor)> = config
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let options = (Kind::Float, Device::Cpu);
+                [
+                    (
+                        weight_name(i),
+                        Tensor::randn([l.out_features, l.in_features], options),
+                    ),
+                    (bias_name(i), Tensor::randn([l.out_features], options)),
+                ]
+            })
+            .collect();
+        let dir = crate::testutil::TempDir::new("dense-range");
+        let file = dir.path().join(WEIGHTS_FILE);
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let whole = DenseModel::load(&config, &file, Device::Cpu).unwrap();
+        let first = DenseModel::load_range(&config, &file, 0..1, Device::Cpu).unwrap();
+        let second = DenseModel::load_range(&config, &file, 1..2, Device::Cpu).unwrap();
+        assert_eq!((first.out_features(), second.in_features()), (4, 4));
+        let x = [0.5, -1.0, 2.0, 1.5, 0.0, -0.5];
+        let hidden = first.forward_rows(&x, 2).unwrap();
+        let split = second.forward_rows(&hidden, 2).unwrap();
+        assert_eq!(split, whole.forward_rows(&x, 2).unwrap());
+        let e = DenseModel::load_range(&config, &file, 1..3, Device::Cpu).unwrap_err();
+        assert!(
+            e.contains("not a non-empty range of the model's 2 layers"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn wrong_shape_is_named() {
         let config = dense_classifier(3, 4, 2);
