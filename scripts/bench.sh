@@ -25,6 +25,11 @@
 #   ingest      8. metering ingest (issue 6, item 8): usage events appended to a spool and drained
 #                  into PostgreSQL (insert + hourly rollup, batches of 5,000), events/s, against
 #                  the 50,000 events/s target and the gateway's peak request rate of figure 2.
+#   split       9. model split into pipeline stages (issue 8, item 4): a dense model of 8 layers
+#                  of 4096 x 4096 FP32, rows/s of 1 stage (one process, whole model) against 2
+#                  stages (front + serve-stage, 4 layers and 1 intra-op thread each) at the same
+#                  closed-loop load, and the measured bubble fraction against GPipe's
+#                  (stages - 1) / (micro_batches + stages - 1).
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
@@ -35,6 +40,7 @@
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
 #                                        TorchServe's worker)
 #   MAAS_BENCH_INGEST_EVENTS=200000      usage events per ingest run (ingest)
+#   MAAS_BENCH_SPLIT_DURATION=8          seconds per measured run (split)
 # Everything listens on loopback, on free ports; load loops are bounded in time; every server
 # started here is stopped on exit. Needs: nginx (installed with apt-get when missing), PostgreSQL
 # and Redis (scripts/with-services.sh) for the gateway section; Java 17 and a venv with
@@ -48,7 +54,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split}"
 TS_VENV=.data/bench-venv
 TS_VERSION="0.12.*"
 
@@ -94,6 +100,7 @@ section_files() {
         torchserve) echo "ts-*" ;;
         auth) echo "auth.json" ;;
         ingest) echo "ingest*" ;;
+        split) echo "split-*" ;;
     esac
 }
 
@@ -298,16 +305,18 @@ BE_MAX_BATCH=64
 BE_DELAY_US=500
 BE_CONCURRENCY=64
 
-# Prints maas-backend's /metrics counters for MODEL as one JSON object (the report takes deltas).
+# Prints maas-backend's /metrics counters for MODEL as one JSON object (the report takes deltas);
+# a pipeline stage's series is keyed "name/stage".
 scrape_maas() { # url model out.json
     curl -sf "$1" | python3 -c '
 import json, re, sys
 model, out = sys.argv[1], sys.argv[2]
 vals = {}
 for line in sys.stdin:
-    m = re.match(r"^(maas_\w+)\{model=\"([^\"]*)\",version=\"(\d+)\"\} (\S+)$", line.strip())
+    m = re.match(r"^(maas_\w+)\{model=\"([^\"]*)\",version=\"(\d+)\"(?:,stage=\"(\d+)\")?\} (\S+)$", line.strip())
     if m and m.group(2) == model:
-        vals[m.group(1)] = vals.get(m.group(1), 0) + float(m.group(4))
+        key = m.group(1) + ("/" + m.group(4) if m.group(4) else "")
+        vals[key] = vals.get(key, 0) + float(m.group(5))
 json.dump(vals, open(out, "w"))
 ' "$2" "$3"
 }
@@ -636,6 +645,64 @@ section_ingest() {
 }
 
 # ================================================================================================
+# Section split: a dense model split into pipeline stages in two processes (issue 8, item 4).
+# ================================================================================================
+SPLIT_DIMS=4096,4096,4096,4096,4096,4096,4096,4096,4096   # 8 layers of 4096 x 4096
+SPLIT_MICRO=4           # micro-batches per forward batch
+SPLIT_BATCH=32          # rows per request
+SPLIT_CONCURRENCY=4     # requests in flight: forward batches of up to 128 rows, micro-batches of 32
+
+section_split() {
+    local dir="$OUT/split" repo port sport base duration batching
+    repo="$dir/repo"
+    duration="${MAAS_BENCH_SPLIT_DURATION:-8}"
+    mkdir -p "$repo"
+    batching=$(printf 'max_batch_size = %s\n[dynamic_batching]\nmax_queue_delay_us = 2000\n' \
+        "$((SPLIT_BATCH * SPLIT_CONCURRENCY))")
+    echo "bench: 9. split: writing the 8 x 4096 x 4096 model"
+    "$BIN/maas-backend" init-dense --repo "$repo" --model dense8 --dims "$SPLIT_DIMS" --seed 42 \
+        --config "$(printf '%s\n[instances]\nintra_op_threads = %s\n' "$batching" "$THREADS")"
+    # The same weights (a link to version 1) as: the whole model on 1 thread, and 2 stages.
+    sport="$(free_port)"
+    for m in dense8-t1 dense8-split; do
+        mkdir -p "$repo/$m"; ln -s ../dense8/1 "$repo/$m/1"
+    done
+    python3 - "$repo" "$sport" "$SPLIT_MICRO" <<'PY'
+import re, sys
+repo, port, micro = sys.argv[1:4]
+text = re.sub(r"intra_op_threads = \d+", "intra_op_threads = 1", open(f"{repo}/dense8/config.toml").read())
+open(f"{repo}/dense8-t1/config.toml", "w").write(text)
+text += (f'\n[pipeline]\nmicro_batches = {micro}\n[[pipeline.stages]]\nlayers = [0, 4]\ndevice = "cpu"\n'
+         f'[[pipeline.stages]]\nlayers = [4, 8]\naddress = "127.0.0.1:{port}"\n')
+open(f"{repo}/dense8-split/config.toml", "w").write(text)
+PY
+    "$BIN/maas-backend" serve-stage --repo "$repo" --model dense8-split --layers 4..8 \
+        --listen "127.0.0.1:$sport" --intra-op-threads 1 --shutdown-timeout-s 5 >"$OUT/logs/split-stage.log" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$sport/v2/health/ready" 1200 "$!" \
+        || fail "serve-stage did not become ready (see $OUT/logs/split-stage.log: $(tail -n 3 "$OUT/logs/split-stage.log" | tr '\n' ' '))"
+    port="$(free_port)"
+    start_backend "$repo" "$port" "$OUT/logs/split-front.log"
+    base="http://127.0.0.1:$port"
+    cat > "$RES/split-config.json" <<JSON
+{"dims": [${SPLIT_DIMS}], "micro_batches": $SPLIT_MICRO, "stages": 2, "rows_per_request": $SPLIT_BATCH,
+ "concurrency": $SPLIT_CONCURRENCY, "max_batch_size": $((SPLIT_BATCH * SPLIT_CONCURRENCY)),
+ "threads": $THREADS, "duration_s": $duration}
+JSON
+    split_run() { # model
+        echo "bench: 9. split: $1, concurrency $SPLIT_CONCURRENCY x $SPLIT_BATCH rows ($duration s)"
+        scrape_maas "$base/metrics" "$1" "$RES/split-$1.before.json"
+        "$BIN/maas-loadtest" --no-progress --body random --encoding binary --mode closed \
+            --batch "$SPLIT_BATCH" --concurrency "$SPLIT_CONCURRENCY" --warmup 2 --duration "$duration" \
+            --url "$base/v2/models/$1/infer" --name "split-$1" --json "$RES/split-$1.json"
+        scrape_maas "$base/metrics" "$1" "$RES/split-$1.after.json"
+    }
+    split_run dense8
+    split_run dense8-split
+    split_run dense8-t1
+}
+
+# ================================================================================================
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
@@ -669,7 +736,7 @@ fi
 
 # The backend and the load generator are needed by every section but ingest; the gateway and
 # billing only by the gateway section, whose build failure must not stop the others.
-if want gateway || want backend || want torchserve; then
+if want gateway || want backend || want torchserve || want split; then
     cargo build --release -p maas-backend -p maas-loadtest
 fi
 export GATEWAY_BUILD_FAILED=""
@@ -697,6 +764,7 @@ run_section backend section_backend
 run_section torchserve section_torchserve
 run_section auth section_auth
 run_section ingest section_ingest
+run_section split section_split
 
 {
     rustc --version

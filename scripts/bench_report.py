@@ -6,7 +6,7 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of scripts/bench.sh (gateway, backend, torchserve, ingest) is written on its own: a section
+Each section of scripts/bench.sh (gateway, backend, torchserve, auth, ingest, split) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -487,6 +487,78 @@ def ingest_section(res):
     return lines
 
 
+def split_section(res):
+    cfg = load(res, "split-config")
+    rows_per_request = cfg["rows_per_request"]
+    stages, micro = cfg["stages"], cfg["micro_batches"]
+    runs = {m: load_run(res, f"split-{m}") for m in ("dense8", "dense8-split", "dense8-t1")}
+    for r in runs.values():
+        if ok_2xx(r) == 0:
+            raise ValueError(f"run {r['scenario']} got no 2xx answer (statuses {r['statuses']}, "
+                             f"{r.get('transport_errors', 0)} transport errors)")
+    before, after = load(res, "split-dense8-split.before"), load(res, "split-dense8-split.after")
+
+    def delta(key):
+        return after.get(key, 0) - before.get(key, 0)
+
+    duration = delta("maas_pipeline_duration_us_total")
+    if duration <= 0:
+        raise ValueError("the pipeline counted no time")
+    busy = [delta(f"maas_pipeline_stage_busy_us_total/{k}") for k in range(stages)]
+    wall = [delta(f"maas_pipeline_stage_wall_us_total/{k}") for k in range(stages)]
+    bubble = 1 - sum(busy) / (stages * duration)
+    gpipe = (stages - 1) / (micro + stages - 1)
+    execs = delta("maas_inference_exec_count_total")
+    avg_batch = delta("maas_inference_count_total") / execs if execs else None
+    micro_rows = delta("maas_inference_count_total") / delta("maas_pipeline_micro_batch_count_total") \
+        if delta("maas_pipeline_micro_batch_count_total") else None
+    rows = {m: r["ok_throughput_rps"] * rows_per_request for m, r in runs.items()}
+    dims = cfg["dims"]
+    lines = [
+        "## 9. Model split: pipeline stages (GPipe)",
+        "",
+        f"A dense model of {len(dims) - 1} layers of {dims[1]} x {dims[1]} FP32 (random weights, `maas-backend init-dense`,",
+        "relu between layers) on the CPU, release `maas-backend`. Same closed-loop load for every run:",
+        f"{cfg['concurrency']} clients, {rows_per_request} random rows per request (binary tensor encoding),",
+        f"dynamic batching up to {cfg['max_batch_size']} rows; {cfg['duration_s']:g} s per run after 2 s of warm-up.",
+        f"- 1 stage: one process, the whole model on one instance of {cfg['threads']} libtorch threads (the whole machine),",
+        "  and, for context, of 1 thread.",
+        f"- {stages} stages: the front `maas-backend serve` runs layers 0..4 on a thread of its own (1 libtorch thread)",
+        "  and sends each micro-batch's activations as a binary tensor over loopback HTTP to a",
+        "  `maas-backend serve-stage --layers 4..8` process (1 libtorch thread);",
+        f"  each forward batch is cut into {micro} micro-batches.",
+        "",
+        "| run | processes | rows/s | p50 ms | p99 ms | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, m, procs in ((f"1 stage, {cfg['threads']} threads", "dense8", 1),
+                            (f"{stages} stages, 1 thread each", "dense8-split", stages),
+                            ("1 stage, 1 thread", "dense8-t1", 1)):
+        r = runs[m]
+        l = r["latency_us"]
+        lines.append(f"| {label} | {procs} | {rows[m]:.0f} | {l['p50'] / 1000:.0f} | {l['p99'] / 1000:.0f} "
+                     f"| {failures(r)} |")
+    ratio = rows["dense8-split"] / rows["dense8"]
+    lines += [
+        "",
+        f"- Throughput, {stages} stages / 1 stage on the whole machine: {rows['dense8-split']:.0f} / {rows['dense8']:.0f} rows/s "
+        f"= **{ratio:.2f}**; against 1 stage of 1 thread: {rows['dense8-split'] / rows['dense8-t1']:.2f}.",
+        f"- Bubble fraction measured over the {stages}-stage run: 1 - (stage busy time summed) / ({stages} x time batches spent "
+        f"in the pipeline) = 1 - ({' + '.join(f'{b / 1e6:.2f}' for b in busy)}) s / ({stages} x {duration / 1e6:.2f} s) "
+        f"= **{bubble:.2f}**, against GPipe's (stages - 1) / (micro_batches + stages - 1) = "
+        f"{stages - 1}/{micro + stages - 1} = **{gpipe:.2f}**.",
+        "  Busy time is the stage's forward pass (for the remote stage, the compute time its answers report",
+        "  in `x-maas-compute-us`); anything else in the pipeline's time (HTTP and copies of activations,",
+        "  threads waiting for a core) counts as bubble.",
+        "- Per stage, busy / time spent on micro-batches (transport included): "
+        + ", ".join(f"stage {k} {busy[k] / 1e6:.2f} / {wall[k] / 1e6:.2f} s" for k in range(stages))
+        + (f"; average forward batch {avg_batch:.1f} rows" if avg_batch else "")
+        + (f", micro-batch {micro_rows:.1f} rows." if micro_rows else "."),
+        "",
+    ]
+    return lines
+
+
 SECTIONS = [
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
@@ -495,6 +567,7 @@ SECTIONS = [
     ("gateway", "6. Rate limiter", limiter_section),
     ("auth", "7. Authentication", auth_section),
     ("ingest", "8. Metering ingest", ingest_section),
+    ("split", "9. Model split: pipeline stages (GPipe)", split_section),
 ]
 
 

@@ -1,5 +1,5 @@
-//! The command line: `maas-backend serve`, `train`, `import keras`, `init-dense` and
-//! `forward-bench`.
+//! The command line: `maas-backend serve`, `serve-stage`, `train`, `import keras`,
+//! `init-dense` and `forward-bench`.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -29,6 +29,9 @@ pub struct Cli {
 pub enum Command {
     /// Load every model in the repository and serve them over HTTP.
     Serve(ServeArgs),
+    /// Serve a range of a dense model's layers (one pipeline stage) over HTTP, for a front
+    /// `serve` whose config.toml names this address in `[[pipeline.stages]]`.
+    ServeStage(ServeStageArgs),
     /// Train a dense classifier on a CSV table into a new version of a model.
     Train(TrainArgs),
     /// Write a dense model with random weights (version 1), for benchmarks.
@@ -116,6 +119,14 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, env = "MAAS_BACKEND_LISTEN", default_value = "127.0.0.1:8001")]
     pub listen: String,
+    /// Threads, queues and limits of the server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// The settings `serve` and `serve-stage` share.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
     /// libtorch intra-op threads per forward pass (a model's `[instances] intra_op_threads`
     /// overrides it).
     #[arg(long, env = "MAAS_BACKEND_INTRA_OP_THREADS", default_value_t = 1,
@@ -131,6 +142,46 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before stopping anyway.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_s: u64,
+}
+
+/// `maas-backend serve-stage`.
+#[derive(Debug, Args)]
+pub struct ServeStageArgs {
+    /// The model repository: `<repo>/<model>/config.toml` and `<repo>/<model>/<N>/`.
+    #[arg(long, env = "MAAS_BACKEND_REPO")]
+    pub repo: PathBuf,
+    /// The dense model to serve a part of.
+    #[arg(long)]
+    pub model: String,
+    /// The version (default: the highest version folder); the front must serve the same one.
+    #[arg(long)]
+    pub version: Option<u64>,
+    /// The layers to serve, `FIRST..END` (half-open, 0-based, as `layers = [FIRST, END]` in
+    /// `[[pipeline.stages]]`); only their weights are read. Served as the model
+    /// `<model>.layers-FIRST-END`.
+    #[arg(long, value_parser = parse_layer_range)]
+    pub layers: std::ops::Range<usize>,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: crate::config::DeviceSpec,
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8011")]
+    pub listen: String,
+    /// Threads, queues and limits of the server.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Parses `FIRST..END` (`4..8`) into a non-empty range.
+fn parse_layer_range(text: &str) -> Result<std::ops::Range<usize>, String> {
+    let invalid = || format!("expected FIRST..END with FIRST < END (as 4..8), got '{text}'");
+    let (first, end) = text.split_once("..").ok_or_else(invalid)?;
+    let first: usize = first.trim().parse().map_err(|_| invalid())?;
+    let end: usize = end.trim().parse().map_err(|_| invalid())?;
+    if first >= end {
+        return Err(invalid());
+    }
+    Ok(first..end)
 }
 
 /// `maas-backend train`.
@@ -185,6 +236,7 @@ impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(args) => args.run(),
+            Command::ServeStage(args) => args.run(),
             Command::Train(args) => args.run(),
             Command::InitDense(args) => {
                 let config = args.config.replace("\\n", "\n");
@@ -240,66 +292,105 @@ impl ServeArgs {
     /// Loads the repository, binds, prints `maas-backend listening on <addr>` to stdout, serves
     /// until SIGINT or SIGTERM, then drains in-flight requests and stops the workers.
     pub fn run(self) -> anyhow::Result<()> {
+        let options = self.server.options();
+        let repository = ModelRepository::load(&self.repo, options)?;
+        if !repository.all_ready() {
+            tracing::warn!("some models failed to load; serving the others, not ready");
+        }
+        self.server.serve(repository, &self.listen)
+    }
+}
+
+impl ServeStageArgs {
+    /// Loads the stage's layers, then serves like [`ServeArgs::run`] (same first stdout line).
+    pub fn run(self) -> anyhow::Result<()> {
+        let repository = crate::pipeline::load_stage(
+            &self.repo,
+            &self.model,
+            self.version,
+            self.layers.clone(),
+            self.device,
+            self.server.options(),
+        )?;
+        self.server.serve(repository, &self.listen)
+    }
+}
+
+impl ServerArgs {
+    /// Sets this thread's libtorch threads and returns the repository options.
+    fn options(&self) -> RepositoryOptions {
         tch::set_num_threads(self.intra_op_threads);
-        let options = RepositoryOptions {
+        RepositoryOptions {
             worker: WorkerOptions {
                 intra_op_threads: self.intra_op_threads,
                 queue_capacity: self.queue_capacity as usize,
             },
-        };
-        let repository = Arc::new(ModelRepository::load(&self.repo, options)?);
-        if !repository.all_ready() {
-            tracing::warn!("some models failed to load; serving the others, not ready");
         }
-        let state = AppState::new(repository);
-        let app = router(
-            state.clone(),
-            ServerOptions {
-                max_body_bytes: self.max_body_bytes,
-            },
-        );
-
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind(&self.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", self.listen))?;
-            let addr = listener.local_addr()?;
-            let mut stdout = std::io::stdout().lock();
-            writeln!(stdout, "maas-backend listening on {addr}")?;
-            stdout.flush()?;
-            drop(stdout);
-            tracing::info!(%addr, repo = %self.repo.display(), "serving");
-            let flag = state.shutting_down.clone();
-            let stopping = Arc::new(tokio::sync::Notify::new());
-            let notify = stopping.clone();
-            let server = serve(listener, app, async move {
-                shutdown_signal().await;
-                flag.store(true, Ordering::Relaxed);
-                tracing::info!("shutting down: finishing in-flight requests");
-                notify.notify_one();
-            });
-            let drain = Duration::from_secs(self.shutdown_timeout_s);
-            let drain_limit = async move {
-                stopping.notified().await;
-                tokio::time::sleep(drain).await;
-            };
-            tokio::select! {
-                result = server => result.context("server failed"),
-                () = drain_limit => {
-                    tracing::warn!("connections still open after {drain:?}; stopping anyway");
-                    Ok(())
-                }
-            }
-        })?;
-        drop(runtime);
-        // The last handle to the repository: dropping it joins every worker thread.
-        drop(state);
-        tracing::info!("stopped");
-        Ok(())
     }
+
+    /// Serves `repository` on `listen` (see [`serve_until_signal`]).
+    fn serve(&self, repository: ModelRepository, listen: &str) -> anyhow::Result<()> {
+        serve_until_signal(
+            Arc::new(repository),
+            listen,
+            self.max_body_bytes,
+            Duration::from_secs(self.shutdown_timeout_s),
+        )
+    }
+}
+
+/// Binds `listen`, prints `maas-backend listening on <addr>` to stdout, serves `repository`
+/// until SIGINT or SIGTERM, then drains in-flight requests (at most `drain`) and stops the
+/// workers.
+fn serve_until_signal(
+    repository: Arc<ModelRepository>,
+    listen: &str,
+    max_body_bytes: usize,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let repo_root = repository.root().to_path_buf();
+    let state = AppState::new(repository);
+    let app = router(state.clone(), ServerOptions { max_body_bytes });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "maas-backend listening on {addr}")?;
+        stdout.flush()?;
+        drop(stdout);
+        tracing::info!(%addr, repo = %repo_root.display(), "serving");
+        let flag = state.shutting_down.clone();
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let notify = stopping.clone();
+        let server = serve(listener, app, async move {
+            shutdown_signal().await;
+            flag.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+            notify.notify_one();
+        });
+        let drain_limit = async move {
+            stopping.notified().await;
+            tokio::time::sleep(drain).await;
+        };
+        tokio::select! {
+            result = server => result.context("server failed"),
+            () = drain_limit => {
+                tracing::warn!("connections still open after {drain:?}; stopping anyway");
+                Ok(())
+            }
+        }
+    })?;
+    drop(runtime);
+    // The last handle to the repository: dropping it joins every worker thread.
+    drop(state);
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -25,6 +25,9 @@
 //! out = 10
 //! activation = "softmax"
 //! ```
+//!
+//! A dense model may also be split into pipeline stages (`[pipeline]`, see [`Pipeline`] and
+//! [`crate::pipeline`]).
 
 use std::fmt;
 use std::path::Path;
@@ -72,6 +75,91 @@ pub struct ModelConfig {
     /// reads its weights from the tensors `layers.{i}.weight` and `layers.{i}.bias`.
     #[serde(default)]
     pub layers: Vec<LayerConfig>,
+    /// `[pipeline]`: for a dense model, run its layers as consecutive stages, each on a device
+    /// of this process or in another `maas-backend serve-stage` process, with each forward
+    /// batch cut into micro-batches that flow through the stages at the same time (GPipe).
+    /// Absent: the whole model runs on `[instances] device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Pipeline>,
+}
+
+/// `[pipeline]` in `config.toml`: a dense model split into stages (pipeline parallelism as in
+/// GPipe, Huang et al. 2019, <https://arxiv.org/abs/1811.06965>). Example:
+///
+/// ```toml
+/// [pipeline]
+/// micro_batches = 4
+/// [[pipeline.stages]]
+/// layers = [0, 4]
+/// device = "cpu"
+/// [[pipeline.stages]]
+/// layers = [4, 8]
+/// address = "127.0.0.1:8011"
+/// ```
+///
+/// A forward batch of `B` rows is cut into `min(micro_batches, B)` micro-batches of
+/// near-equal rows; stage `k` works on micro-batch `i` while stage `k + 1` works on `i - 1`.
+/// With `S` equal stages, the share of stage time spent idle (the bubble) is
+/// `(S - 1) / (micro_batches + S - 1)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// `micro_batches`: how many micro-batches a forward batch is cut into (at most one per
+    /// row). At least 1; default 4.
+    #[serde(default = "default_micro_batches")]
+    pub micro_batches: u32,
+    /// `timeout_ms`: the longest one micro-batch may take at a remote stage (connect, send,
+    /// compute, answer), in milliseconds, before the request fails with 503. Default 30000.
+    #[serde(default = "default_stage_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `[[pipeline.stages]]`: the stages in order; together their `layers` ranges cover every
+    /// layer of the model exactly once, in order.
+    pub stages: Vec<StageConfig>,
+}
+
+fn default_micro_batches() -> u32 {
+    4
+}
+
+fn default_stage_timeout_ms() -> u64 {
+    30_000
+}
+
+/// One `[[pipeline.stages]]` entry: a range of layers and where it runs (exactly one of
+/// `device` and `address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// `layers`: `[first, end)`, a half-open range of layer indices (0-based, as in
+    /// `layers.{i}.weight`), not empty; exactly two numbers.
+    #[serde(deserialize_with = "two_indices")]
+    pub layers: [usize; 2],
+    /// `device`: run this stage in this process on `"cpu"` or `"cuda:N"`, on its own thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSpec>,
+    /// `address`: `host:port` of a `maas-backend serve-stage` process serving exactly these
+    /// layers of this model and version; activations go to it as binary tensors over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// `[first, end]`: a list of exactly two layer indices (serde's fixed-size arrays would ignore
+/// extra elements).
+fn two_indices<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<[usize; 2], D::Error> {
+    let list = Vec::<usize>::deserialize(deserializer)?;
+    <[usize; 2]>::try_from(list.as_slice()).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "layers must be [first, end] (two layer indices), got {} numbers",
+            list.len()
+        ))
+    })
+}
+
+impl StageConfig {
+    /// The layer indices of the stage, `first..end`.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.layers[0]..self.layers[1]
+    }
 }
 
 /// `[dynamic_batching]` in `config.toml` (the settings of Triton's dynamic batcher).
@@ -491,6 +579,12 @@ impl ModelConfig {
                     .into(),
             ));
         }
+        if self.pipeline.is_some() {
+            return Err(ConfigError(
+                "[pipeline] is for dense models; a TorchScript model cannot be split into stages"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 
@@ -543,7 +637,98 @@ impl ModelConfig {
                 last.out_features, output.name, output.dims
             )));
         }
+        match &self.pipeline {
+            Some(pipeline) => self.validate_pipeline(pipeline),
+            None => Ok(()),
+        }
+    }
+
+    /// `[pipeline]`: at least one micro-batch, a positive timeout, and stages that are not
+    /// empty, each with exactly one of `device` and `address`, covering `0..layers.len()` in
+    /// order without gap or overlap.
+    fn validate_pipeline(&self, pipeline: &Pipeline) -> Result<(), ConfigError> {
+        if pipeline.micro_batches == 0 {
+            return Err(ConfigError(
+                "[pipeline] micro_batches must be at least 1".into(),
+            ));
+        }
+        if pipeline.timeout_ms == 0 {
+            return Err(ConfigError(
+                "[pipeline] timeout_ms must be at least 1".into(),
+            ));
+        }
+        if pipeline.stages.is_empty() {
+            return Err(ConfigError(
+                "[pipeline] needs at least one [[pipeline.stages]] entry".into(),
+            ));
+        }
+        if self.instances.device != DeviceSpec::Cpu {
+            return Err(ConfigError(
+                "[instances] device does not apply to a model with [pipeline]; give each [[pipeline.stages]] entry its device".into(),
+            ));
+        }
+        let mut next = 0usize;
+        for (i, stage) in pipeline.stages.iter().enumerate() {
+            let [first, end] = stage.layers;
+            if first != next {
+                let expected = if i == 0 {
+                    "the first stage must start at layer 0".to_string()
+                } else {
+                    format!(
+                        "stages must be contiguous: stages[{}] ends at {next}",
+                        i - 1
+                    )
+                };
+                return Err(ConfigError(format!(
+                    "pipeline.stages[{i}]: layers = [{first}, {end}] starts at {first}, but {expected}"
+                )));
+            }
+            if end <= first {
+                return Err(ConfigError(format!(
+                    "pipeline.stages[{i}]: layers = [{first}, {end}] is empty (a half-open range [first, end) with end > first)"
+                )));
+            }
+            if end > self.layers.len() {
+                return Err(ConfigError(format!(
+                    "pipeline.stages[{i}]: layers = [{first}, {end}] goes past the model's {} layers",
+                    self.layers.len()
+                )));
+            }
+            match (&stage.device, &stage.address) {
+                (Some(_), None) => {}
+                (None, Some(address)) => check_address(address).map_err(|e| {
+                    ConfigError(format!("pipeline.stages[{i}]: address '{address}': {e}"))
+                })?,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "pipeline.stages[{i}]: give exactly one of device (\"cpu\", \"cuda:N\": this process) and address (\"host:port\" of a maas-backend serve-stage)"
+                    )))
+                }
+            }
+            next = end;
+        }
+        if next != self.layers.len() {
+            return Err(ConfigError(format!(
+                "[pipeline] stages cover layers [0, {next}) but the model has {} layers; the last stage must end at {}",
+                self.layers.len(),
+                self.layers.len()
+            )));
+        }
         Ok(())
+    }
+}
+
+/// Checks that `address` is `host:port` with a non-empty host and a port from 1 to 65535.
+fn check_address(address: &str) -> Result<(), String> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err("expected host:port".into());
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err("expected host:port with a host name or IP address".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("port '{port}' is not between 1 and 65535")),
     }
 }
 
@@ -623,6 +808,7 @@ pub fn dense_classifier(features: i64, hidden: i64, classes: i64) -> ModelConfig
                 bias: true,
             },
         ],
+        pipeline: None,
     }
 }
 
@@ -755,6 +941,11 @@ bias = true
             vec![32, 64]
         );
         assert_eq!(batched.instances.intra_op_threads, Some(2));
+        let split =
+            ModelConfig::from_toml(include_str!("../../config/model-dense-split.toml")).unwrap();
+        let pipeline = split.pipeline.unwrap();
+        assert_eq!(pipeline.micro_batches, 4);
+        assert_eq!(pipeline.stages[1].range(), 2..4);
     }
 
     #[test]
@@ -828,6 +1019,120 @@ bias = true
         assert_eq!(ModelConfig::from_toml(&config.to_toml()).unwrap(), config);
         let e = error_of(&format!("{DIGITS}\n[[warmup]]\nbatch_size = 0\n"));
         assert!(e.contains("warmup[0]: batch_size 0"), "{e}");
+    }
+
+    const PIPELINE: &str = r#"
+[pipeline]
+micro_batches = 4
+[[pipeline.stages]]
+layers = [0, 1]
+device = "cpu"
+[[pipeline.stages]]
+layers = [1, 2]
+address = "127.0.0.1:8011"
+"#;
+
+    #[test]
+    fn pipeline_parses_with_defaults() {
+        let config = ModelConfig::from_toml(&format!("{DIGITS}{PIPELINE}")).unwrap();
+        let pipeline = config.pipeline.clone().unwrap();
+        assert_eq!(pipeline.micro_batches, 4);
+        assert_eq!(pipeline.timeout_ms, 30_000);
+        assert_eq!(pipeline.stages[0].device, Some(DeviceSpec::Cpu));
+        assert_eq!(pipeline.stages[1].range(), 1..2);
+        assert_eq!(
+            pipeline.stages[1].address.as_deref(),
+            Some("127.0.0.1:8011")
+        );
+        assert_eq!(ModelConfig::from_toml(&config.to_toml()).unwrap(), config);
+        let text = format!("{DIGITS}{PIPELINE}").replace("micro_batches = 4\n", "");
+        let config = ModelConfig::from_toml(&text).unwrap();
+        assert_eq!(config.pipeline.unwrap().micro_batches, 4);
+    }
+
+    #[test]
+    fn pipeline_rules() {
+        let with = |from: &str, to: &str| {
+            let pipeline = PIPELINE.replace(from, to);
+            assert_ne!(pipeline, PIPELINE, "{from} not in the example");
+            error_of(&format!("{DIGITS}{pipeline}"))
+        };
+        let e = with("micro_batches = 4", "micro_batches = 0");
+        assert!(e.contains("micro_batches must be at least 1"), "{e}");
+        let e = with("micro_batches = 4", "micro_batches = 4\ntimeout_ms = 0");
+        assert!(e.contains("timeout_ms must be at least 1"), "{e}");
+        let e = with("layers = [0, 1]", "layers = [1, 1]");
+        assert!(e.contains("must start at layer 0"), "{e}");
+        let e = with("layers = [1, 2]", "layers = [1, 1]");
+        assert!(e.contains("layers = [1, 1] is empty"), "{e}");
+        let e = with("layers = [1, 2]", "layers = [2, 2]");
+        assert!(
+            e.contains("stages must be contiguous: stages[0] ends at 1"),
+            "{e}"
+        );
+        let e = with("layers = [1, 2]", "layers = [0, 2]");
+        assert!(e.contains("stages must be contiguous"), "{e}");
+        let e = with("layers = [1, 2]", "layers = [1, 3]");
+        assert!(e.contains("goes past the model's 2 layers"), "{e}");
+        let e = with(
+            "[[pipeline.stages]]\nlayers = [1, 2]\naddress = \"127.0.0.1:8011\"\n",
+            "",
+        );
+        assert!(
+            e.contains("cover layers [0, 1) but the model has 2 layers"),
+            "{e}"
+        );
+        let e = with("device = \"cpu\"", "");
+        assert!(
+            e.contains("pipeline.stages[0]: give exactly one of device"),
+            "{e}"
+        );
+        let e = with(
+            "address = \"127.0.0.1:8011\"",
+            "address = \"x:1\"\ndevice = \"cpu\"",
+        );
+        assert!(
+            e.contains("pipeline.stages[1]: give exactly one of device"),
+            "{e}"
+        );
+        for bad in [
+            "127.0.0.1",
+            ":8011",
+            "127.0.0.1:0",
+            "127.0.0.1:99999",
+            "h/x:1",
+        ] {
+            let e = with("127.0.0.1:8011", bad);
+            assert!(
+                e.contains(&format!("pipeline.stages[1]: address '{bad}'")),
+                "{e}"
+            );
+        }
+        let e = with("device = \"cpu\"", "device = \"gpu\"");
+        assert!(e.contains("invalid device 'gpu'"), "{e}");
+        let e = with("layers = [0, 1]", "layers = [0, 1, 2]");
+        assert!(
+            e.contains("layers must be [first, end] (two layer indices), got 3"),
+            "{e}"
+        );
+        let e = with("micro_batches = 4", "micro_batches = 4\nstagez = 1");
+        assert!(e.contains("stagez"), "{e}");
+        let e = error_of(&format!(
+            "{DIGITS}[pipeline]\nmicro_batches = 2\nstages = []\n"
+        ));
+        assert!(e.contains("at least one [[pipeline.stages]]"), "{e}");
+        let e = error_of(&format!(
+            "{}{PIPELINE}",
+            DIGITS.replace(
+                "max_batch_size = 0\n",
+                "max_batch_size = 0\n[instances]\ndevice = \"cuda:0\"\n"
+            )
+        ));
+        assert!(e.contains("[instances] device does not apply"), "{e}");
+        let torchscript = DIGITS.replace("\"dense\"", "\"torchscript\"");
+        let torchscript = torchscript.split("[[layers]]").next().unwrap();
+        let e = error_of(&format!("{torchscript}{PIPELINE}"));
+        assert!(e.contains("[pipeline] is for dense models"), "{e}");
     }
 
     /// A CUDA device resolves only where libtorch sees it; elsewhere the error says so. On a

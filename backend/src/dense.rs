@@ -7,6 +7,8 @@
 //! layer's activation, layer after layer.
 
 use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::ops::Range;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
@@ -67,6 +69,44 @@ impl DenseModel {
             Tensor::read_safetensors(weights).map_err(|e| format!("cannot read weights: {e}"))?;
         let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
         DenseModel::from_tensors(config, tensors, device)
+    }
+
+    /// Loads only the layers `range` of `config` (a pipeline stage) from a `model.safetensors`
+    /// file onto `device`, reading from the file only those layers' tensors: layer
+    /// `range.start + i` of the file becomes layer `i` of the returned model, whose
+    /// [`DenseModel::in_features`] is `in` of layer `range.start` and
+    /// [`DenseModel::out_features`] is `out` of layer `range.end - 1`.
+    ///
+    /// Errors (as text) when the range is empty or past the layers, and as [`DenseModel::load`]
+    /// for the tensors of the range.
+    pub fn load_range(
+        config: &ModelConfig,
+        weights: &Path,
+        range: Range<usize>,
+        device: Device,
+    ) -> Result<DenseModel, String> {
+        let Some(layers) = config.layers.get(range.clone()).filter(|l| !l.is_empty()) else {
+            return Err(format!(
+                "layers {}..{} are not a non-empty range of the model's {} layers",
+                range.start,
+                range.end,
+                config.layers.len()
+            ));
+        };
+        let mut wanted = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let index = range.start + i;
+            wanted.push((weight_name(index), weight_name(i)));
+            if layer.bias {
+                wanted.push((bias_name(index), bias_name(i)));
+            }
+        }
+        let tensors = read_safetensors_subset(weights, &wanted)?;
+        let stage = ModelConfig {
+            layers: layers.to_vec(),
+            ..config.clone()
+        };
+        DenseModel::from_tensors(&stage, tensors, device)
     }
 
     /// Builds a model from named tensors (as in `model.safetensors`); see [`DenseModel::load`].
@@ -146,6 +186,73 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor, tch::TchEr
         Activation::Softmax => x.f_softmax(1, Kind::Float),
         Activation::None => Ok(x.shallow_clone()),
     }
+}
+
+/// Reads the FP32 tensors named in `wanted` (`(name in the file, name to return)`) from a
+/// safetensors file, seeking to each one's bytes instead of reading the whole file (format:
+/// <https://github.com/huggingface/safetensors#format>: an 8-byte little-endian header length,
+/// a JSON header of `name: {dtype, shape, data_offsets}`, then the data). A name missing from
+/// the file is left out (the caller reports it with the expected shape).
+fn read_safetensors_subset(
+    path: &Path,
+    wanted: &[(String, String)],
+) -> Result<HashMap<String, Tensor>, String> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        dtype: String,
+        shape: Vec<i64>,
+        data_offsets: [u64; 2],
+    }
+    let cannot = |e: std::io::Error| format!("cannot read weights: {e}");
+    let mut file = std::fs::File::open(path).map_err(cannot)?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(cannot)?;
+    let length = u64::from_le_bytes(length);
+    // The format caps the header at 100 MB.
+    if length > 100_000_000 {
+        return Err(format!(
+            "cannot read weights: safetensors header of {length} bytes (at most 100 MB)"
+        ));
+    }
+    let mut header = vec![0u8; usize::try_from(length).unwrap_or(0)];
+    file.read_exact(&mut header).map_err(cannot)?;
+    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| format!("cannot read weights: bad safetensors header: {e}"))?;
+    let mut tensors = HashMap::new();
+    for (name, rename) in wanted {
+        let Some(value) = entries.remove(name) else {
+            continue;
+        };
+        let entry: Entry = serde_json::from_value(value)
+            .map_err(|e| format!("cannot read weights: tensor '{name}': {e}"))?;
+        if entry.dtype != "F32" {
+            return Err(format!(
+                "tensor '{name}' is {}, expected FP32 (F32)",
+                entry.dtype
+            ));
+        }
+        let [start, end] = entry.data_offsets;
+        let elements: i64 = entry.shape.iter().product();
+        if end < start || Some(end - start) != u64::try_from(elements).ok().map(|n| n * 4) {
+            return Err(format!(
+                "cannot read weights: tensor '{name}' has data_offsets [{start}, {end}] for shape {:?}",
+                entry.shape
+            ));
+        }
+        let mut bytes = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(8 + length + start))
+            .map_err(cannot)?;
+        file.read_exact(&mut bytes).map_err(cannot)?;
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let tensor = Tensor::f_from_slice(&values)
+            .and_then(|t| t.f_view(entry.shape.as_slice()))
+            .map_err(|e| format!("cannot read weights: tensor '{name}': {e}"))?;
+        tensors.insert(rename.clone(), tensor);
+    }
+    Ok(tensors)
 }
 
 fn load_layer(
@@ -238,6 +345,45 @@ mod tests {
         for v in out {
             assert!((v - 0.5).abs() < 1e-6);
         }
+    }
+
+    /// Two stages loaded with `load_range` compose to the whole model, reading only their
+    /// own layers (layer 1 of the file is layer 0 of the second stage).
+    #[test]
+    fn ranges_compose_to_the_whole_model() {
+        let config = dense_classifier(3, 4, 2);
+        tch::manual_seed(1);
+        let tensors: Vec<(String, Tensor)> = config
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let options = (Kind::Float, Device::Cpu);
+                [
+                    (
+                        weight_name(i),
+                        Tensor::randn([l.out_features, l.in_features], options),
+                    ),
+                    (bias_name(i), Tensor::randn([l.out_features], options)),
+                ]
+            })
+            .collect();
+        let dir = crate::testutil::TempDir::new("dense-range");
+        let file = dir.path().join(WEIGHTS_FILE);
+        Tensor::write_safetensors(&tensors, &file).unwrap();
+        let whole = DenseModel::load(&config, &file, Device::Cpu).unwrap();
+        let first = DenseModel::load_range(&config, &file, 0..1, Device::Cpu).unwrap();
+        let second = DenseModel::load_range(&config, &file, 1..2, Device::Cpu).unwrap();
+        assert_eq!((first.out_features(), second.in_features()), (4, 4));
+        let x = [0.5, -1.0, 2.0, 1.5, 0.0, -0.5];
+        let hidden = first.forward_rows(&x, 2).unwrap();
+        let split = second.forward_rows(&hidden, 2).unwrap();
+        assert_eq!(split, whole.forward_rows(&x, 2).unwrap());
+        let e = DenseModel::load_range(&config, &file, 1..3, Device::Cpu).unwrap_err();
+        assert!(
+            e.contains("not a non-empty range of the model's 2 layers"),
+            "{e}"
+        );
     }
 
     #[test]

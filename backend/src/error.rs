@@ -108,7 +108,9 @@ impl From<WorkerError> for Error {
     fn from(e: WorkerError) -> Error {
         match e {
             WorkerError::QueueFull(_) => Error::Overloaded(e.to_string()),
-            WorkerError::Stopped(_) => Error::NotReady(e.to_string()),
+            WorkerError::Stopped(_) | WorkerError::Unavailable { .. } => {
+                Error::NotReady(e.to_string())
+            }
             WorkerError::Forward { .. } => Error::Internal(e.to_string()),
         }
     }

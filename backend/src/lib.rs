@@ -10,7 +10,7 @@
 //! → [`binary`] (JSON header and binary part) → [`oip`] (protocol types) → [`validation`]
 //! (request → typed input, with [`datatype`]) → [`repository`] (model → version → [`worker`]:
 //! batching queue and instance threads) → [`dense`] or [`torchscript`] (forward pass) →
-//! [`usage`] (headers) and [`metrics`]; [`error`] maps every failure to a status and a JSON
+//! [`usage`] (headers) and [`metrics`]; [`pipeline`] runs a dense model split into stages; [`error`] maps every failure to a status and a JSON
 //! body. [`config`] is a model's `config.toml`; [`train`] and [`dataset`] make new versions
 //! and [`keras`] imports them; [`bench`] makes and times benchmark models; [`cli`] is the
 //! command line.
@@ -29,6 +29,7 @@ pub mod extract;
 pub mod keras;
 pub mod metrics;
 pub mod oip;
+pub mod pipeline;
 pub mod repository;
 pub mod server;
 pub mod torchscript;

@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The counters of one model version. Updated lock-free by the HTTP handlers (success,
@@ -30,6 +31,39 @@ pub struct VersionMetrics {
     pub compute_us: AtomicU64,
     /// Requests queued and not yet handed to an instance.
     pub pending: AtomicI64,
+    /// For a model split into pipeline stages (`[pipeline]`), the stages' counters.
+    pub pipeline: OnceLock<Arc<PipelineMetrics>>,
+}
+
+/// The counters of a model version split into pipeline stages ([`crate::pipeline`]), shared by
+/// its instances. The measured bubble fraction over an interval is
+/// `1 - sum_k busy_k / (stages * pipeline_duration)` (deltas of these counters): the share of
+/// stage time, while a forward batch was in the pipeline, that the stages were idle.
+#[derive(Debug)]
+pub struct PipelineMetrics {
+    /// Per stage, in order: microseconds the stage spent computing (for a stage in another
+    /// process, the compute time its answers reported in `x-maas-compute-us`).
+    pub stage_busy_us: Vec<AtomicU64>,
+    /// Per stage: microseconds spent on micro-batches in total (for a remote stage, the HTTP
+    /// round trips; the difference to busy is the transport).
+    pub stage_wall_us: Vec<AtomicU64>,
+    /// Microseconds forward batches spent in the pipeline, from cutting the batch to the last
+    /// micro-batch's result, summed over forward batches.
+    pub duration_us: AtomicU64,
+    /// Micro-batches run (each through every stage).
+    pub micro_batches: AtomicU64,
+}
+
+impl PipelineMetrics {
+    /// Zeroed counters for `stages` stages.
+    pub fn new(stages: usize) -> PipelineMetrics {
+        PipelineMetrics {
+            stage_busy_us: (0..stages).map(|_| AtomicU64::new(0)).collect(),
+            stage_wall_us: (0..stages).map(|_| AtomicU64::new(0)).collect(),
+            duration_us: AtomicU64::new(0),
+            micro_batches: AtomicU64::new(0),
+        }
+    }
 }
 
 impl VersionMetrics {
@@ -117,7 +151,72 @@ pub fn render<'a>(
             );
         }
     }
+    render_pipelines(&mut out, &versions);
     out
+}
+
+/// One `maas_pipeline_*` family: its counters, one per stage (labelled `stage`) or one in all.
+struct PipelineFamily {
+    name: &'static str,
+    help: &'static str,
+    per_stage: bool,
+    read: fn(&PipelineMetrics) -> &[AtomicU64],
+}
+
+const PIPELINE_FAMILIES: [PipelineFamily; 4] = [
+    PipelineFamily {
+        name: "maas_pipeline_stage_busy_us_total",
+        help: "Microseconds each pipeline stage spent computing.",
+        per_stage: true,
+        read: |p| &p.stage_busy_us,
+    },
+    PipelineFamily {
+        name: "maas_pipeline_stage_wall_us_total",
+        help: "Microseconds each pipeline stage spent on micro-batches, transport included.",
+        per_stage: true,
+        read: |p| &p.stage_wall_us,
+    },
+    PipelineFamily {
+        name: "maas_pipeline_duration_us_total",
+        help: "Microseconds forward batches spent in the pipeline.",
+        per_stage: false,
+        read: |p| std::slice::from_ref(&p.duration_us),
+    },
+    PipelineFamily {
+        name: "maas_pipeline_micro_batch_count_total",
+        help: "Micro-batches run through the pipeline.",
+        per_stage: false,
+        read: |p| std::slice::from_ref(&p.micro_batches),
+    },
+];
+
+/// The `maas_pipeline_*` series of the versions split into stages (none without any).
+fn render_pipelines(out: &mut String, versions: &[(&str, u64, &VersionMetrics)]) {
+    let pipelines: Vec<_> = versions
+        .iter()
+        .filter_map(|(model, version, m)| Some((escape_label(model), version, m.pipeline.get()?)))
+        .collect();
+    if pipelines.is_empty() {
+        return;
+    }
+    for family in &PIPELINE_FAMILIES {
+        let name = family.name;
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} counter", family.help);
+        for (model, version, p) in &pipelines {
+            for (stage, counter) in (family.read)(p).iter().enumerate() {
+                let stage = if family.per_stage {
+                    format!(",stage=\"{stage}\"")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{model=\"{model}\",version=\"{version}\"{stage}}} {}",
+                    load(counter)
+                );
+            }
+        }
+    }
 }
 
 /// Escapes a label value: backslash, double quote and newline (exposition format rules).
@@ -149,5 +248,19 @@ mod tests {
         assert!(text
             .contains("maas_inference_pending_request_count{model=\"digits\",version=\"1\"} 2\n"));
         assert!(text.contains("model=\"we\\\"ird\",version=\"2\"} 0\n"));
+        assert!(!text.contains("maas_pipeline"));
+
+        let split = VersionMetrics::default();
+        let stages = Arc::new(PipelineMetrics::new(2));
+        VersionMetrics::add_us(&stages.stage_busy_us[1], Duration::from_micros(7));
+        stages.micro_batches.store(4, Ordering::Relaxed);
+        let _ = split.pipeline.set(stages);
+        let text = render([("digits", 1, &a), ("split", 3, &split)]);
+        assert!(text.contains(
+            "maas_pipeline_stage_busy_us_total{model=\"split\",version=\"3\",stage=\"1\"} 7\n"
+        ));
+        assert!(text
+            .contains("maas_pipeline_micro_batch_count_total{model=\"split\",version=\"3\"} 4\n"));
+        assert!(!text.contains("maas_pipeline_duration_us_total{model=\"digits\""));
     }
 }

@@ -41,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ModelConfig, Platform, CONFIG_FILE};
 use crate::dense::{DenseModel, WEIGHTS_FILE};
 use crate::error::Error;
-use crate::metrics::VersionMetrics;
+use crate::metrics::{PipelineMetrics, VersionMetrics};
+use crate::pipeline::{PipelineModel, PipelineVersion};
 use crate::torchscript::{TorchScriptModel, MODULE_FILE};
 use crate::worker::{BatchPolicy, Forward, Worker, WorkerOptions};
 
@@ -78,6 +79,9 @@ pub struct ModelRepository {
     models: RwLock<BTreeMap<String, ModelState>>,
     /// Serializes load and unload, so that two reloads of one model do not interleave.
     control: Mutex<()>,
+    /// Serves only the models it was built with ([`ModelRepository::fixed`]): no load, unload
+    /// or folders from disk in the index.
+    fixed: bool,
 }
 
 /// The state of one model folder.
@@ -138,7 +142,33 @@ impl ModelRepository {
             options,
             models: RwLock::new(models),
             control: Mutex::new(()),
+            fixed: false,
         })
+    }
+
+    /// A repository that serves exactly `model`, already loaded (a pipeline stage, see
+    /// [`crate::pipeline::load_stage`]); `root` is where its files came from. Load and unload
+    /// requests are refused with [`Error::BadRequest`], and the index lists only `model`.
+    pub fn fixed(root: &Path, options: RepositoryOptions, model: LoadedModel) -> ModelRepository {
+        let mut models = BTreeMap::new();
+        models.insert(model.name.clone(), ModelState::Loaded(Arc::new(model)));
+        ModelRepository {
+            root: root.to_path_buf(),
+            options,
+            models: RwLock::new(models),
+            control: Mutex::new(()),
+            fixed: true,
+        }
+    }
+
+    /// [`Error::BadRequest`] for a repository built by [`ModelRepository::fixed`].
+    fn refuse_control(&self, what: &str, name: &str) -> Result<(), Error> {
+        if self.fixed {
+            return Err(Error::BadRequest(format!(
+                "cannot {what} model '{name}': this server serves a fixed model (a pipeline stage); repository control is off"
+            )));
+        }
+        Ok(())
     }
 
     /// The folder the repository was loaded from.
@@ -193,6 +223,7 @@ impl ModelRepository {
     /// ([`Error::BadRequest`], as Triton answers a failed load). A model that was not serving
     /// takes the new state even when it partly failed, so the index can report why.
     pub fn load_model(&self, name: &str) -> Result<(), Error> {
+        self.refuse_control("load", name)?;
         let _control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         if !is_model_name(name) || !self.root.join(name).is_dir() {
             return Err(Error::BadRequest(format!(
@@ -203,14 +234,7 @@ impl ModelRepository {
         let state = load_state(name, &self.root.join(name), self.options);
         let failure = match &state {
             ModelState::Loaded(model) => {
-                let failed: Vec<String> = model
-                    .versions
-                    .iter()
-                    .filter_map(|(n, v)| match v {
-                        VersionState::Failed(e) => Some(format!("version {n}: {e}")),
-                        VersionState::Ready(_) => None,
-                    })
-                    .collect();
+                let failed = model.failures();
                 (!failed.is_empty()).then(|| failed.join("; "))
             }
             ModelState::Failed(e) => Some(e.to_string()),
@@ -249,6 +273,7 @@ impl ModelRepository {
     /// Stops serving model `name`; requests in flight finish. [`Error::ModelNotFound`] when
     /// the model is not known.
     pub fn unload_model(&self, name: &str) -> Result<(), Error> {
+        self.refuse_control("unload", name)?;
         let _control = self.control.lock().unwrap_or_else(PoisonError::into_inner);
         let mut models = self.models.write().unwrap_or_else(PoisonError::into_inner);
         let Some(state) = models.get_mut(name) else {
@@ -266,8 +291,12 @@ impl ModelRepository {
     /// The repository index: every model folder on disk now and every model known, with the
     /// state of each version (`ready_only`: only the ready ones).
     pub fn index(&self, ready_only: bool) -> Result<Vec<IndexEntry>, Error> {
-        let on_disk = model_folders(&self.root)
-            .map_err(|e| Error::Internal(format!("cannot list the repository: {e}")))?;
+        let on_disk = if self.fixed {
+            Vec::new()
+        } else {
+            model_folders(&self.root)
+                .map_err(|e| Error::Internal(format!("cannot list the repository: {e}")))?
+        };
         let models = self.models();
         let mut names: Vec<&String> = on_disk.iter().chain(models.keys()).collect();
         names.sort();
@@ -370,8 +399,7 @@ impl LoadedModel {
                 Platform::Torchscript => MODULE_FILE,
             };
             let weights = dir.join(number.to_string()).join(file);
-            let label = format!("{name}/{number}");
-            let state = match load_version(&label, &config, &weights, options) {
+            let state = match load_version(name, number, &config, &weights, options) {
                 Ok(worker) => {
                     tracing::info!(model = %name, version = number, "version loaded");
                     VersionState::Ready(worker)
@@ -389,6 +417,15 @@ impl LoadedModel {
             versions,
         })
     }
+    /// A model with one version, already running on `worker` (a pipeline stage).
+    pub fn ready(name: &str, config: ModelConfig, version: u64, worker: Worker) -> LoadedModel {
+        LoadedModel {
+            name: name.to_string(),
+            config,
+            versions: BTreeMap::from([(version, VersionState::Ready(worker))]),
+        }
+    }
+
     /// The model's name (its folder name).
     pub fn name(&self) -> &str {
         &self.name
@@ -425,6 +462,17 @@ impl LoadedModel {
             .collect()
     }
 
+    /// `version N: <why>` for each version that failed to load, ascending.
+    fn failures(&self) -> Vec<String> {
+        self.versions
+            .iter()
+            .filter_map(|(n, v)| match v {
+                VersionState::Failed(e) => Some(format!("version {n}: {e}")),
+                VersionState::Ready(_) => None,
+            })
+            .collect()
+    }
+
     /// The worker of the requested version, or of the highest loaded version when `version`
     /// is `None`.
     ///
@@ -437,7 +485,11 @@ impl LoadedModel {
                 VersionState::Failed(_) => None,
             });
             return ready.ok_or_else(|| {
-                Error::NotReady(format!("model '{}' has no ready version", self.name))
+                Error::NotReady(format!(
+                    "model '{}' has no ready version ({})",
+                    self.name,
+                    self.failures().join("; ")
+                ))
             });
         };
         let not_found = || Error::VersionNotFound {
@@ -457,10 +509,12 @@ impl LoadedModel {
     }
 }
 
-/// Loads one version's weights once per instance (on the configured device) and starts its
-/// batcher and instance threads.
+/// Loads one version's weights once per instance (on the configured device; for a model with
+/// `[pipeline]`, its stages on theirs, see [`crate::pipeline`]) and starts its batcher and
+/// instance threads.
 fn load_version(
-    label: &str,
+    name: &str,
+    number: u64,
     config: &ModelConfig,
     weights: &Path,
     options: RepositoryOptions,
@@ -472,23 +526,38 @@ fn load_version(
     if !weights.is_file() {
         return Err(error("missing weights file".into()));
     }
-    let device = config.instances.device.resolve().map_err(error)?;
+    let label = format!("{name}/{number}");
+    let policy = batch_policy(config, options.worker);
+    let metrics = Arc::new(VersionMetrics::default());
     let mut instances: Vec<Box<dyn Forward>> = Vec::new();
-    for _ in 0..config.instances.count {
-        instances.push(match config.platform {
-            Platform::Dense => Box::new(DenseModel::load(config, weights, device).map_err(error)?),
-            Platform::Torchscript => {
-                Box::new(TorchScriptModel::load(config, weights, device).map_err(error)?)
-            }
-        });
+    if let Some(pipeline) = &config.pipeline {
+        let stages = Arc::new(PipelineMetrics::new(pipeline.stages.len()));
+        let _ = metrics.pipeline.set(stages.clone());
+        for _ in 0..config.instances.count {
+            let version = PipelineVersion {
+                model: name,
+                version: number,
+                weights,
+                intra_op_threads: policy.intra_op_threads,
+            };
+            let model = PipelineModel::start(config, version, stages.clone()).map_err(error)?;
+            instances.push(Box::new(model));
+        }
+    } else {
+        let device = config.instances.device.resolve().map_err(error)?;
+        for _ in 0..config.instances.count {
+            instances.push(match config.platform {
+                Platform::Dense => {
+                    Box::new(DenseModel::load(config, weights, device).map_err(error)?)
+                }
+                Platform::Torchscript => {
+                    Box::new(TorchScriptModel::load(config, weights, device).map_err(error)?)
+                }
+            });
+        }
     }
-    let worker = Worker::spawn(
-        label.to_string(),
-        instances,
-        batch_policy(config, options.worker),
-        Arc::new(VersionMetrics::default()),
-    )
-    .map_err(|e| error(format!("cannot start the worker threads: {e}")))?;
+    let worker = Worker::spawn(label, instances, policy, metrics)
+        .map_err(|e| error(format!("cannot start the worker threads: {e}")))?;
     warm_up(&worker, config).map_err(error)?;
     Ok(worker)
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
-use crate::worker::Forward;
+use crate::worker::{Forward, ForwardFailure};
 
 /// The file name of a TorchScript version's module inside its version folder.
 pub const MODULE_FILE: &str = "model.pt";
@@ -53,7 +53,7 @@ impl TorchScriptModel {
 impl Forward for TorchScriptModel {
     /// `input` as `[rows, ...input dims]` through the module; the output must be FP32-castable
     /// and shaped `[rows, ...output dims]`, else an error naming the shape it had.
-    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, String> {
+    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardFailure> {
         let shape: Vec<i64> = std::iter::once(rows)
             .chain(self.input_dims.iter().copied())
             .collect();
@@ -71,7 +71,8 @@ impl Forward for TorchScriptModel {
             return Err(format!(
                 "the TorchScript module returned shape {:?}, expected {expected:?} (the configured output dims)",
                 y.size()
-            ));
+            )
+            .into());
         }
         let y = y
             .f_to_device(Device::Cpu)
@@ -79,7 +80,8 @@ impl Forward for TorchScriptModel {
             .and_then(|y| y.f_contiguous())
             .and_then(|y| y.f_view([-1]))
             .map_err(|e| format!("cannot read the TorchScript output: {e}"))?;
-        Vec::<f32>::try_from(&y).map_err(|e| format!("cannot read the TorchScript output: {e}"))
+        Vec::<f32>::try_from(&y)
+            .map_err(|e| format!("cannot read the TorchScript output: {e}").into())
     }
 
     fn out_features(&self) -> i64 {

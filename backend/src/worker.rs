@@ -88,18 +88,38 @@ impl BatchPolicy {
     }
 }
 
-/// A model that runs forward passes on rows of FP32 (a dense model, a TorchScript module).
+/// A model that runs forward passes on rows of FP32 (a dense model, a TorchScript module, a
+/// dense model split into pipeline stages).
 pub trait Forward: Send + 'static {
     /// Runs `rows` rows of row-major `input` and returns the output row-major, on the host.
-    /// Errors are libtorch's message.
-    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, String>;
+    /// Errors: [`ForwardFailure::Compute`] with libtorch's message, or
+    /// [`ForwardFailure::Unavailable`] when a part of the model in another process did not
+    /// answer.
+    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardFailure>;
     /// Output elements per row.
     fn out_features(&self) -> i64;
 }
 
+/// Why a forward pass failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardFailure {
+    /// The computation failed (libtorch's message): a server error (500).
+    Compute(String),
+    /// A part of the model served elsewhere (a pipeline stage in another process) is down,
+    /// timed out or answered an error: the model is unavailable (503), the message says which
+    /// part and why.
+    Unavailable(String),
+}
+
+impl From<String> for ForwardFailure {
+    fn from(message: String) -> ForwardFailure {
+        ForwardFailure::Compute(message)
+    }
+}
+
 impl Forward for DenseModel {
-    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, String> {
-        DenseModel::forward_rows(self, input, rows).map_err(|e| e.to_string())
+    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardFailure> {
+        DenseModel::forward_rows(self, input, rows).map_err(|e| e.to_string().into())
     }
 
     fn out_features(&self) -> i64 {
@@ -154,6 +174,14 @@ pub enum WorkerError {
         /// The worker's label (`model/version`).
         label: String,
         /// libtorch's message.
+        message: String,
+    },
+    /// A part of the model in another process (a pipeline stage) did not answer or failed.
+    #[error("{label}: {message}")]
+    Unavailable {
+        /// The worker's label (`model/version`).
+        label: String,
+        /// Which part, at which address, and why.
         message: String,
     },
 }
@@ -537,12 +565,12 @@ impl Instance {
         let out_features = self.model.out_features();
         let result = match result {
             Ok(Ok(data)) if Some(data.len()) == to_len(rows, out_features) => Ok(data),
-            Ok(Ok(data)) => Err(format!(
+            Ok(Ok(data)) => Err(ForwardFailure::Compute(format!(
                 "forward pass returned {} elements for {rows} rows of {out_features}",
                 data.len()
-            )),
-            Ok(Err(message)) => Err(message),
-            Err(_) => Err("forward pass panicked".to_string()),
+            ))),
+            Ok(Err(failure)) => Err(failure),
+            Err(_) => Err(ForwardFailure::Compute("forward pass panicked".to_string())),
         };
         match result {
             Ok(data) => {
@@ -568,12 +596,19 @@ impl Instance {
                     }));
                 }
             }
-            Err(message) => {
+            Err(failure) => {
+                let (message, unavailable) = match failure {
+                    ForwardFailure::Compute(message) => (message, false),
+                    ForwardFailure::Unavailable(message) => (message, true),
+                };
                 tracing::error!(worker = %self.label, instance = self.index, %message, "forward pass failed");
                 for job in batch {
-                    let _ = job.reply.send(Err(WorkerError::Forward {
-                        label: self.label.clone(),
-                        message: message.clone(),
+                    let label = self.label.clone();
+                    let message = message.clone();
+                    let _ = job.reply.send(Err(if unavailable {
+                        WorkerError::Unavailable { label, message }
+                    } else {
+                        WorkerError::Forward { label, message }
                     }));
                 }
             }
@@ -662,7 +697,7 @@ mod tests {
     }
 
     impl Forward for Recorder {
-        fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, String> {
+        fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardFailure> {
             self.batches.lock().unwrap().push(rows);
             std::thread::sleep(self.delay);
             Ok(input.iter().map(|v| v * 2.0).collect())

@@ -91,6 +91,12 @@ pub struct Server {
 impl Server {
     /// Starts the server on a free port with `extra` arguments.
     pub fn start(repo: &Path, extra: &[&str]) -> Server {
+        Server::run("serve", repo, extra)
+    }
+
+    /// Starts `maas-backend <command> --repo <repo> --listen 127.0.0.1:0 <extra>` (`serve` or
+    /// `serve-stage`) and waits for its `listening on` line.
+    pub fn run(command: &str, repo: &Path, extra: &[&str]) -> Server {
         let log = std::env::temp_dir().join(format!(
             "maas-backend-serve-{}-{}.log",
             std::process::id(),
@@ -101,7 +107,7 @@ impl Server {
         ));
         let log_file = std::fs::File::create(&log).unwrap();
         let mut child = Command::new(BIN)
-            .args(["serve", "--repo"])
+            .args([command, "--repo"])
             .arg(repo)
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
