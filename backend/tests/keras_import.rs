@@ -15,7 +15,7 @@ use maas_backend::keras::{import_keras, read_keras_h5};
 use serde_json::{json, Value};
 use tch::Device;
 
-use common::{workspace, Server, BIN};
+use common::{workspace, Server, TempDir, BIN};
 
 /// One test at a time uses HDF5 in this process. The HDF5 library's object ids are global and
 /// reused once closed; with files created and opened from several test threads at once, a
@@ -31,32 +31,6 @@ fn hdf5_lock() -> MutexGuard<'static, ()> {
     // Set while holding the lock: no other test is inside libhdf5 (which reads it with getenv).
     std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
     guard
-}
-
-/// A unique folder under cargo's per-target temp folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("keras-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn seed_dir() -> PathBuf {

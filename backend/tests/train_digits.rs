@@ -1,6 +1,8 @@
 //! End to end: the real `maas-backend train` on `data/digits.csv.gz`, then the real
 //! `maas-backend serve` on the resulting repository, checked over HTTP.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,31 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use common::TempDir;
+
 const BIN: &str = env!("CARGO_BIN_EXE_maas-backend");
-
-/// A unique folder under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "maas-backend-it-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A running `maas-backend serve`, killed on drop (also when the test panics).
 struct Server {
@@ -147,16 +127,16 @@ async fn train_then_serve_digits() {
     let repo = TempDir::new("digits");
 
     // Train twice with the same seed: versions 1 and 2, the same accuracy (reproducible).
-    let first = train(&repo.0);
+    let first = train(repo.path());
     let last_line = first.lines().last().unwrap();
     assert!(
         last_line.starts_with("test accuracy: 0.") && last_line.ends_with("(version 1)"),
         "{last_line}"
     );
-    let second = train(&repo.0);
+    let second = train(repo.path());
     assert!(second.trim().ends_with("(version 2)"), "{second}");
     let metrics: Value =
-        serde_json::from_slice(&std::fs::read(repo.0.join("digits/1/metrics.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(repo.path().join("digits/1/metrics.json")).unwrap())
             .unwrap();
     let accuracy = metrics["test_accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.95, "test accuracy {accuracy} < 0.95");
@@ -167,18 +147,22 @@ async fn train_then_serve_digits() {
     assert_eq!(metrics["seed"], 42);
     assert_eq!(metrics["epochs"], 30);
     let metrics2: Value =
-        serde_json::from_slice(&std::fs::read(repo.0.join("digits/2/metrics.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(repo.path().join("digits/2/metrics.json")).unwrap())
             .unwrap();
     assert_eq!(metrics2["test_accuracy"], metrics["test_accuracy"]);
-    assert!(repo.0.join("digits/config.toml").is_file());
-    assert!(repo.0.join("digits/2/model.safetensors").is_file());
+    assert!(repo.path().join("digits/config.toml").is_file());
+    assert!(repo.path().join("digits/2/model.safetensors").is_file());
 
     // A broken model next to it: logged and skipped, the server still serves digits.
-    std::fs::create_dir_all(repo.0.join("broken/1")).unwrap();
-    std::fs::write(repo.0.join("broken/config.toml"), "platform = \"dense\"\n").unwrap();
+    std::fs::create_dir_all(repo.path().join("broken/1")).unwrap();
+    std::fs::write(
+        repo.path().join("broken/config.toml"),
+        "platform = \"dense\"\n",
+    )
+    .unwrap();
 
     let log = TempDir::new("log");
-    let server = Server::start(&repo.0, &log.0.join("serve.log"));
+    let server = Server::start(repo.path(), &log.path().join("serve.log"));
     let client = reqwest::Client::new();
 
     let live: Value = client
@@ -376,6 +360,6 @@ async fn train_then_serve_digits() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "server exited with {exit}");
-    let log = std::fs::read_to_string(log.0.join("serve.log")).unwrap();
+    let log = std::fs::read_to_string(log.path().join("serve.log")).unwrap();
     assert!(log.contains("broken"), "the failed model is logged: {log}");
 }

@@ -165,3 +165,9 @@ pub fn digits_rows(n: usize) -> Vec<(Vec<f32>, usize)> {
         })
         .collect()
 }
+
+/// The unit tests' helpers (a temp folder removed on drop), shared with the integration tests.
+#[path = "../../src/testutil.rs"]
+mod testutil;
+#[allow(unused_imports)]
+pub use testutil::TempDir;
