@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::repository::{ModelRepository, RepositoryOptions};
 use crate::server::{router, serve, AppState, ServerOptions};
+use crate::train::loss::LossKind;
+use crate::train::optim::OptimizerKind;
 use crate::train::{train, TrainOptions};
 use crate::worker::WorkerOptions;
 
@@ -205,15 +207,38 @@ pub struct TrainArgs {
     /// Rows per optimizer step.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
-    /// Adam learning rate.
+    /// The update rule: adam (beta1 0.9, beta2 0.999, eps 1e-8) or sgd (with --momentum).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
+    /// Learning rate.
     #[arg(long, default_value_t = 0.001)]
     pub lr: f64,
+    /// SGD momentum, in [0, 1); 0 is plain SGD.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    /// The loss: categorical-crossentropy (labels as class indices, softmax last layer),
+    /// binary-crossentropy (one-hot targets, sigmoid last layer; one output: the 0/1 label) or
+    /// mse (one-hot targets against the model's output).
+    #[arg(long, value_enum, default_value_t = LossKind::CategoricalCrossentropy)]
+    pub loss: LossKind,
     /// Seed of the split, the initial weights and the shuffles.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Share of rows held out to measure the test accuracy.
     #[arg(long, default_value_t = 0.2)]
     pub test_fraction: f64,
+    /// Devices to train on, data-parallel, comma-separated: cpu,cpu is two CPU workers;
+    /// cuda:0,cuda:1 two GPUs. Each computes the gradient of its shard of every batch.
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    pub devices: Vec<String>,
+    /// Folder for the checkpoint written after every epoch (default:
+    /// <repo>/<model>/.checkpoints/run-<unix seconds>-<pid>).
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from a checkpoint folder (.../epoch-NNNN); the settings must match the run that
+    /// wrote it, and --epochs counts its epochs too.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     /// libtorch intra-op threads for training. The default 1 is the fastest for small models:
     /// more threads mostly synchronize, and on a busy machine OpenMP's spinning makes them slower.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
@@ -426,15 +451,19 @@ impl TrainArgs {
     pub fn run(self) -> anyhow::Result<()> {
         tch::set_num_threads(self.threads);
         let report = train(&TrainOptions {
-            data: self.data,
-            repo: self.repo,
-            model: self.model,
             hidden: self.hidden,
             epochs: self.epochs,
             batch_size: self.batch_size,
+            optimizer: self.optimizer,
             lr: self.lr,
+            momentum: self.momentum,
+            loss: self.loss,
             seed: self.seed,
             test_fraction: self.test_fraction,
+            devices: self.devices,
+            checkpoint_dir: self.checkpoint_dir,
+            resume: self.resume,
+            ..TrainOptions::new(self.data, self.repo, self.model)
         })?;
         eprintln!(
             "wrote {} (train accuracy {:.4}, {:.1} s)",

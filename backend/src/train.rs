@@ -1,36 +1,59 @@
 //! Training of a dense classifier from a CSV table into a new version of a model in the
 //! repository (`maas-backend train`).
 //!
-//! The recipe is the seed document's: `input -> hidden relu -> classes softmax`, Adam,
-//! categorical cross-entropy (computed on the logits; the softmax is the served model's last
-//! layer), mini-batches reshuffled every epoch. Inputs are standardized during training (per
-//! feature, with the training rows' mean and standard deviation), and the standardization is
-//! then folded into the first layer (`W' = W / std`, `b' = b - W' mean`), so the served model
-//! takes raw feature values, exactly as clients send them.
+//! The recipe is the seed document's: `input -> hidden relu -> classes softmax`, mini-batches
+//! reshuffled every epoch, by default Adam and categorical cross-entropy (computed on the
+//! logits; the softmax is the served model's last layer). `--optimizer sgd` (with
+//! `--momentum`) and `--loss binary-crossentropy|mse` are the alternatives ([`optim`],
+//! [`loss`] say exactly what each computes and which last activation each needs). Inputs are
+//! standardized during training (per feature, with the training rows' mean and standard
+//! deviation), and the standardization is then folded into the first layer
+//! (`W' = W / std`, `b' = b - W' mean`), so the served model takes raw feature values, exactly
+//! as clients send them.
 //!
 //! Reproducible: one `--seed` drives the train/test split, the initial weights and the
-//! per-epoch shuffles (`tch::manual_seed`).
+//! per-epoch shuffles, through a generator of this crate ([`rng`]) whose draws depend only on
+//! `(seed, purpose, index)`: epoch `e`'s order is the same in a fresh and in a resumed run.
+//!
+//! Each epoch ends with a checkpoint ([`checkpoint`]); `--resume` continues from one, and the
+//! result is the uninterrupted run's. `--devices` trains data-parallel ([`parallel`]): one
+//! replica per device, each computing the gradient of its shard of every batch.
 //!
 //! The new version is written to a hidden temporary folder in the model folder (ignored by the
 //! repository loader) and renamed to `<N>` when complete, so no half-written version is ever
 //! visible.
+
+pub mod checkpoint;
+pub mod loss;
+pub mod optim;
+pub mod parallel;
+mod rng;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{dense_classifier, Activation, ModelConfig, CONFIG_FILE};
+use crate::config::{dense_classifier, ModelConfig, CONFIG_FILE};
 use crate::dataset::Dataset;
-use crate::dense::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+use crate::dense::{bias_name, weight_name, DenseModel, WEIGHTS_FILE};
 use crate::repository::version_numbers;
+use checkpoint::{CheckpointInfo, RunSettings};
+use loss::{LossKind, Objective};
+use optim::{Optimizer, OptimizerKind};
+use parallel::{device_name, parse_device, DataParallel, Net};
+use rng::Purpose;
 
 /// The file name of a version's training metrics.
 pub const METRICS_FILE: &str = "metrics.json";
+
+/// The folder in a model folder that holds checkpoints by default (hidden: the repository
+/// loader ignores it).
+pub const CHECKPOINTS_FOLDER: &str = ".checkpoints";
 
 /// Settings of one training run.
 #[derive(Debug, Clone)]
@@ -43,16 +66,71 @@ pub struct TrainOptions {
     pub model: String,
     /// Hidden layer width, when a new config is written.
     pub hidden: i64,
-    /// Passes over the training rows.
+    /// Passes over the training rows, in all (a resumed run counts the checkpoint's epochs).
     pub epochs: usize,
-    /// Rows per optimizer step.
+    /// Rows per optimizer step (the last batch of an epoch may be smaller).
     pub batch_size: usize,
-    /// Adam's learning rate.
+    /// The update rule.
+    pub optimizer: OptimizerKind,
+    /// The learning rate.
     pub lr: f64,
-    /// Seed of the split, the initialization and the shuffles.
+    /// SGD's momentum, in `[0, 1)`; must be 0 for Adam.
+    pub momentum: f64,
+    /// The loss minimized.
+    pub loss: LossKind,
+    /// Seed of the split, the initialization and the shuffles; at most `i64::MAX`.
     pub seed: u64,
     /// Share of rows held out for the test accuracy, in (0, 1).
     pub test_fraction: f64,
+    /// Devices to train on, data-parallel: `cpu` (repeat it for several CPU workers), `cuda`
+    /// or `cuda:N`. The first holds the master weights and the optimizer state.
+    pub devices: Vec<String>,
+    /// Where each epoch's checkpoint goes; `None`:
+    /// `<repo>/<model>/.checkpoints/run-<unix seconds>-<pid>`.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// A checkpoint folder (`.../epoch-NNNN`) to continue from.
+    pub resume: Option<PathBuf>,
+}
+
+impl TrainOptions {
+    /// The defaults of `maas-backend train`: hidden 128, 30 epochs, batches of 32, Adam with
+    /// learning rate 0.001, categorical cross-entropy, seed 42, 20 % held out, one CPU device,
+    /// checkpoints in the model folder, no resume.
+    pub fn new(data: PathBuf, repo: PathBuf, model: String) -> TrainOptions {
+        TrainOptions {
+            data,
+            repo,
+            model,
+            hidden: 128,
+            epochs: 30,
+            batch_size: 32,
+            optimizer: OptimizerKind::Adam,
+            lr: 0.001,
+            momentum: 0.0,
+            loss: LossKind::CategoricalCrossentropy,
+            seed: 42,
+            test_fraction: 0.2,
+            devices: vec!["cpu".into()],
+            checkpoint_dir: None,
+            resume: None,
+        }
+    }
+}
+
+/// One epoch of a run, as `metrics.json` and the checkpoints record it. Accuracies are shares
+/// of rows in `[0, 1]`, of the model being trained (standardized inputs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Mean loss over the epoch's batches (weighted by rows), as the weights moved.
+    pub loss: f64,
+    /// Accuracy on the training rows at the end of the epoch.
+    pub train_accuracy: f64,
+    /// Accuracy on the held-out rows at the end of the epoch.
+    pub test_accuracy: f64,
+    /// Wall time of the epoch, in seconds.
+    pub seconds: f64,
 }
 
 /// What a training run measured; written to `<N>/metrics.json`.
@@ -62,7 +140,7 @@ pub struct Metrics {
     pub test_accuracy: f64,
     /// Accuracy of the written model on the training rows.
     pub train_accuracy: f64,
-    /// Passes over the training rows.
+    /// Passes over the training rows, in all (including a resumed checkpoint's).
     pub epochs: usize,
     /// The seed of the run.
     pub seed: u64,
@@ -72,12 +150,26 @@ pub struct Metrics {
     pub rows_test: usize,
     /// Rows per optimizer step.
     pub batch_size: usize,
-    /// Adam's learning rate.
+    /// The optimizer: `adam` or `sgd`.
+    pub optimizer: OptimizerKind,
+    /// The learning rate.
     pub lr: f64,
-    /// Mean cross-entropy of the last epoch.
+    /// SGD's momentum (0 for Adam).
+    pub momentum: f64,
+    /// The loss: `categorical-crossentropy`, `binary-crossentropy` or `mse`.
+    pub loss: LossKind,
+    /// The devices trained on (`cpu`, `cuda:N`), the first holding the master weights.
+    pub devices: Vec<String>,
+    /// The checkpoint the run continued from, if any.
+    pub resumed_from: Option<PathBuf>,
+    /// Where this run wrote its checkpoints.
+    pub checkpoint_dir: PathBuf,
+    /// Mean loss of the last epoch.
     pub final_loss: f64,
-    /// Wall time of loading, training and writing, in seconds.
+    /// Wall time of loading, training and writing in this process, in seconds.
     pub train_seconds: f64,
+    /// Every epoch, the resumed checkpoint's included.
+    pub history: Vec<EpochMetrics>,
 }
 
 /// The outcome of a training run.
@@ -91,10 +183,21 @@ pub struct TrainReport {
     pub metrics: Metrics,
 }
 
-/// Trains a model version and writes it to the repository. Progress goes to stderr.
+/// Trains a model version and writes it to the repository. Progress goes to stderr: a
+/// progress bar while an epoch runs (on a terminal), then one line per epoch.
+///
+/// Errors: bad options, unreadable data, a config that does not fit the data or the loss, an
+/// absent device, a checkpoint that does not match the run, a diverging loss, I/O.
 pub fn train(options: &TrainOptions) -> anyhow::Result<TrainReport> {
     let started = Instant::now();
     check_options(options)?;
+    let devices = options
+        .devices
+        .iter()
+        .map(|d| parse_device(d))
+        .collect::<anyhow::Result<Vec<Device>>>()
+        .context("--devices")?;
+    ensure!(!devices.is_empty(), "--devices names no device");
     let data = Dataset::from_path(&options.data)?;
     ensure!(
         data.rows() >= 2,
@@ -108,8 +211,6 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<TrainReport> {
     let (config, write_config) = if config_path.exists() {
         let config = ModelConfig::from_file(&config_path)
             .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
-        check_config_fits(&config, &data)
-            .with_context(|| format!("{} does not fit the data", config_path.display()))?;
         eprintln!("using the layers of {}", config_path.display());
         (config, false)
     } else {
@@ -119,19 +220,56 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<TrainReport> {
             "the labels have only {classes} class; need at least 2"
         );
         let features = i64::try_from(data.feature_count)?;
-        (dense_classifier(features, options.hidden, classes), true)
+        let mut config = dense_classifier(features, options.hidden, classes);
+        if let Some(last) = config.layers.last_mut() {
+            last.activation = options.loss.default_last_activation();
+        }
+        (config, true)
+    };
+    let objective = check_config_fits(&config, &data, options.loss)
+        .with_context(|| format!("{} does not fit the data", config_path.display()))?;
+    let net = Net {
+        layers: config.layers.clone(),
+        objective,
     };
 
-    tch::manual_seed(options.seed as i64);
-    let split = Split::new(&data, options.test_fraction, config.layers[0].bias)?;
-    let trained = fit(&config, &split, options)?;
-    let tensors = fold_standardization(&config, trained.tensors, &split.mean, &split.std)?;
+    let split = Split::new(
+        &data,
+        options.test_fraction,
+        config.layers[0].bias,
+        options.seed,
+    )?;
+    let settings = RunSettings {
+        layers: config.layers.clone(),
+        optimizer: options.optimizer,
+        lr: options.lr,
+        momentum: options.momentum,
+        loss: options.loss,
+        batch_size: options.batch_size,
+        seed: options.seed,
+        test_fraction: options.test_fraction,
+        data: checkpoint::data_fingerprint(&data),
+    };
+    let checkpoint_dir = match &options.checkpoint_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            model_dir
+                .join(CHECKPOINTS_FOLDER)
+                .join(format!("run-{secs}-{}", std::process::id()))
+        }
+    };
+    let trained = fit(&net, &split, options, &devices, &settings, &checkpoint_dir)?;
+    let tensors = named_tensors(&net, trained.params);
+    let tensors = fold_standardization(&config, tensors, &split.mean, &split.std)?;
 
     // Measure the artifact that will be served: folded weights, raw inputs.
     let served = DenseModel::from_tensors(&config, clone_tensors(&tensors), Device::Cpu)
         .map_err(|e| anyhow::anyhow!("the trained weights do not load: {e}"))?;
-    let test_accuracy = served_accuracy(&served, &split.test)?;
-    let train_accuracy = served_accuracy(&served, &split.train)?;
+    let test_accuracy = served_accuracy(&served, &objective, &split.test)?;
+    let train_accuracy = served_accuracy(&served, &objective, &split.train)?;
 
     std::fs::create_dir_all(&model_dir)
         .with_context(|| format!("cannot create {}", model_dir.display()))?;
@@ -146,9 +284,16 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<TrainReport> {
         rows_train: split.train.rows(),
         rows_test: split.test.rows(),
         batch_size: options.batch_size,
+        optimizer: options.optimizer,
         lr: options.lr,
-        final_loss: trained.final_loss,
+        momentum: options.momentum,
+        loss: options.loss,
+        devices: devices.iter().map(|&d| device_name(d)).collect(),
+        resumed_from: options.resume.clone(),
+        checkpoint_dir,
+        final_loss: trained.history.last().map_or(f64::NAN, |h| h.loss),
         train_seconds: 0.0,
+        history: trained.history,
     };
     let (version, dir) = write_version(&model_dir, &tensors, &mut metrics, started)?;
     Ok(TrainReport {
@@ -189,6 +334,15 @@ fn check_options(options: &TrainOptions) -> anyhow::Result<()> {
         options.lr
     );
     ensure!(
+        (0.0..1.0).contains(&options.momentum),
+        "--momentum must be in [0, 1), got {}",
+        options.momentum
+    );
+    ensure!(
+        options.momentum == 0.0 || options.optimizer == OptimizerKind::Sgd,
+        "--momentum is for --optimizer sgd"
+    );
+    ensure!(
         options.test_fraction > 0.0 && options.test_fraction < 1.0,
         "--test-fraction must be between 0 and 1 (exclusive), got {}",
         options.test_fraction
@@ -202,27 +356,23 @@ fn check_options(options: &TrainOptions) -> anyhow::Result<()> {
 }
 
 /// An existing config must take the data's features, have room for its classes, and end in
-/// softmax or no activation (training optimizes cross-entropy on the last layer's logits).
-fn check_config_fits(config: &ModelConfig, data: &Dataset) -> anyhow::Result<()> {
+/// an activation that suits the loss ([`Objective::new`]). Returns the loss bound to the last
+/// layer.
+fn check_config_fits(
+    config: &ModelConfig,
+    data: &Dataset,
+    loss: LossKind,
+) -> anyhow::Result<Objective> {
     let features = config.inputs[0].row_elements();
     ensure!(
         usize::try_from(features).ok() == Some(data.feature_count),
         "the input takes {features} features per row, the data has {}",
         data.feature_count
     );
-    let classes = config.outputs[0].row_elements();
-    ensure!(
-        data.classes() <= classes,
-        "the output has {classes} classes, the data has labels up to {}",
-        data.classes() - 1
-    );
-    let last = config.layers.last().map(|l| l.activation);
-    ensure!(
-        matches!(last, Some(Activation::Softmax | Activation::None)),
-        "training needs the last layer's activation to be softmax or none, got {}",
-        last.unwrap_or_default()
-    );
-    Ok(())
+    let Some(last) = config.layers.last() else {
+        bail!("the config has no layers")
+    };
+    Objective::new(loss, last.activation, last.out_features, data.classes())
 }
 
 /// Rows as tensors: features `[rows, features]` FP32 and labels `[rows]` INT64.
@@ -248,14 +398,14 @@ struct Split {
 }
 
 impl Split {
-    /// Shuffles with the seeded RNG and holds out `round(rows * test_fraction)` rows
+    /// Shuffles with the seed's split stream and holds out `round(rows * test_fraction)` rows
     /// (at least 1, at most rows - 1). `center`: whether to subtract the mean, which only a
     /// first layer with a bias can absorb.
-    fn new(data: &Dataset, test_fraction: f64, center: bool) -> anyhow::Result<Split> {
+    fn new(data: &Dataset, test_fraction: f64, center: bool, seed: u64) -> anyhow::Result<Split> {
         let rows = data.rows() as i64;
         let x = Tensor::f_from_slice(&data.features)?.f_view([rows, data.feature_count as i64])?;
         let y = Tensor::f_from_slice(&data.labels)?;
-        let order = Tensor::f_randperm(rows, (Kind::Int64, Device::Cpu))?;
+        let order = Tensor::f_from_slice(&rng::permutation(data.rows(), seed, Purpose::Split, 0))?;
         let test_rows = ((rows as f64 * test_fraction).round() as i64).clamp(1, rows - 1);
         let test_index = order.f_narrow(0, 0, test_rows)?;
         let train_index = order.f_narrow(0, test_rows, rows - test_rows)?;
@@ -281,111 +431,210 @@ impl Split {
 }
 
 struct Trained {
-    tensors: HashMap<String, Tensor>,
-    final_loss: f64,
+    /// The parameters in [`Net::param_shapes`] order, on the CPU, not yet folded.
+    params: Vec<Tensor>,
+    history: Vec<EpochMetrics>,
 }
 
-/// Trains the config's layers on standardized inputs; returns the weights (named as in
-/// `model.safetensors`, not yet folded).
-fn fit(config: &ModelConfig, split: &Split, options: &TrainOptions) -> anyhow::Result<Trained> {
-    let vs = nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
-    let layers: Vec<nn::Linear> = config
-        .layers
+/// The initial parameters, tch's `nn::linear` initialization drawn from the seed: weights
+/// Kaiming-uniform for ReLU (`U(-sqrt(6 / in), sqrt(6 / in))`), biases `U(-1/sqrt(in),
+/// 1/sqrt(in))`.
+fn initial_params(net: &Net, seed: u64) -> Result<Vec<Tensor>, tch::TchError> {
+    net.param_shapes()
         .iter()
         .enumerate()
-        .map(|(i, layer)| {
-            nn::linear(
-                &root / "layers" / i,
-                layer.in_features,
-                layer.out_features,
-                nn::LinearConfig {
-                    bias: layer.bias,
-                    ..Default::default()
-                },
-            )
+        .map(|(k, (layer, is_bias, shape))| {
+            let fan_in = net.layers[*layer].in_features.max(1) as f64;
+            let bound = if *is_bias {
+                1.0 / fan_in.sqrt()
+            } else {
+                (6.0 / fan_in).sqrt()
+            };
+            rng::uniform(shape, bound, seed, k as u64)
         })
-        .collect();
-    let logits = |x: &Tensor| -> Result<Tensor, tch::TchError> {
-        let mut x = x.shallow_clone();
-        let last = layers.len() - 1;
-        for (i, (layer, layer_config)) in layers.iter().zip(&config.layers).enumerate() {
-            x = x.f_linear(&layer.ws, layer.bs.as_ref())?;
-            if i < last {
-                x = activate(&x, layer_config.activation)?;
-            }
-        }
-        Ok(x)
+        .collect()
+}
+
+/// Trains `net` on standardized inputs from scratch or from `options.resume`, writing a
+/// checkpoint into `checkpoint_dir` after every epoch.
+fn fit(
+    net: &Net,
+    split: &Split,
+    options: &TrainOptions,
+    devices: &[Device],
+    settings: &RunSettings,
+    checkpoint_dir: &Path,
+) -> anyhow::Result<Trained> {
+    let master_device = devices[0];
+    let to_master = |params: Vec<Tensor>| -> Result<Vec<Tensor>, tch::TchError> {
+        params
+            .iter()
+            .map(|p| p.f_to_device(master_device))
+            .collect()
     };
+    let param_count = net.param_shapes().len();
+    let (mut master, mut optimizer, mut history) = match &options.resume {
+        Some(path) => {
+            let mut saved = checkpoint::load(path, param_count)?;
+            let differences = saved.info.settings.differences(settings);
+            ensure!(
+                differences.is_empty(),
+                "{} is a checkpoint of another run; these differ: {}",
+                path.display(),
+                differences.join("; ")
+            );
+            ensure!(
+                saved.info.epoch < options.epochs,
+                "nothing to train: {} is at epoch {} and --epochs is {}; give a larger --epochs",
+                path.display(),
+                saved.info.epoch,
+                options.epochs
+            );
+            for (p, (_, _, shape)) in saved.params.iter().zip(net.param_shapes()) {
+                ensure!(
+                    p.size() == shape,
+                    "{}: a parameter is {:?}, the layers need {shape:?}",
+                    path.display(),
+                    p.size()
+                );
+            }
+            let master = to_master(saved.params)?;
+            let optimizer = Optimizer::restore(
+                options.optimizer,
+                options.lr,
+                options.momentum,
+                &master,
+                saved.info.optimizer_steps,
+                &mut saved.optimizer_state,
+            )
+            .with_context(|| format!("{}", path.display()))?;
+            eprintln!(
+                "resuming from {} (epoch {})",
+                path.display(),
+                saved.info.epoch
+            );
+            (master, optimizer, saved.info.history)
+        }
+        None => {
+            let master = to_master(initial_params(net, options.seed)?)?;
+            let optimizer =
+                Optimizer::new(options.optimizer, options.lr, options.momentum, &master)?;
+            (master, optimizer, Vec::new())
+        }
+    };
+    let start_epoch = history.len();
+    eprintln!("checkpoints go to {}", checkpoint_dir.display());
+
     let standardize =
         |x: &Tensor| -> Result<Tensor, tch::TchError> { x.f_sub(&split.mean)?.f_div(&split.std) };
     let train_x = standardize(&split.train.x)?;
-    let test_x = standardize(&split.test.x)?;
     let train_y = &split.train.y;
-    let mut optimizer = nn::Adam::default().build(&vs, options.lr)?;
+    // For the per-epoch accuracies, on the master's device.
+    let eval_sets = [
+        (
+            train_x.f_to_device(master_device)?,
+            train_y.f_to_device(master_device)?,
+        ),
+        (
+            standardize(&split.test.x)?.f_to_device(master_device)?,
+            split.test.y.f_to_device(master_device)?,
+        ),
+    ];
+    let mut workers = DataParallel::new(&master, devices, net)?;
 
-    let rows = split.train.rows() as i64;
-    let batch = options.batch_size as i64;
-    let mut final_loss = f64::NAN;
-    for epoch in 1..=options.epochs {
-        let order = Tensor::f_randperm(rows, (Kind::Int64, Device::Cpu))?;
+    let rows = split.train.rows();
+    let batch = options.batch_size.min(rows);
+    let batches = rows.div_ceil(batch);
+    for epoch in start_epoch + 1..=options.epochs {
+        let epoch_started = Instant::now();
+        let order = Tensor::f_from_slice(&rng::permutation(
+            rows,
+            options.seed,
+            Purpose::Shuffle,
+            epoch as u64,
+        ))?;
+        let bar = progress_bar(epoch, options.epochs, batches);
         let mut loss_sum = 0.0;
         let mut start = 0;
         while start < rows {
             let size = batch.min(rows - start);
-            let index = order.f_narrow(0, start, size)?;
+            let index = order.f_narrow(0, start as i64, size as i64)?;
             let xb = train_x.f_index_select(0, &index)?;
             let yb = train_y.f_index_select(0, &index)?;
-            let loss = logits(&xb)?.f_cross_entropy_loss::<Tensor>(
-                &yb,
-                None,
-                tch::Reduction::Mean,
-                -100,
-                0.0,
-            )?;
-            optimizer.backward_step(&loss);
-            loss_sum += loss.f_double_value(&[])? * size as f64;
+            let (grads, loss) = workers.gradients(&master, net, &xb, &yb)?;
+            optimizer.step(&mut master, &grads)?;
+            loss_sum += loss * size as f64;
             start += size;
+            bar.inc(1);
+            bar.set_message(format!("{:.4}", loss_sum / start as f64));
         }
-        final_loss = loss_sum / rows as f64;
-        let (train_accuracy, test_accuracy) =
-            tch::no_grad(|| -> Result<(f64, f64), tch::TchError> {
-                Ok((
-                    accuracy(&logits(&train_x)?, train_y)?,
-                    accuracy(&logits(&test_x)?, &split.test.y)?,
-                ))
-            })?;
+        bar.finish_and_clear();
+        let loss = loss_sum / rows as f64;
+        ensure!(
+            loss.is_finite(),
+            "training diverged at epoch {epoch} (loss {loss}); try a smaller --lr"
+        );
+        let [train_accuracy, test_accuracy] = tch::no_grad(|| -> anyhow::Result<[f64; 2]> {
+            let mut accuracies = [0.0; 2];
+            for (accuracy, (x, y)) in accuracies.iter_mut().zip(&eval_sets) {
+                let correct = net.objective.correct(&net.outputs(&master, x)?, y)?;
+                *accuracy = correct as f64 / y.size()[0].max(1) as f64;
+            }
+            Ok(accuracies)
+        })?;
+        let seconds = epoch_started.elapsed().as_secs_f64();
         eprintln!(
-            "epoch {epoch:>3}/{}: loss {final_loss:.4}, train accuracy {train_accuracy:.4}, test accuracy {test_accuracy:.4}",
+            "epoch {epoch:>3}/{}: loss {loss:.4}, train accuracy {train_accuracy:.4}, test accuracy {test_accuracy:.4} ({seconds:.2} s)",
             options.epochs
         );
+        history.push(EpochMetrics {
+            epoch,
+            loss,
+            train_accuracy,
+            test_accuracy,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+        });
+        let info = CheckpointInfo {
+            epoch,
+            optimizer_steps: optimizer.steps(),
+            settings: settings.clone(),
+            history: history.clone(),
+        };
+        checkpoint::save(checkpoint_dir, &info, &master, optimizer.state_tensors())?;
     }
-    ensure!(
-        final_loss.is_finite(),
-        "training diverged (loss {final_loss}); try a smaller --lr"
-    );
-
-    let mut tensors = HashMap::new();
-    for (i, layer) in layers.iter().enumerate() {
-        tensors.insert(weight_name(i), layer.ws.detach().copy());
-        if let Some(bias) = &layer.bs {
-            tensors.insert(bias_name(i), bias.detach().copy());
-        }
-    }
-    Ok(Trained {
-        tensors,
-        final_loss,
-    })
+    let params = master
+        .iter()
+        .map(|p| p.f_to_device(Device::Cpu))
+        .collect::<Result<_, _>>()?;
+    Ok(Trained { params, history })
 }
 
-/// Share of rows whose argmax matches the label.
-fn accuracy(scores: &Tensor, labels: &Tensor) -> Result<f64, tch::TchError> {
-    scores
-        .f_argmax(1, false)?
-        .f_eq_tensor(labels)?
-        .f_to_kind(Kind::Float)?
-        .f_mean(Kind::Float)?
-        .f_double_value(&[])
+/// A bar over the epoch's batches with the running mean loss; drawn only on a terminal.
+fn progress_bar(epoch: usize, epochs: usize, batches: usize) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "epoch {prefix} [{bar:30}] {pos}/{len} batches, loss {msg} ({elapsed})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    ProgressBar::new(batches as u64)
+        .with_style(style)
+        .with_prefix(format!("{epoch}/{epochs}"))
+}
+
+/// The parameters by their `model.safetensors` names.
+fn named_tensors(net: &Net, params: Vec<Tensor>) -> HashMap<String, Tensor> {
+    net.param_shapes()
+        .into_iter()
+        .zip(params)
+        .map(|((layer, is_bias, _), p)| {
+            let name = if is_bias {
+                bias_name(layer)
+            } else {
+                weight_name(layer)
+            };
+            (name, p)
+        })
+        .collect()
 }
 
 /// Folds `x' = (x - mean) / std` into the first layer, so the model takes raw `x`:
@@ -423,9 +672,10 @@ fn clone_tensors(tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
 }
 
 /// Accuracy of the served model on raw rows.
-fn served_accuracy(model: &DenseModel, rows: &Rows) -> anyhow::Result<f64> {
+fn served_accuracy(model: &DenseModel, objective: &Objective, rows: &Rows) -> anyhow::Result<f64> {
     let scores = tch::no_grad(|| model.forward(&rows.x))?;
-    Ok(accuracy(&scores, &rows.y)?)
+    let correct = objective.correct(&scores, &rows.y)?;
+    Ok(correct as f64 / rows.rows().max(1) as f64)
 }
 
 /// Writes `model.safetensors` and `metrics.json` as the next version of `model_dir`
@@ -505,6 +755,7 @@ pub(crate) fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Activation;
 
     #[test]
     fn folding_standardization_keeps_the_function() {
@@ -540,13 +791,14 @@ mod tests {
             labels: vec![0, 1, 2, 3],
             feature_count: 3,
         };
-        let e = check_config_fits(&dense_classifier(4, 8, 4), &data).unwrap_err();
+        let cce = LossKind::CategoricalCrossentropy;
+        let e = check_config_fits(&dense_classifier(4, 8, 4), &data, cce).unwrap_err();
         assert!(
             e.to_string()
                 .contains("takes 4 features per row, the data has 3"),
             "{e}"
         );
-        let e = check_config_fits(&dense_classifier(3, 8, 3), &data).unwrap_err();
+        let e = check_config_fits(&dense_classifier(3, 8, 3), &data, cce).unwrap_err();
         assert!(
             e.to_string()
                 .contains("3 classes, the data has labels up to 3"),
@@ -554,24 +806,25 @@ mod tests {
         );
         let mut relu_last = dense_classifier(3, 8, 4);
         relu_last.layers[1].activation = Activation::Relu;
-        let e = check_config_fits(&relu_last, &data).unwrap_err();
-        assert!(e.to_string().contains("softmax or none, got relu"), "{e}");
-        assert!(check_config_fits(&dense_classifier(3, 8, 4), &data).is_ok());
+        let e = check_config_fits(&relu_last, &data, cce).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("softmax (or none, for logits), got relu"),
+            "{e}"
+        );
+        assert!(check_config_fits(&dense_classifier(3, 8, 4), &data, cce).is_ok());
+        let e = check_config_fits(
+            &dense_classifier(3, 8, 4),
+            &data,
+            LossKind::BinaryCrossentropy,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("to be sigmoid"), "{e}");
     }
 
     #[test]
     fn options_are_checked() {
-        let options = TrainOptions {
-            data: "x.csv".into(),
-            repo: "repo".into(),
-            model: "../escape".into(),
-            hidden: 8,
-            epochs: 1,
-            batch_size: 1,
-            lr: 0.001,
-            seed: 1,
-            test_fraction: 0.2,
-        };
+        let options = TrainOptions::new("x.csv".into(), "repo".into(), "../escape".into());
         assert!(check_options(&options)
             .unwrap_err()
             .to_string()
@@ -585,5 +838,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("--test-fraction"));
+        let options = TrainOptions {
+            test_fraction: 0.2,
+            momentum: 0.9,
+            ..options
+        };
+        assert!(check_options(&options)
+            .unwrap_err()
+            .to_string()
+            .contains("--momentum is for --optimizer sgd"));
     }
 }
