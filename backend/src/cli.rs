@@ -239,6 +239,9 @@ pub struct TrainArgs {
     /// wrote it, and --epochs counts its epochs too.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// How many of the run's latest checkpoints to keep; 0 keeps all.
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
     /// libtorch intra-op threads for training. The default 1 is the fastest for small models:
     /// more threads mostly synchronize, and on a busy machine OpenMP's spinning makes them slower.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
@@ -463,6 +466,7 @@ impl TrainArgs {
             devices: self.devices,
             checkpoint_dir: self.checkpoint_dir,
             resume: self.resume,
+            keep_checkpoints: self.keep_checkpoints,
             ..TrainOptions::new(self.data, self.repo, self.model)
         })?;
         eprintln!(

@@ -90,12 +90,15 @@ pub struct TrainOptions {
     pub checkpoint_dir: Option<PathBuf>,
     /// A checkpoint folder (`.../epoch-NNNN`) to continue from.
     pub resume: Option<PathBuf>,
+    /// How many of this run's latest checkpoints to keep (older ones are removed as new ones
+    /// are written); 0 keeps every one.
+    pub keep_checkpoints: usize,
 }
 
 impl TrainOptions {
     /// The defaults of `maas-backend train`: hidden 128, 30 epochs, batches of 32, Adam with
     /// learning rate 0.001, categorical cross-entropy, seed 42, 20 % held out, one CPU device,
-    /// checkpoints in the model folder, no resume.
+    /// checkpoints in the model folder (the latest 3 kept), no resume.
     pub fn new(data: PathBuf, repo: PathBuf, model: String) -> TrainOptions {
         TrainOptions {
             data,
@@ -113,6 +116,7 @@ impl TrainOptions {
             devices: vec!["cpu".into()],
             checkpoint_dir: None,
             resume: None,
+            keep_checkpoints: 3,
         }
     }
 }
@@ -227,7 +231,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<TrainReport> {
         (config, true)
     };
     let objective = check_config_fits(&config, &data, options.loss)
-        .with_context(|| format!("{} does not fit the data", config_path.display()))?;
+        .with_context(|| format!("{}", config_path.display()))?;
     let net = Net {
         layers: config.layers.clone(),
         objective,
@@ -601,6 +605,10 @@ fn fit(
             history: history.clone(),
         };
         checkpoint::save(checkpoint_dir, &info, &master, optimizer.state_tensors())?;
+        // Only this run's own checkpoints are pruned, never the one it resumed from.
+        if options.keep_checkpoints > 0 && epoch > start_epoch + options.keep_checkpoints {
+            checkpoint::remove(checkpoint_dir, epoch - options.keep_checkpoints)?;
+        }
     }
     let params = master
         .iter()

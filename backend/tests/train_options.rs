@@ -100,6 +100,9 @@ fn a_resumed_run_is_the_uninterrupted_run() {
             ..options(repo.path(), model, epochs)
         };
         let straight = train(&settings("straight", 4)).unwrap();
+        // The latest 3 checkpoints are kept.
+        let kept = repo.path().join("ckpt-straight");
+        assert!(!kept.join("epoch-0001").exists() && kept.join("epoch-0002").is_dir());
         let first = train(&settings("resumed", 2)).unwrap();
         let checkpoint = repo.path().join("ckpt-resumed/epoch-0002");
         assert!(checkpoint.join("state.safetensors").is_file());
@@ -327,6 +330,7 @@ fn the_command_line_takes_the_new_flags() {
         .unwrap()
         .path();
     assert!(run.join("epoch-0002/checkpoint.json").is_file());
+    assert!(run.join("epoch-0001").is_dir(), "the latest 3 are kept");
 
     let output = Command::new(env!("CARGO_BIN_EXE_maas-backend"))
         .args(["train", "--data"])

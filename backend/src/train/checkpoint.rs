@@ -153,7 +153,7 @@ pub fn save(
     optimizer_state: Vec<(String, Tensor)>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let name = format!("epoch-{:04}", info.epoch);
+    let name = folder_name(info.epoch);
     let temp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
     let target = dir.join(&name);
     let result = (|| -> anyhow::Result<()> {
@@ -178,6 +178,22 @@ pub fn save(
     }
     result.with_context(|| format!("cannot write the checkpoint {}", target.display()))?;
     Ok(target)
+}
+
+/// `epoch-<NNNN>`: the folder of epoch `epoch`'s checkpoint.
+fn folder_name(epoch: usize) -> String {
+    format!("epoch-{epoch:04}")
+}
+
+/// Removes epoch `epoch`'s checkpoint from `dir`, if there is one.
+pub fn remove(dir: &Path, epoch: usize) -> anyhow::Result<()> {
+    let path = dir.join(folder_name(epoch));
+    match std::fs::remove_dir_all(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove the old checkpoint {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads a checkpoint folder written by [`save`]; `param_count` is how many parameters the
