@@ -82,6 +82,15 @@ fn two_cpu_workers_match_one_device() {
         two.metrics.test_accuracy
     );
     assert_eq!(two.metrics.devices, ["cpu", "cpu"]);
+    // Three workers cut a batch of 32 unevenly (11, 11, 10 rows): the weighting still makes it
+    // the batch's mean gradient.
+    let three = train(&TrainOptions {
+        devices: vec!["cpu".into(); 3],
+        ..options(repo.path(), "three", epochs)
+    })
+    .unwrap();
+    let gap = max_gap(&one, &three);
+    assert!(gap < 1e-4, "3 workers differ from 1 device by {gap}");
     assert_eq!(two.metrics.history.len(), epochs);
 }
 
