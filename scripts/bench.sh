@@ -260,12 +260,25 @@ NGX
     echo "bench: 2. peak throughput with p99 < 10 ms (closed loop)"
     local c peak_d
     peak_d="$(half "$DURATION")"
+    # Context: pingora itself with no filters (no authentication, limits or metering), same
+    # threads, same upstream: what the gateway's own work is added to.
+    local BARE_PORT bare_pid
+    BARE_PORT="$(free_port)"
+    "$BIN/examples/bare_proxy" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" >"$OUT/logs/bare-proxy.log" 2>&1 &
+    bare_pid=$!
+    pids+=("$bare_pid")
+    wait_http "http://127.0.0.1:$BARE_PORT/" 50 "$bare_pid" || fail "bare_proxy did not start (see $OUT/logs/bare-proxy.log)"
+    local BARE_URL="http://127.0.0.1:$BARE_PORT/v2/models/digits/infer"
     for c in 4 8 16 32; do
         "${LT[@]}" --url "$NGX_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
             --name "peak-nginx-c$c" --json "$RES/peak-nginx-c$c.json"
         "${LT[@]}" --url "$GW_URL" --key "$KEY" --mode closed --concurrency "$c" \
             --duration "$peak_d" --name "gw-peak-gateway-c$c" --json "$RES/gw-peak-gateway-c$c.json"
+        "${LT[@]}" --url "$BARE_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
+            --name "peak-bare-c$c" --json "$RES/peak-bare-c$c.json"
     done
+    kill "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
+    pids=("$gw_pid")
 
     echo "bench: 3. metering accuracy"
     # Usage reaches PostgreSQL through the spool a moment after the answers: wait until the
@@ -741,7 +754,8 @@ if want gateway || want backend || want torchserve || want split; then
 fi
 export GATEWAY_BUILD_FAILED=""
 if want gateway; then
-    if ! cargo build --release -p maas-gateway -p maas-billing 2>&1 | tee "$OUT/logs/build-gateway.log"; then
+    # bare_proxy: pingora with no filters, the floor of figure 2 (gateway/examples/bare_proxy.rs).
+    if ! cargo build --release -p maas-gateway -p maas-billing --bins --example bare_proxy 2>&1 | tee "$OUT/logs/build-gateway.log"; then
         GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
     fi
 fi

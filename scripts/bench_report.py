@@ -163,25 +163,34 @@ def gateway_section(res):
 
     nt, nrows = best("peak-nginx")
     gt, grows = best("gw-peak-gateway")
+    bt, brows = best("peak-bare")
     lines += [
         "## 2. Peak throughput against nginx",
         "",
         "Closed loop at several concurrencies; the figure is the highest 2xx throughput whose p99 stays",
-        "under 10 ms. Same upstream for both.",
+        "under 10 ms. Same upstream for all. For context, pingora itself with no filters",
+        "(`gateway/examples/bare_proxy.rs`: no authentication, limits or metering; the same 2 threads)",
+        "shows the floor the gateway's own work is added to.",
         "",
-        "| concurrency | nginx req/s | nginx p99 us | maas-gateway req/s | maas-gateway p99 us |",
-        "|---|---|---|---|---|",
+        "| concurrency | nginx req/s | nginx p99 us | maas-gateway req/s | maas-gateway p99 us | bare pingora req/s | bare pingora p99 us |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (c, nr, np, _), (_, gr, gp, _) in zip(nrows, grows):
-        lines.append(f"| {c} | {nr:.0f} | {np} | {gr:.0f} | {gp} |")
+    brows = brows or [(c, float("nan"), "-", False) for c, *_ in nrows]
+    for (c, nr, np, _), (_, gr, gp, _), (_, br, bp, _) in zip(nrows, grows, brows):
+        lines.append(f"| {c} | {nr:.0f} | {np} | {gr:.0f} | {gp} | {br:.0f} | {bp} |")
     if nt and gt:
         ratio = gt[1] / nt[1]
         lines += [
             "",
             f"- nginx: {nt[1]:.0f} req/s (concurrency {nt[0]}); maas-gateway: {gt[1]:.0f} req/s (concurrency {gt[0]})",
             f"- Ratio gateway / nginx: **{ratio:.2f}** (target >= 0.70: {verdict(ratio >= 0.7)})",
-            "",
         ]
+        if bt:
+            lines += [
+                f"- Context: bare pingora {bt[1]:.0f} req/s (concurrency {bt[0]}), {bt[1] / nt[1]:.2f} of nginx; "
+                f"the gateway reaches {gt[1] / bt[1]:.2f} of bare pingora",
+            ]
+        lines.append("")
     else:
         lines += ["", "- No run kept p99 under 10 ms; no ratio.", ""]
 
