@@ -360,6 +360,9 @@ def backend_section(res):
     lines += [
         f"- (b) Batched / unbatched at concurrency {c}: {b64['ok_throughput_rps']:.0f} / {u64['ok_throughput_rps']:.0f} "
         f"req/s = **{ratio_b:.1f}x** (target >= 8x: {verdict(ratio_b >= 8)})",
+        f"  - Ceiling of (b) on this machine: even with no HTTP or batcher cost, batching can gain at most what",
+        f"    libtorch gains from {raw['batch']} rows per pass, raw forward / unbatched over HTTP = "
+        f"{raw['rows_per_s']:.0f} / {u64['ok_throughput_rps']:.0f} = {raw['rows_per_s'] / u64['ok_throughput_rps']:.1f}x",
         f"- (c) p50 at concurrency 1, batched minus unbatched: {b1['latency_us']['p50']} - {u1['latency_us']['p50']} "
         f"= **{added_p50} us** (target <= max_queue_delay_us = {delay} us: {verdict(added_p50 <= delay)}). A lone row",
         "  is not a preferred batch size, so it waits out the whole delay: the expected difference is",
