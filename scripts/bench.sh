@@ -195,6 +195,15 @@ NGX
     wait_http "http://127.0.0.1:$GW_PORT/v2/health/live" || fail "maas-gateway did not start (see $OUT/logs/gateway.log)"
     KEY="$("$BIN/maas-gateway" keys create --tenant bench --name "bench-$(date +%s)")"
 
+    # Context: pingora itself with no filters (no authentication, limits or metering), same
+    # threads, same upstream: what the gateway's own work is added to.
+    local BARE_PORT bare_pid
+    BARE_PORT="$(free_port)"
+    "$BIN/examples/bare_proxy" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" >"$OUT/logs/bare-proxy.log" 2>&1 &
+    bare_pid=$!
+    pids+=("$bare_pid")
+    wait_http "http://127.0.0.1:$BARE_PORT/" 50 "$bare_pid" || fail "bare_proxy did not start (see $OUT/logs/bare-proxy.log)"
+    local BARE_URL="http://127.0.0.1:$BARE_PORT/v2/models/digits/infer"
     local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz)
     local DIRECT_URL="http://127.0.0.1:$UP_PORT/v2/models/digits/infer"
     local GW_URL="http://127.0.0.1:$GW_PORT/v2/models/digits/infer"
@@ -212,6 +221,8 @@ NGX
     "${LT[@]}" --url "$GW_URL" --key "$KEY" --mode open --rate 1000 --concurrency 64 \
         --duration "$DURATION" --name gw-overhead-gateway --json "$RES/gw-overhead-gateway.json" \
         --plot "$OUT/overhead-gateway.svg"
+    "${LT[@]}" --url "$BARE_URL" --mode open --rate 1000 --concurrency 64 --duration "$DURATION" \
+        --name overhead-bare --json "$RES/overhead-bare.json"
 
     # --- 6. the rate limiter on the same path ----------------------------------------------------
     # Tenant bench-limits has a tenant rule no run reaches (100,000 requests/s, burst 10,000, 256
@@ -255,20 +266,11 @@ NGX
     kill -TERM "$gw2_pid"; wait "$gw2_pid" 2>/dev/null || true
     printf '{"rate": %s, "burst": %s, "redis_timeout_ms": %s, "redis_failures": %s}\n' "$LIM_RATE" "$LIM_BURST" \
         "$LIM_REDIS_TIMEOUT_MS" "$(grep -c 'rate limiter: Redis failed' "$OUT/logs/gateway-redis.log" || true)" > "$RES/lim-config.json"
-    pids=("$gw_pid")
+    pids=("$gw_pid" "$bare_pid")
 
     echo "bench: 2. peak throughput with p99 < 10 ms (closed loop)"
     local c peak_d
     peak_d="$(half "$DURATION")"
-    # Context: pingora itself with no filters (no authentication, limits or metering), same
-    # threads, same upstream: what the gateway's own work is added to.
-    local BARE_PORT bare_pid
-    BARE_PORT="$(free_port)"
-    "$BIN/examples/bare_proxy" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" >"$OUT/logs/bare-proxy.log" 2>&1 &
-    bare_pid=$!
-    pids+=("$bare_pid")
-    wait_http "http://127.0.0.1:$BARE_PORT/" 50 "$bare_pid" || fail "bare_proxy did not start (see $OUT/logs/bare-proxy.log)"
-    local BARE_URL="http://127.0.0.1:$BARE_PORT/v2/models/digits/infer"
     for c in 4 8 16 32; do
         "${LT[@]}" --url "$NGX_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
             --name "peak-nginx-c$c" --json "$RES/peak-nginx-c$c.json"
@@ -278,7 +280,6 @@ NGX
             --name "peak-bare-c$c" --json "$RES/peak-bare-c$c.json"
     done
     kill "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
-    pids=("$gw_pid")
 
     echo "bench: 3. metering accuracy"
     # Usage reaches PostgreSQL through the spool a moment after the answers: wait until the

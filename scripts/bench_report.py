@@ -138,15 +138,25 @@ def gateway_section(res):
         "| path | 2xx | p50 us | p90 us | p99 us | p99.9 us |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in (("straight to upstream", d), ("through maas-gateway", g)):
+    bare = load_opt(res, "overhead-bare")
+    paths = [("straight to upstream", d), ("through maas-gateway", g)]
+    if bare:
+        paths.append(("through bare pingora (context)", bare))
+    for name, r in paths:
         l = r["latency_us"]
         lines.append(f"| {name} | {ok_2xx(r)} | {l['p50']} | {l['p90']} | {l['p99']} | {l['p999']} |")
     lines += [
         "",
         f"- Added p50: **{add50} us** (target <= 150 us: {verdict(add50 <= 150)})",
         f"- Added p99: **{add99} us** (target <= 1,000 us: {verdict(add99 <= 1000)})",
-        "",
     ]
+    if bare:
+        lines.append(
+            f"- Context: the hop through pingora with no filters (`gateway/examples/bare_proxy.rs`) adds "
+            f"p50 {bare['latency_us']['p50'] - d['latency_us']['p50']} us and p99 "
+            f"{bare['latency_us']['p99'] - d['latency_us']['p99']} us; the gateway's own work (authentication, "
+            f"metering) is the rest")
+    lines.append("")
 
     # 2. Peak throughput against nginx.
     def best(prefix):
