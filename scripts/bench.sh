@@ -279,7 +279,8 @@ NGX
         "${LT[@]}" --url "$BARE_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
             --name "peak-bare-c$c" --json "$RES/peak-bare-c$c.json"
     done
-    kill "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
+    # SIGKILL: it holds no state, and pingora's SIGTERM would wait out a graceful shutdown.
+    kill -KILL "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
 
     echo "bench: 3. metering accuracy"
     # Usage reaches PostgreSQL through the spool a moment after the answers: wait until the
