@@ -1,5 +1,5 @@
 //! A bare pingora reverse proxy with no filters: the floor the gateway's own work is measured
-//! against (`make bench`, section 2). Usage: `bare_proxy LISTEN UPSTREAM`, both `host:port`.
+//! against (`make bench`, sections 1 and 2). Usage: `bare_proxy LISTEN UPSTREAM`, both `host:port`.
 
 use async_trait::async_trait;
 use pingora::prelude::*;

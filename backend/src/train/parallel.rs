@@ -18,29 +18,15 @@ use anyhow::{bail, ensure, Context};
 use tch::{Device, Tensor};
 
 use super::loss::Objective;
-use crate::config::{Activation, LayerConfig};
+use crate::config::{Activation, DeviceSpec, LayerConfig};
 use crate::dense::activate;
 
-/// Parses one `--devices` entry: `cpu`, `cuda` (`cuda:0`) or `cuda:N`. Errors name the
-/// accepted forms and, for a CUDA device, say when it is not present.
+/// Parses one `--devices` entry (`cpu`, `cuda` or `cuda:N`, as `[instances] device` in a model
+/// config: [`DeviceSpec`]) and resolves it. Errors name the accepted forms and, for a CUDA
+/// device, say when it is not present.
 pub fn parse_device(text: &str) -> anyhow::Result<Device> {
-    let text = text.trim();
-    let device = match text {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        _ => match text.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Device::Cuda(n),
-            _ => bail!("unknown device '{text}': expected cpu, cuda or cuda:N"),
-        },
-    };
-    if let Device::Cuda(n) = device {
-        let present = tch::Cuda::device_count();
-        ensure!(
-            (n as i64) < present,
-            "device {text} is not present: this machine has {present} CUDA device(s)"
-        );
-    }
-    Ok(device)
+    let spec: DeviceSpec = text.trim().parse()?;
+    spec.resolve().map_err(anyhow::Error::msg)
 }
 
 /// The name `--devices` and `metrics.json` use: `cpu` or `cuda:N`.
@@ -304,13 +290,16 @@ mod tests {
         assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
         assert_eq!(device_name(Device::Cuda(3)), "cuda:3");
         let e = parse_device("gpu0").unwrap_err().to_string();
-        assert!(e.contains("expected cpu, cuda or cuda:N"), "{e}");
+        assert!(e.contains("invalid device 'gpu0'"), "{e}");
         let e = parse_device("cuda:x").unwrap_err().to_string();
-        assert!(e.contains("unknown device 'cuda:x'"), "{e}");
+        assert!(e.contains("invalid device 'cuda:x'"), "{e}");
         let absent = tch::Cuda::device_count();
         let e = parse_device(&format!("cuda:{absent}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("is not present"), "{e}");
+        assert!(
+            e.contains(&format!("device cuda:{absent} requested but")),
+            "{e}"
+        );
     }
 }
