@@ -29,6 +29,8 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 use uuid::Uuid;
 
+use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID};
+
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
 use crate::limiter::{self, Limiter, Permit};
@@ -36,15 +38,6 @@ use crate::limits::{LimitResolver, Prices};
 use crate::metering::{Admission, UsageSender};
 use crate::route::{parse_route, Route};
 use crate::upstream::BackendPool;
-
-/// Header carrying the request id, to the backend and back to the client.
-pub const REQUEST_ID: &str = "x-request-id";
-/// Backend response header: rows processed (inference count).
-pub const INFERENCE_COUNT: &str = "x-maas-inference-count";
-/// Backend response header: compute time, microseconds.
-pub const COMPUTE_US: &str = "x-maas-compute-us";
-/// Backend response header: the model version that served the request.
-pub const MODEL_VERSION: &str = "x-maas-model-version";
 
 /// Per-request state shared by the phases.
 #[derive(Debug)]

@@ -1,0 +1,18 @@
+//! Header names, all lower case (HTTP/1.1 field names are case-insensitive, RFC 9110 §5.1;
+//! HTTP/2 requires lower case, RFC 9113 §8.2.1).
+
+/// The request id, a UUIDv7: set by the gateway on the forwarded request and returned to the
+/// client; the usage event's key.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Backend response header: rows processed by the request, the batch dimension summed over
+/// its inputs (Triton's "inference count"), a decimal integer.
+pub const INFERENCE_COUNT: &str = "x-maas-inference-count";
+
+/// Backend response header: compute time of the request's forward pass, in integer
+/// microseconds, rounded up (so at least 1), a decimal integer.
+pub const COMPUTE_US: &str = "x-maas-compute-us";
+
+/// Backend response header: the model version that served the request (the version folder's
+/// number), so the gateway can meter it even when the request named no version.
+pub const MODEL_VERSION: &str = "x-maas-model-version";
