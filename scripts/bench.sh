@@ -12,7 +12,7 @@
 #                  usage rows in PostgreSQL.
 #               6. rate limiter: latency added by the in-process and the Redis limiter (open
 #                  loop, same path), and accuracy (admitted against the GCRA bound).
-#   backend     4. dynamic batching (issue 3, item 9): a dense 1024 -> 4096 -> 4096 -> 1024 FP32
+#   backend     4. dynamic batching: a dense 1024 -> 4096 -> 4096 -> 1024 FP32
 #                  model on CPU, release maas-backend, binary tensor bodies of random rows:
 #                  (a) HTTP rows/s at concurrency 64 with batching / raw in-process forward of
 #                  the same batch size (`maas-backend forward-bench`); (b) batched / unbatched at
@@ -22,10 +22,10 @@
 #   torchserve  5. maas-backend against TorchServe 0.12 serving the same TorchScript file on CPU,
 #                  batching configured alike, same JSON bodies, same closed-loop load: throughput
 #                  and p99 ratios.
-#   ingest      8. metering ingest (issue 6, item 8): usage events appended to a spool and drained
+#   ingest      8. metering ingest: usage events appended to a spool and drained
 #                  into PostgreSQL (insert + hourly rollup, batches of 5,000), events/s, against
 #                  the 50,000 events/s target and the gateway's peak request rate of figure 2.
-#   split       9. model split into pipeline stages (issue 8, item 4): a dense model of 8 layers
+#   split       9. model split into pipeline stages: a dense model of 8 layers
 #                  of 4096 x 4096 FP32, rows/s of 1 stage (one process, whole model) against 2
 #                  stages (front + serve-stage, 4 layers and 1 intra-op thread each) at the same
 #                  closed-loop load, and the measured bubble fraction against GPipe's
@@ -313,7 +313,7 @@ section_gateway() {
 }
 
 # ================================================================================================
-# Section backend: dynamic batching against raw forward and against no batching (issue 3, 9).
+# Section backend: dynamic batching against raw forward and against no batching.
 # ================================================================================================
 BE_DIMS=1024,4096,4096,1024
 BE_MAX_BATCH=64
@@ -418,7 +418,7 @@ print(max(1, round(rows / execs)) if execs else 1)' \
 }
 
 # ================================================================================================
-# Section torchserve: maas-backend against TorchServe 0.12, same TorchScript file (issue 7).
+# Section torchserve: maas-backend against TorchServe 0.12, same TorchScript file.
 # ================================================================================================
 TS_MAX_BATCH=64
 TS_DELAY_MS=1           # TorchServe's max_batch_delay is whole milliseconds ...
@@ -605,7 +605,7 @@ PY
 }
 
 # ================================================================================================
-# Section auth: authentication on a cache hit (criterion, issue 4 item 9).
+# Section auth: authentication on a cache hit (criterion).
 # ================================================================================================
 section_auth_inner() {
     cargo bench -q -p maas-gateway --bench auth -- --noplot 2>&1 | grep -E '^auth/|time:' || true
@@ -638,7 +638,7 @@ if [ "${MAAS_BENCH_SECTION_INNER:-}" = auth ]; then
 fi
 
 # ================================================================================================
-# Section ingest: sustained metering ingest into PostgreSQL (issue 6, item 8).
+# Section ingest: sustained metering ingest into PostgreSQL.
 # ================================================================================================
 INGEST_EVENTS="${MAAS_BENCH_INGEST_EVENTS:-200000}"
 
@@ -660,7 +660,7 @@ section_ingest() {
 }
 
 # ================================================================================================
-# Section split: a dense model split into pipeline stages in two processes (issue 8, item 4).
+# Section split: a dense model split into pipeline stages in two processes.
 # ================================================================================================
 SPLIT_DIMS=4096,4096,4096,4096,4096,4096,4096,4096,4096   # 8 layers of 4096 x 4096
 SPLIT_MICRO=4           # micro-batches per forward batch

@@ -17,70 +17,14 @@
 //! per event or per hour); products are computed in 128-bit integers so they cannot overflow.
 //! Only billable (2xx) requests and their inferences and compute are charged.
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::period::Period;
 use crate::plans::{plan_prices, price_for, ModelPrice};
 use crate::BillingError;
-
-/// A billing period: one calendar month, UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Period {
-    /// Year, e.g. 2026.
-    pub year: i32,
-    /// Month, 1..=12.
-    pub month: u32,
-}
-
-impl Period {
-    /// Parses `YYYY-MM` (e.g. `2026-11`).
-    ///
-    /// # Errors
-    /// [`BillingError::Invalid`] naming the expected shape.
-    pub fn parse(s: &str) -> Result<Period, BillingError> {
-        let bad = || BillingError::Invalid(format!("period `{s}`: expected YYYY-MM, e.g. 2026-11"));
-        let (y, m) = s.split_once('-').ok_or_else(bad)?;
-        let year: i32 = y.parse().map_err(|_| bad())?;
-        let month: u32 = m.parse().map_err(|_| bad())?;
-        if y.len() != 4 || m.len() != 2 || !(1..=12).contains(&month) {
-            return Err(bad());
-        }
-        Ok(Period { year, month })
-    }
-
-    /// First instant of the month (UTC), inclusive.
-    pub fn start(&self) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(self.year, self.month, 1, 0, 0, 0)
-            .single()
-            .expect("the first of a month exists")
-    }
-
-    /// First instant of the next month (UTC), exclusive end of the period.
-    pub fn end(&self) -> DateTime<Utc> {
-        let (y, m) = if self.month == 12 {
-            (self.year + 1, 1)
-        } else {
-            (self.year, self.month + 1)
-        };
-        Period { year: y, month: m }.start()
-    }
-
-    /// The period holding `t`.
-    pub fn of(t: DateTime<Utc>) -> Period {
-        Period {
-            year: t.year(),
-            month: t.month(),
-        }
-    }
-}
-
-impl std::fmt::Display for Period {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:04}-{:02}", self.year, self.month)
-    }
-}
 
 /// A model's billable usage over a period (2xx requests only).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -264,21 +208,6 @@ pub fn format_usd(micro: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn periods() {
-        let p = Period::parse("2026-11").unwrap();
-        assert_eq!(p.start().to_rfc3339(), "2026-11-01T00:00:00+00:00");
-        assert_eq!(p.end().to_rfc3339(), "2026-12-01T00:00:00+00:00");
-        assert_eq!(
-            Period::parse("2026-12").unwrap().end().to_rfc3339(),
-            "2027-01-01T00:00:00+00:00"
-        );
-        for bad in ["2026-13", "2026-1", "26-11", "2026", "x-y"] {
-            assert!(Period::parse(bad).is_err(), "{bad}");
-        }
-        assert_eq!(p.to_string(), "2026-11");
-    }
 
     #[test]
     fn charges_round_half_up_once() {

@@ -5,21 +5,25 @@
 //! - [`insert_usage_events`]: writes a batch exactly once (`ON CONFLICT (request_id,
 //!   started_at) DO NOTHING`) and updates the hourly rollup from exactly the new rows.
 //! - [`plans`]: per-model prices (integer micro-USD) and included units.
+//! - [`Period`]: the billing period, one calendar month (UTC).
+//! - [`rollup_totals`]: billable usage summed from the hourly rollups.
 //! - [`invoice`]: monthly invoices from the rollups (rounding rule documented there).
 //! - [`report`]: usage per hour or day in any IANA time zone, by model and/or key.
 //! - [`export`]: CSV, JSON lines and CloudEvents 1.0 exports of the raw events.
 //!
-//! Money is integer micro-USD and time is UTC throughout (see DESIGN.md).
+//! Money is integer micro-USD and time is UTC throughout (see ARCHITECTURE.md).
 
 pub mod export;
 pub mod invoice;
+mod period;
 pub mod plans;
 pub mod report;
-pub mod usage;
+mod usage;
 
+pub use period::Period;
 pub use usage::{
-    create_usage_partition, ensure_usage_partitions, insert_usage_events, usage_summary,
-    UsageEvent, UsageSummary,
+    create_usage_partition, ensure_usage_partitions, insert_usage_events, rollup_totals,
+    usage_summary, RollupFilter, RollupTotals, UsageEvent, UsageSummary,
 };
 
 /// All sqlx migrations of the project, from the workspace's `migrations/` folder.

@@ -15,12 +15,13 @@
 use std::io::Write;
 
 use anyhow::Context;
-use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use maas_billing::export::{export_usage, ExportFormat};
-use maas_billing::invoice::{build_invoice, format_usd, Period};
+use maas_billing::invoice::{build_invoice, format_usd};
 use maas_billing::plans::{assign_plan, plan_prices, set_price, ModelPrice};
 use maas_billing::report::{usage_report, Granularity, UsageQuery};
+use maas_billing::Period;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -216,11 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Usage { tenant, from, to } => {
             let now = Utc::now();
-            let month_start = Utc
-                .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-                .single()
-                .context("computing the month start")?;
-            let from = from.unwrap_or(month_start);
+            let from = from.unwrap_or(Period::of(now).start());
             let to = to.unwrap_or(now + chrono::Duration::seconds(1));
             let summary = maas_billing::usage_summary(&pool, &tenant, from, to).await?;
             println!(

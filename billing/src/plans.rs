@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::BillingError;
 
@@ -31,6 +32,45 @@ pub struct ModelPrice {
     pub included_inferences: i64,
     /// Compute microseconds per month at no charge.
     pub included_compute_us: i64,
+}
+
+impl ModelPrice {
+    /// List price of `requests` billable requests with `inference_count` rows and `compute_us`
+    /// microseconds of compute, in thousandths of a micro-USD, ignoring included units (what a
+    /// monthly budget counts). Exact for the request and inference terms, floor for compute;
+    /// saturating, never overflowing.
+    pub fn list_cost_milli(&self, requests: i64, inference_count: i64, compute_us: i64) -> i64 {
+        requests
+            .saturating_mul(self.per_request_micro_usd)
+            .saturating_mul(1000)
+            .saturating_add(inference_count.saturating_mul(self.per_1k_inferences_micro_usd))
+            .saturating_add(compute_us.saturating_mul(self.per_compute_second_micro_usd) / 1000)
+    }
+}
+
+/// The price of `model` (`None`: the plan's [`ANY_MODEL`] row) under tenant `tenant_id`'s plan:
+/// the model's own row, else the `*` row; `None` when the plan prices neither (or the tenant
+/// does not exist).
+///
+/// # Errors
+/// Any database error.
+pub async fn tenant_price(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    model: Option<&str>,
+) -> Result<Option<ModelPrice>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.model, p.per_request_micro_usd, p.per_1k_inferences_micro_usd, \
+                p.per_compute_second_micro_usd, p.included_requests, p.included_inferences, \
+                p.included_compute_us \
+         FROM plan_prices p JOIN tenants t ON t.plan = p.plan \
+         WHERE t.id = $1 AND p.model IN ($2, '*') \
+         ORDER BY (p.model = '*') LIMIT 1",
+    )
+    .bind(tenant_id)
+    .bind(model.unwrap_or(ANY_MODEL))
+    .fetch_optional(pool)
+    .await
 }
 
 /// Creates `plan` if needed and sets (inserts or replaces) its price for `price.model`.
@@ -129,4 +169,22 @@ pub fn price_for<'a>(prices: &'a [ModelPrice], model: &str) -> Option<&'a ModelP
         .iter()
         .find(|p| p.model == model)
         .or_else(|| prices.iter().find(|p| p.model == ANY_MODEL))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_cost_counts_every_term_in_milli_micro_usd() {
+        let price = ModelPrice {
+            per_request_micro_usd: 3,
+            per_1k_inferences_micro_usd: 7,
+            per_compute_second_micro_usd: 1_000_000,
+            ..ModelPrice::default()
+        };
+        // 2 requests: 6,000; 10 rows at 7 per 1,000: 70; 1,500 us at 1 USD/s: 1,500,000.
+        assert_eq!(price.list_cost_milli(2, 10, 1_500), 6_000 + 70 + 1_500_000);
+        assert_eq!(price.list_cost_milli(i64::MAX, 1, 1), i64::MAX);
+    }
 }

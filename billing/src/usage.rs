@@ -1,8 +1,10 @@
 //! Usage events and their exactly-once store in PostgreSQL.
 
-use chrono::{DateTime, Datelike, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::period::Period;
 
 /// One request as seen by the gateway (the row of `usage_events`).
 ///
@@ -96,7 +98,7 @@ pub async fn insert_usage_events(pool: &PgPool, events: &[UsageEvent]) -> Result
         Err(e) if is_missing_partition(&e) => {
             let mut months: Vec<DateTime<Utc>> = events.iter().map(|e| e.started_at).collect();
             months.sort_unstable();
-            months.dedup_by_key(|t| (t.year(), t.month()));
+            months.dedup_by_key(|t| Period::of(*t));
             for t in months {
                 create_usage_partition(pool, t).await?;
             }
@@ -188,18 +190,10 @@ pub async fn ensure_usage_partitions(
     months_ahead: u32,
 ) -> Result<Vec<String>, sqlx::Error> {
     let mut names = Vec::new();
-    let (mut year, mut month) = (now.year(), now.month());
+    let mut period = Period::of(now);
     for _ in 0..=months_ahead {
-        let start = Utc
-            .with_ymd_and_hms(year, month, 1, 0, 0, 0)
-            .single()
-            .expect("the first of a month at midnight UTC exists");
-        names.push(create_usage_partition(pool, start).await?);
-        (year, month) = if month == 12 {
-            (year + 1, 1)
-        } else {
-            (year, month + 1)
-        };
+        names.push(create_usage_partition(pool, period.start()).await?);
+        period = period.next();
     }
     Ok(names)
 }
@@ -245,5 +239,58 @@ pub async fn usage_summary(
         successful_requests: row.1,
         inference_count: row.2,
         compute_us: row.3,
+    })
+}
+
+/// Which rollup rows [`rollup_totals`] sums: every `None` matches anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupFilter<'a> {
+    /// Only this tenant's usage.
+    pub tenant_id: Option<Uuid>,
+    /// Only this API key's usage.
+    pub api_key_id: Option<Uuid>,
+    /// Only this model's usage.
+    pub model: Option<&'a str>,
+}
+
+/// Billable usage summed over hourly rollups (`usage_hourly`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollupTotals {
+    /// Requests answered 2xx.
+    pub billable_requests: i64,
+    /// Rows processed by them.
+    pub inference_count: i64,
+    /// Their backend compute, microseconds.
+    pub compute_us: i64,
+}
+
+/// Sums the hourly rollups matching `filter` from the hour holding `from` on (the gateway
+/// rebuilds a monthly quota or budget counter from this, with `from` the period's start).
+///
+/// # Errors
+/// Any database error.
+pub async fn rollup_totals(
+    pool: &PgPool,
+    filter: RollupFilter<'_>,
+    from: DateTime<Utc>,
+) -> Result<RollupTotals, sqlx::Error> {
+    let (billable_requests, inference_count, compute_us): (i64, i64, i64) = sqlx::query_as(
+        "SELECT COALESCE(sum(billable_requests), 0)::bigint, \
+                COALESCE(sum(inference_count), 0)::bigint, \
+                COALESCE(sum(compute_us), 0)::bigint \
+         FROM usage_hourly \
+         WHERE hour >= $1 AND ($2::uuid IS NULL OR tenant_id = $2) \
+           AND ($3::uuid IS NULL OR api_key_id = $3) AND ($4::text IS NULL OR model = $4)",
+    )
+    .bind(from)
+    .bind(filter.tenant_id)
+    .bind(filter.api_key_id)
+    .bind(filter.model)
+    .fetch_one(pool)
+    .await?;
+    Ok(RollupTotals {
+        billable_requests,
+        inference_count,
+        compute_us,
     })
 }

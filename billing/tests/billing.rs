@@ -1,11 +1,12 @@
 //! Rollups, invoices, reports and exports against a real PostgreSQL (`DATABASE_URL`, provided
-//! by `make test`). Issue 6 tests (d), (e) and (f).
+//! by `make test`).
 
 use chrono::{DateTime, TimeZone, Utc};
 use maas_billing::export::{export_usage, ExportFormat, CSV_HEADER};
-use maas_billing::invoice::{build_invoice, Period};
+use maas_billing::invoice::build_invoice;
 use maas_billing::plans::{assign_plan, set_price, ModelPrice};
 use maas_billing::report::{usage_report, Granularity, UsageQuery};
+use maas_billing::Period;
 use maas_billing::{insert_usage_events, BillingError, UsageEvent, MIGRATOR};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};

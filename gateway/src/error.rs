@@ -1,7 +1,7 @@
 //! Every error the gateway answers a client with, and the one place that maps it to an HTTP
 //! status and a JSON body.
 //!
-//! Client mistakes are 4xx with `{"error": "<what was expected>"}` (DESIGN.md, "Decisions");
+//! Client mistakes are 4xx with `{"error": "<what was expected>"}` (ARCHITECTURE.md, "Decisions");
 //! internal causes go to the log, never to the client.
 
 use bytes::Bytes;
@@ -19,10 +19,10 @@ pub enum GatewayError {
     /// The key is not one the gateway issued (unknown hash or wrong format).
     #[error("invalid API key")]
     InvalidApiKey,
-    /// `Authorization: Bearer` and `x-api-key` carry different credentials (issue 4 item 3).
+    /// `Authorization: Bearer` and `x-api-key` carry different credentials.
     #[error("two different credentials: send either Authorization: Bearer or x-api-key, not both")]
     ConflictingCredentials,
-    /// A JWT bearer token was refused (see [`crate::jwt::JwtError`] for the messages), or it
+    /// A JWT bearer token was refused (see [`crate::auth::jwt::JwtError`] for the messages), or it
     /// names a tenant that does not exist.
     #[error("{0}")]
     InvalidToken(String),

@@ -73,12 +73,12 @@ impl Invalidate for crate::limits::LimitResolver {
     }
 }
 
-impl Invalidate for crate::limiter::Limiter {
+impl Invalidate for crate::limits::Limiter {
     fn invalidate_tenant(&self, tenant_id: Uuid) {
-        crate::limiter::Limiter::invalidate_tenant(self, tenant_id);
+        crate::limits::Limiter::invalidate_tenant(self, tenant_id);
     }
     fn invalidate_all(&self) {
-        crate::limiter::Limiter::invalidate_all(self);
+        crate::limits::Limiter::invalidate_all(self);
     }
 }
 

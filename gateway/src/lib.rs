@@ -10,20 +10,13 @@
 //! error and its status live in [`error`].
 
 pub mod admin;
-pub mod admin_limits;
-pub mod admin_usage;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod invalidation;
-pub mod jwt;
-pub mod keys;
-pub mod limiter;
 pub mod limits;
 pub mod metering;
 pub mod proxy;
-pub mod route;
 pub mod serve;
-pub mod spool;
-pub mod upstream;
+mod store;

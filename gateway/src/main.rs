@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use maas_gateway::config::GatewayConfig;
-use maas_gateway::{keys, serve};
+use maas_gateway::{auth::api_keys as keys, serve};
 use tracing_subscriber::EnvFilter;
 
 /// Default configuration file, relative to the working directory; optional.

@@ -17,12 +17,12 @@ use sqlx::PgPool;
 
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
-use crate::limiter::Limiter;
 use crate::limits::LimitResolver;
+use crate::limits::Limiter;
 use crate::metering;
+use crate::metering::spool::{Spool, SpoolOptions};
+use crate::proxy::BackendPool;
 use crate::proxy::Gateway;
-use crate::spool::{Spool, SpoolOptions};
-use crate::upstream::BackendPool;
 
 /// Connect a small pool for one-off commands (migrations, key management), on the current
 /// runtime.

@@ -1,5 +1,4 @@
-//! Usage, invoices and exports over the admin API, and tenant admins (issue 6 item 6, issue 4
-//! item 1), with a real PostgreSQL and the `maas-gateway` binary: a small usage fixture written
+//! Usage, invoices and exports over the admin API, and tenant admins, with a real PostgreSQL and the `maas-gateway` binary: a small usage fixture written
 //! with `maas_billing::insert_usage_events` at chosen instants (and one real request through the
 //! fake backend), read back as day and hour buckets in UTC and in Europe/Paris, grouped by model
 //! and key, as an invoice computed by hand to the micro-USD, and as CSV, JSON lines and

@@ -1,4 +1,4 @@
-//! Exactly-once metering through the spool (issue 6, tests a, b, c and d), against a real
+//! Exactly-once metering through the spool, against a real
 //! PostgreSQL and the `maas-gateway` binary in front of a fake OIP backend.
 //!
 //! - (a) requests while PostgreSQL is stopped, then restarted: exactly N new rows. This test
@@ -25,8 +25,8 @@ use axum::response::IntoResponse;
 use chrono::{TimeZone, Utc};
 use maas_billing::UsageEvent;
 use maas_gateway::config::MeteringConfig;
+use maas_gateway::metering::spool::{read_dir_events, RecordKind, Spool, SpoolOptions};
 use maas_gateway::metering::UsageWriter;
-use maas_gateway::spool::{read_dir_events, RecordKind, Spool, SpoolOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -870,7 +870,7 @@ async fn sigterm_drains_the_queue() {
     let _ = std::fs::remove_dir_all(&spool);
 }
 
-/// Ingest benchmark (issue 6 item 8): events appended to a spool, then drained into
+/// Ingest benchmark: events appended to a spool, then drained into
 /// PostgreSQL in batches of 5,000. Run with
 /// `cargo test -p maas-gateway --test metering -- --ignored --nocapture ingest`.
 /// `MAAS_INGEST_EVENTS` sets the number of events (default 200,000); with `MAAS_INGEST_JSON`

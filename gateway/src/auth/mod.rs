@@ -3,7 +3,7 @@
 //! A client sends `Authorization: Bearer <credential>` (RFC 6750 section 2.1) or
 //! `x-api-key: <credential>`. A credential that starts with `maas_` is an API key: its SHA-256
 //! is looked up in `api_keys` joined with `tenants`. Anything else shaped like a JWT is verified
-//! by [`crate::jwt::JwtVerifier`] when `[auth.jwt]` configures keys, and its tenant claim is
+//! by [`crate::auth::jwt::JwtVerifier`] when `[auth.jwt]` configures keys, and its tenant claim is
 //! looked up in `tenants` (by name, or by id when it is a UUID).
 //!
 //! Every verdict from PostgreSQL (found or not) is cached for `auth.cache_ttl_ms`, so the
@@ -12,6 +12,9 @@
 //! evict the tenant's entries on every gateway at once; the TTL is the backstop when Redis is
 //! down. `api_keys.last_used_at` is written lazily: the keys used since the last flush are
 //! written in one `UPDATE` every `auth.last_used_flush_ms` ([`Authenticator::flush_last_used`]).
+
+pub mod api_keys;
+pub mod jwt;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,11 +28,10 @@ use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use crate::auth::jwt::JwtVerifier;
 use crate::cache::TtlCache;
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
-use crate::jwt::JwtVerifier;
-use crate::keys;
 
 /// Who a request is, once its credential has been accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +261,7 @@ impl Authenticator {
     ) -> Result<Principal, Rejection> {
         match &self.jwt {
             Some(jwt)
-                if !credential.starts_with(keys::KEY_PREFIX)
+                if !credential.starts_with(api_keys::KEY_PREFIX)
                     && JwtVerifier::looks_like_jwt(credential) =>
             {
                 self.authenticate_jwt(jwt, credential, model).await
@@ -319,10 +321,10 @@ impl Authenticator {
         secret: &str,
         model: Option<&str>,
     ) -> Result<Principal, Rejection> {
-        if !keys::is_well_formed(secret) {
+        if !api_keys::is_well_formed(secret) {
             return Err(GatewayError::InvalidApiKey.into());
         }
-        let hash = keys::hash_key(secret);
+        let hash = api_keys::hash_key(secret);
         let record = match self.keys.get(&hash) {
             Some(record) => record,
             None => {
@@ -437,7 +439,7 @@ mod tests {
         KeyRecord {
             key_id: Uuid::now_v7(),
             tenant_id: Uuid::now_v7(),
-            secret_sha256: keys::hash_key("k"),
+            secret_sha256: api_keys::hash_key("k"),
             allowed_models: None,
             expires_at: None,
             revoked_at: None,
@@ -448,14 +450,14 @@ mod tests {
     #[test]
     fn authorize_rules() {
         let now = Utc::now();
-        let h = keys::hash_key("k");
+        let h = api_keys::hash_key("k");
         let r = record();
         assert_eq!(
             r.authorize(&h, Some("m"), now).unwrap().api_key_id,
             Some(r.key_id)
         );
         assert_eq!(
-            r.authorize(&keys::hash_key("other"), Some("m"), now),
+            r.authorize(&api_keys::hash_key("other"), Some("m"), now),
             Err(GatewayError::InvalidApiKey)
         );
         let revoked = KeyRecord {
@@ -547,13 +549,13 @@ mod tests {
             a.authenticate("not-a-key", None).await,
             Err(GatewayError::InvalidApiKey.into())
         );
-        let good = keys::generate_key().unwrap().secret;
+        let good = api_keys::generate_key().unwrap().secret;
         assert_eq!(
             a.authenticate(&good, None).await,
             Err(GatewayError::AuthUnavailable.into())
         );
         // A failed lookup is not cached.
-        assert!(a.keys.get(&keys::hash_key(&good)).is_none());
+        assert!(a.keys.get(&api_keys::hash_key(&good)).is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Every route is under `/admin/v1` and needs `Authorization: Bearer <token>`: the operator token
 //! (`[admin] operator_token` or `MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN`, compared in constant time)
-//! for everything, or a tenant admin's token ([`crate::admin_usage`]) for its own tenant's
+//! for everything, or a tenant admin's token ([`crate::admin::usage`]) for its own tenant's
 //! usage, invoices and exports (any other route or tenant: 403). A missing, unknown or revoked
 //! token is 401 with `WWW-Authenticate: Bearer`. The OpenAPI document generated from this file
 //! and its siblings (utoipa) is served without a token at `/admin/v1/openapi.json`.
@@ -13,6 +13,9 @@
 //!
 //! It runs on a std thread with its own tokio runtime and its own sqlx pool (pingora owns the
 //! proxy's runtimes), started by [`spawn`] from [`crate::serve::serve`].
+
+pub mod limits;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -34,9 +37,9 @@ use subtle::ConstantTimeEq;
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::admin_usage::TenantAdminAuth;
+use crate::admin::usage::TenantAdminAuth;
+use crate::auth::api_keys;
 use crate::config::GatewayConfig;
-use crate::keys;
 
 /// Most characters of a tenant or key name.
 pub const MAX_NAME_LEN: usize = 200;
@@ -173,7 +176,7 @@ impl AdminState {
 
     /// Whether `headers` carry `Authorization: Bearer <operator token>`.
     pub(crate) fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = crate::admin_usage::bearer_token(headers) else {
+        let Some(token) = crate::admin::usage::bearer_token(headers) else {
             return false;
         };
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -188,7 +191,7 @@ async fn require_operator(
     req: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    crate::admin_usage::Caller::resolve(&state, req.headers())
+    crate::admin::usage::Caller::resolve(&state, req.headers())
         .await?
         .require_operator()?;
     Ok(next.run(req).await)
@@ -210,18 +213,18 @@ async fn require_operator(
         list_keys,
         revoke_key,
         rotate_key,
-        crate::admin_limits::get_plan_limits,
-        crate::admin_limits::put_plan_limits,
-        crate::admin_limits::get_tenant_limits,
-        crate::admin_limits::put_tenant_limits,
-        crate::admin_limits::get_key_limits,
-        crate::admin_limits::put_key_limits,
-        crate::admin_usage::create_tenant_admin,
-        crate::admin_usage::list_tenant_admins,
-        crate::admin_usage::revoke_tenant_admin,
-        crate::admin_usage::get_usage,
-        crate::admin_usage::get_invoice,
-        crate::admin_usage::export_usage
+        crate::admin::limits::get_plan_limits,
+        crate::admin::limits::put_plan_limits,
+        crate::admin::limits::get_tenant_limits,
+        crate::admin::limits::put_tenant_limits,
+        crate::admin::limits::get_key_limits,
+        crate::admin::limits::put_key_limits,
+        crate::admin::usage::create_tenant_admin,
+        crate::admin::usage::list_tenant_admins,
+        crate::admin::usage::revoke_tenant_admin,
+        crate::admin::usage::get_usage,
+        crate::admin::usage::get_invoice,
+        crate::admin::usage::export_usage
     ),
     components(schemas(
         ErrorBody,
@@ -230,13 +233,13 @@ async fn require_operator(
         ApiKey,
         NewApiKey,
         CreatedApiKey,
-        crate::admin_limits::LimitRules,
-        crate::limits::LimitRule,
-        crate::limits::Level,
-        crate::admin_usage::TenantAdmin,
-        crate::admin_usage::NewTenantAdmin,
-        crate::admin_usage::CreatedTenantAdmin,
-        crate::admin_usage::UsageReport,
+        crate::admin::limits::LimitRules,
+        crate::store::LimitRule,
+        crate::store::Level,
+        crate::admin::usage::TenantAdmin,
+        crate::admin::usage::NewTenantAdmin,
+        crate::admin::usage::CreatedTenantAdmin,
+        crate::admin::usage::UsageReport,
         maas_billing::report::UsageBucket,
         maas_billing::report::Granularity,
         maas_billing::invoice::Invoice,
@@ -283,17 +286,18 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/v1/keys/{key_id}/rotate", post(rotate_key))
         .route(
             "/admin/v1/plans/{plan}/limits",
-            get(crate::admin_limits::get_plan_limits).put(crate::admin_limits::put_plan_limits),
+            get(crate::admin::limits::get_plan_limits).put(crate::admin::limits::put_plan_limits),
         )
         .route(
             "/admin/v1/tenants/{tenant_id}/limits",
-            get(crate::admin_limits::get_tenant_limits).put(crate::admin_limits::put_tenant_limits),
+            get(crate::admin::limits::get_tenant_limits)
+                .put(crate::admin::limits::put_tenant_limits),
         )
         .route(
             "/admin/v1/keys/{key_id}/limits",
-            get(crate::admin_limits::get_key_limits).put(crate::admin_limits::put_key_limits),
+            get(crate::admin::limits::get_key_limits).put(crate::admin::limits::put_key_limits),
         )
-        .merge(crate::admin_usage::operator_routes())
+        .merge(crate::admin::usage::operator_routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -301,7 +305,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/v1/openapi.json", get(openapi_json))
         .merge(protected)
-        .merge(crate::admin_usage::tenant_routes())
+        .merge(crate::admin::usage::tenant_routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -589,7 +593,7 @@ async fn insert_key(
     allowed_models: Option<Vec<String>>,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<CreatedApiKey, AppError> {
-    let new = keys::generate_key()?;
+    let new = api_keys::generate_key()?;
     let key = sqlx::query_as::<_, ApiKey>(&format!(
         "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, allowed_models, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"

@@ -533,14 +533,14 @@ mod tests {
     use jsonwebtoken::{encode, get_current_timestamp, EncodingKey, Header};
     use serde_json::json;
 
-    const RSA_PRIVATE: &str = include_str!("../testdata/jwt/rsa-private.pem");
-    const RSA_PUBLIC: &str = include_str!("../testdata/jwt/rsa-public.pem");
-    const ES256_PRIVATE: &str = include_str!("../testdata/jwt/es256-private.pem");
-    const ES256_PUBLIC: &str = include_str!("../testdata/jwt/es256-public.pem");
-    const ES384_PRIVATE: &str = include_str!("../testdata/jwt/es384-private.pem");
-    const ES384_PUBLIC: &str = include_str!("../testdata/jwt/es384-public.pem");
-    const ED_PRIVATE: &str = include_str!("../testdata/jwt/ed25519-private.pem");
-    const ED_PUBLIC: &str = include_str!("../testdata/jwt/ed25519-public.pem");
+    const RSA_PRIVATE: &str = include_str!("../../testdata/jwt/rsa-private.pem");
+    const RSA_PUBLIC: &str = include_str!("../../testdata/jwt/rsa-public.pem");
+    const ES256_PRIVATE: &str = include_str!("../../testdata/jwt/es256-private.pem");
+    const ES256_PUBLIC: &str = include_str!("../../testdata/jwt/es256-public.pem");
+    const ES384_PRIVATE: &str = include_str!("../../testdata/jwt/es384-private.pem");
+    const ES384_PUBLIC: &str = include_str!("../../testdata/jwt/es384-public.pem");
+    const ED_PRIVATE: &str = include_str!("../../testdata/jwt/ed25519-private.pem");
+    const ED_PUBLIC: &str = include_str!("../../testdata/jwt/ed25519-public.pem");
     const SECRET: &str = "hs256-test-secret-0123456789abcdef";
     const TTL: Duration = Duration::from_secs(5);
 

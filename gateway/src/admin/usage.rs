@@ -4,7 +4,7 @@
 //!
 //! - `POST /admin/v1/tenants/{tenant_id}/admins`, `GET` the same, `POST
 //!   /admin/v1/tenant-admins/{admin_id}/revoke`: operator only. A tenant admin's token
-//!   (`maas_ta_` + 48 hex, [`crate::keys::TENANT_ADMIN_TOKEN`]) is returned once, at creation;
+//!   (`maas_ta_` + 48 hex, [`crate::auth::api_keys::TENANT_ADMIN_TOKEN`]) is returned once, at creation;
 //!   only its SHA-256 is stored (`tenant_admins`).
 //! - `GET /admin/v1/tenants/{tenant_id}/usage`: [`maas_billing::report::usage_report`] (hour or
 //!   day buckets in any IANA time zone, optionally per model and/or key).
@@ -30,11 +30,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use maas_billing::export::{ExportFormat, UsageExport};
-use maas_billing::invoice::{build_invoice, Invoice, Period};
+use maas_billing::invoice::{build_invoice, Invoice};
 use maas_billing::report::{
     is_known_time_zone, usage_report, Granularity, UsageBucket, UsageQuery,
 };
 use maas_billing::BillingError;
+use maas_billing::Period;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -42,7 +43,7 @@ use uuid::Uuid;
 use crate::admin::{
     check_name, parse_id, revoke_row, tenant_rows, AdminState, AppError, ErrorBody,
 };
-use crate::keys::{hash_key, TENANT_ADMIN_TOKEN};
+use crate::auth::api_keys::{hash_key, TENANT_ADMIN_TOKEN};
 
 // ---- who is calling ----
 

@@ -1,31 +1,8 @@
-//! The metering pipeline: usage events go from the request path into the local spool
-//! ([`crate::spool`]) and a background service reads the spool and writes them to PostgreSQL in
-//! batches (`maas_billing::insert_usage_events`), then trims the spool.
-//!
-//! - The request path never waits on the database: [`UsageSender`] only appends to the spool
-//!   (one `pwrite`). A billable request is recorded twice: [`UsageSender::record_billable`]
-//!   before the response header goes to the client, [`UsageSender::send`] in the logging phase.
-//! - While the spool is full ([`crate::config::MeteringConfig::spool_max_bytes`]),
-//!   [`UsageSender::admit`] applies `metering.spool_full`: refuse billable requests (503) or
-//!   serve them and count their events in [`MeteringStats::dropped`] (with a log line).
-//! - The writer ([`UsageWriter`], a pingora `BackgroundService`) sends a batch when it holds
-//!   `metering.batch_size` events or `metering.flush_interval_ms` after the batch's first event.
-//! - A batch that fails is retried with exponential backoff (100 ms doubling to 10 s), never
-//!   dropped; the insert is idempotent on the request id, so a retry counts nothing twice. A
-//!   batch rejected for its data (SQLSTATE class 22 or 23) is retried row by row, and only the
-//!   rows that PostgreSQL itself refuses are logged in full and skipped, so one bad row cannot
-//!   stop metering.
-//! - Segments are trimmed only after the batch holding their last events is committed; at
-//!   start the writer first replays what earlier runs left in the spool.
-//! - After SIGTERM the writer flushes at once instead of waiting for full batches, and syncs
-//!   the spool. pingora keeps the runtimes running for `grace_period_s` after SIGTERM and then
-//!   drops their tasks, so the drain happens within the grace period; what the writer cannot
-//!   write by then (PostgreSQL down) stays in the spool for the next start.
-//! - The writer's pool is created inside the writer's own runtime (pingora gives each service
-//!   its own tokio runtime inside `run_forever`). It also keeps `usage_events` partitions
-//!   created `metering.partition_months_ahead` months ahead (at start, then hourly).
+//! The background end of the metering pipeline: [`UsageWriter`] reads the spool and writes
+//! batches to PostgreSQL exactly once, then trims the spool; [`SpoolSyncer`] bounds what a
+//! machine crash can lose with a periodic `fdatasync`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +15,9 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{MeteringConfig, SpoolFullPolicy};
-use crate::spool::{RecordKind, Spool, SpoolReader};
+use super::spool::{Spool, SpoolReader};
+use super::MeteringStats;
+use crate::config::MeteringConfig;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -47,122 +25,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// every append: under load that is one wake-up per poll rather than two per request (each a
 /// wake across threads), and it delays no event beyond `flush_interval_ms`.
 const FILL_POLL: Duration = Duration::from_millis(5);
-
-/// Counters of the metering pipeline, shared between the request path and the writer.
-#[derive(Debug, Default)]
-pub struct MeteringStats {
-    /// Final events appended to the spool.
-    pub sent: AtomicU64,
-    /// Events written (rows inserted, duplicates excluded).
-    pub inserted: AtomicU64,
-    /// Events refused by PostgreSQL for their data and skipped (logged in full).
-    pub rejected: AtomicU64,
-    /// Failed insert attempts (each is retried).
-    pub failed_attempts: AtomicU64,
-    /// Events not metered: the spool was full under `spool_full = "serve"` (or for a request
-    /// that was never billable), or the spool write failed.
-    pub dropped: AtomicU64,
-    /// Requests answered 503 because the spool was full (`spool_full = "reject"`).
-    pub refused: AtomicU64,
-}
-
-/// What [`UsageSender::admit`] decided for a billable request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    /// Meter it as usual.
-    Metered,
-    /// The spool is full and the policy is `reject`: answer 503.
-    Refuse,
-    /// The spool is full and the policy is `serve`: serve it, drop (and count) its usage.
-    Unmetered,
-}
-
-/// The request path's end of the pipeline. Cheap to clone.
-#[derive(Clone)]
-pub struct UsageSender {
-    spool: Arc<Spool>,
-    policy: SpoolFullPolicy,
-    stats: Arc<MeteringStats>,
-}
-
-impl UsageSender {
-    /// Decide whether an authenticated (billable) request may go on, given the spool's room.
-    pub fn admit(&self) -> Admission {
-        if !self.spool.is_full() {
-            return Admission::Metered;
-        }
-        match self.policy {
-            SpoolFullPolicy::Reject => {
-                let n = self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                if n.is_power_of_two() {
-                    tracing::error!(
-                        refused = n + 1,
-                        "usage spool full: refusing billable requests with 503"
-                    );
-                }
-                Admission::Refuse
-            }
-            SpoolFullPolicy::Serve => Admission::Unmetered,
-        }
-    }
-
-    /// Record the billable part of a request (the backend's usage) before its response header
-    /// is sent. Appends regardless of the spool's size (the request was admitted). Returns
-    /// whether the response may be served: true when recorded; when the write failed (logged
-    /// and counted), true only under `spool_full = "serve"`.
-    pub fn record_billable(&self, event: &UsageEvent) -> bool {
-        match self.spool.append(RecordKind::Billable, event) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, request_id = %event.request_id, "usage spool write failed");
-                self.drop_event(event, "usage spool write failed");
-                self.policy == SpoolFullPolicy::Serve
-            }
-        }
-    }
-
-    /// Record a request's final usage event. `admission` is what [`UsageSender::admit`] said
-    /// for it (`None`: never asked, e.g. a request refused before authentication; then the
-    /// event is dropped and counted when the spool is full). Never waits on the database.
-    pub async fn send(&self, event: UsageEvent, admission: Option<Admission>) {
-        let keep = match admission {
-            Some(Admission::Metered) => true,
-            Some(Admission::Refuse) | None => !self.spool.is_full(),
-            Some(Admission::Unmetered) => false,
-        };
-        if !keep {
-            self.drop_event(&event, "usage spool full");
-            return;
-        }
-        match self.spool.append(RecordKind::Final, &event) {
-            Ok(()) => {
-                self.stats.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.drop_event(&event, "usage spool write failed");
-                tracing::error!(error = %e, "usage spool write failed");
-            }
-        }
-    }
-
-    fn drop_event(&self, event: &UsageEvent, why: &'static str) {
-        let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-        // Logged at the 1st, 2nd, 4th, 8th, ... drop: visible without flooding the log.
-        if n.is_power_of_two() {
-            tracing::warn!(dropped_total = n, request_id = %event.request_id, why, "usage event dropped");
-        }
-    }
-
-    /// Counters of the pipeline.
-    pub fn stats(&self) -> &Arc<MeteringStats> {
-        &self.stats
-    }
-
-    /// The spool.
-    pub fn spool(&self) -> &Arc<Spool> {
-        &self.spool
-    }
-}
 
 /// The background service that reads the spool and writes usage events to PostgreSQL.
 pub struct UsageWriter {
@@ -180,40 +42,40 @@ pub struct SpoolSyncer {
     interval: Duration,
 }
 
-/// Build the pipeline over an open spool: the sender for the proxy, the writer service that
-/// drains the spool into `database_url`, and the spool's fsync service.
-pub fn pipeline(
-    spool: Arc<Spool>,
-    database_url: &str,
-    config: &MeteringConfig,
-) -> (UsageSender, UsageWriter, SpoolSyncer) {
-    let stats = Arc::new(MeteringStats::default());
-    (
-        UsageSender {
-            spool: spool.clone(),
-            policy: config.spool_full,
-            stats: stats.clone(),
-        },
+impl SpoolSyncer {
+    /// A syncer of `spool` every `interval`.
+    pub(super) fn new(spool: Arc<Spool>, interval: Duration) -> Self {
+        SpoolSyncer { spool, interval }
+    }
+}
+
+impl UsageWriter {
+    /// A writer over `spool` with the given batching (for tools and tests; the gateway uses
+    /// `metering::pipeline`).
+    pub fn new(spool: Arc<Spool>, database_url: &str, config: &MeteringConfig) -> Self {
+        Self::with_stats(
+            spool,
+            database_url,
+            config,
+            Arc::new(MeteringStats::default()),
+        )
+    }
+
+    /// A writer counting into `stats` (shared with the sender of the same pipeline).
+    pub(super) fn with_stats(
+        spool: Arc<Spool>,
+        database_url: &str,
+        config: &MeteringConfig,
+        stats: Arc<MeteringStats>,
+    ) -> Self {
         UsageWriter {
-            spool: spool.clone(),
+            spool,
             database_url: database_url.to_string(),
             batch_size: config.batch_size.max(1),
             flush_interval: Duration::from_millis(config.flush_interval_ms.max(1)),
             months_ahead: config.partition_months_ahead,
             stats,
-        },
-        SpoolSyncer {
-            spool,
-            interval: Duration::from_millis(config.spool_fsync_interval_ms.max(1)),
-        },
-    )
-}
-
-impl UsageWriter {
-    /// A writer over `spool` with the given batching (for tools and tests; the gateway uses
-    /// [`pipeline`]).
-    pub fn new(spool: Arc<Spool>, database_url: &str, config: &MeteringConfig) -> Self {
-        pipeline(spool, database_url, config).1
+        }
     }
 
     /// Counters of the pipeline.

@@ -3,7 +3,7 @@
 //!
 //! Phases (pingora `proxy_trait.rs`, lifecycle order):
 //! - `new_ctx`: request id (UUIDv7) and start time, once the request header has been read;
-//! - `request_filter`: route ([`crate::route`]) → key ([`crate::auth`]) → allow-list;
+//! - `request_filter`: route ([`crate::proxy::route`]) → key ([`crate::auth`]) → allow-list;
 //!   refusals are answered here as JSON ([`crate::error`]);
 //! - `upstream_peer`: next backend, round-robin; `fail_to_connect` retries on the next one;
 //! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
@@ -13,122 +13,35 @@
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
-//!   record; see [`crate::spool`]).
+//!   record; see [`crate::metering::spool`]).
+
+mod ctx;
+mod respond;
+mod route;
+mod upstream;
+
+pub use ctx::RequestCtx;
+pub use route::{parse_route, Route};
+pub use upstream::BackendPool;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use http::header;
-use maas_billing::UsageEvent;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
-use uuid::Uuid;
 
 use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID};
 
+use self::respond::{error_status, header_i64, insert_rate_headers, write_error};
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
-use crate::limiter::{self, Limiter, Permit};
-use crate::limits::{LimitResolver, Prices};
+use crate::limits::{self, LimitResolver, Limiter};
 use crate::metering::{Admission, UsageSender};
-use crate::route::{parse_route, Route};
-use crate::upstream::BackendPool;
-
-/// Per-request state shared by the phases.
-#[derive(Debug)]
-pub struct RequestCtx {
-    /// UUIDv7, the usage event's key and the client's `x-request-id`.
-    pub request_id: Uuid,
-    /// Wall-clock start (UTC), stored in the usage event: the request id's UUIDv7 timestamp
-    /// (millisecond precision), so a request id always maps to the same `started_at` (the
-    /// usage table is partitioned by it; see `maas_billing::insert_usage_events`).
-    pub started_at: DateTime<Utc>,
-    started: Instant,
-    /// Model and version from the path, when the route names one.
-    pub model: Option<String>,
-    /// Model version from the path.
-    pub model_version: Option<String>,
-    /// Authenticated (or at least identified) caller.
-    pub principal: Option<Principal>,
-    /// From the backend's `x-maas-inference-count`.
-    pub inference_count: i64,
-    /// From the backend's `x-maas-compute-us`.
-    pub compute_us: i64,
-    /// Request body bytes read from the client.
-    pub request_bytes: u64,
-    /// Response body bytes sent to the client.
-    pub response_bytes: u64,
-    /// Backends tried so far.
-    pub tries: usize,
-    /// Why the gateway answered itself, for the log.
-    pub error_type: Option<&'static str>,
-    /// The metering decision for an authenticated request (`None` before authentication).
-    pub admission: Option<Admission>,
-    /// The limiter's reservations, released in `logging`.
-    pub permit: Option<Permit>,
-    /// Prices of the model for the tenant (budget settlement).
-    pub prices: Prices,
-    /// `RateLimit-Policy` and `RateLimit` values for the response.
-    pub rate_headers: Option<(String, String)>,
-    /// `Retry-After` seconds of a 429.
-    pub retry_after_s: Option<u64>,
-}
-
-impl RequestCtx {
-    fn new() -> Self {
-        let request_id = Uuid::now_v7();
-        let started_at = request_id
-            .get_timestamp()
-            .and_then(|ts| {
-                let (secs, nanos) = ts.to_unix();
-                DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
-            })
-            .unwrap_or_else(Utc::now);
-        RequestCtx {
-            request_id,
-            started_at,
-            started: Instant::now(),
-            model: None,
-            model_version: None,
-            principal: None,
-            inference_count: 0,
-            compute_us: 0,
-            request_bytes: 0,
-            response_bytes: 0,
-            tries: 0,
-            error_type: None,
-            admission: None,
-            permit: None,
-            prices: Prices::default(),
-            rate_headers: None,
-            retry_after_s: None,
-        }
-    }
-
-    /// The usage event of this request, answered with `http_status` (0: no response written,
-    /// e.g. the client went away first).
-    pub fn usage_event(&self, http_status: u16) -> UsageEvent {
-        UsageEvent {
-            request_id: self.request_id,
-            started_at: self.started_at,
-            tenant_id: self.principal.map(|p| p.tenant_id),
-            api_key_id: self.principal.and_then(|p| p.api_key_id),
-            model: self.model.clone(),
-            model_version: self.model_version.clone(),
-            http_status: i16::try_from(http_status).unwrap_or(i16::MAX),
-            inference_count: self.inference_count,
-            compute_us: self.compute_us,
-            request_bytes: i64::try_from(self.request_bytes).unwrap_or(i64::MAX),
-            response_bytes: i64::try_from(self.response_bytes).unwrap_or(i64::MAX),
-            latency_us: i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX),
-        }
-    }
-}
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
@@ -182,19 +95,19 @@ impl Gateway {
                 GatewayError::AuthUnavailable
             })?;
         match self.limiter.admit(pool, ctx.request_id, &limits).await {
-            limiter::Admission::Unlimited => Ok(()),
-            limiter::Admission::Admitted(permit) => {
+            limits::Admission::Unlimited => Ok(()),
+            limits::Admission::Admitted(permit) => {
                 ctx.rate_headers = permit.headers.clone();
-                ctx.prices = limits.prices;
                 ctx.permit = Some(permit);
+                ctx.limits = Some(limits);
                 Ok(())
             }
-            limiter::Admission::Denied(denial) => {
+            limits::Admission::Denied(denial) => {
                 ctx.rate_headers = denial.headers;
                 ctx.retry_after_s = Some(denial.retry_after_s);
                 Err(GatewayError::RateLimited(denial.message))
             }
-            limiter::Admission::Unavailable => Err(GatewayError::LimiterUnavailable),
+            limits::Admission::Unavailable => Err(GatewayError::LimiterUnavailable),
         }
     }
 
@@ -208,72 +121,6 @@ impl Gateway {
     ) -> pingora::Result<bool> {
         write_error(session, ctx, err).await?;
         Ok(true)
-    }
-}
-
-/// Write `err` to the client: status, `content-type: application/json`, `x-request-id`,
-/// `WWW-Authenticate: Bearer` on 401, body `{"error": "..."}`.
-async fn write_error(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    err: &GatewayError,
-) -> pingora::Result<()> {
-    ctx.error_type = Some(err.error_type());
-    let body = err.body();
-    let mut resp = ResponseHeader::build(err.status(), Some(5))?;
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
-    if err.www_authenticate() {
-        resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
-    }
-    if let Some(s) = ctx.retry_after_s {
-        resp.insert_header(header::RETRY_AFTER, s.to_string())?;
-    }
-    insert_rate_headers(&mut resp, ctx)?;
-    ctx.response_bytes += body.len() as u64;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
-}
-
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) when a limit
-/// applied to the request.
-fn insert_rate_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    if let Some((policy, state)) = &ctx.rate_headers {
-        resp.insert_header("ratelimit-policy", policy.as_str())?;
-        resp.insert_header("ratelimit", state.as_str())?;
-    }
-    Ok(())
-}
-
-fn header_i64(resp: &ResponseHeader, name: &str) -> Option<i64> {
-    resp.headers
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v >= 0)
-}
-
-/// Status the gateway answers with for a pingora error (mirrors pingora's default
-/// `fail_to_proxy`, with upstream timeouts as 504). 0: the client is gone, answer nothing.
-fn error_status(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        _ => match e.esource() {
-            ErrorSource::Upstream => match e.etype() {
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
-                _ => 502,
-            },
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
     }
 }
 
@@ -485,14 +332,14 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
         let event = ctx.usage_event(status);
-        if let Some(permit) = ctx.permit.take() {
+        if let (Some(permit), Some(limits)) = (ctx.permit.take(), ctx.limits.take()) {
             let success = (200..300).contains(&status);
             self.limiter.finish(
                 permit,
                 success,
                 ctx.inference_count,
                 ctx.compute_us,
-                &ctx.prices,
+                &limits.prices,
             );
         }
         tracing::debug!(

@@ -7,57 +7,18 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::admin::{AdminState, AppError};
-use crate::limits::{Level, LimitRule};
+use crate::store::{self, Level, LimitRule, RuleOwner as Owner};
 
 /// The whole set of rules of one owner.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LimitRules {
     /// At most one rule per level (and per model for level `model`).
     pub rules: Vec<LimitRule>,
-}
-
-/// Who owns a set of rules.
-#[derive(Debug, Clone)]
-enum Owner {
-    Plan(String),
-    Tenant(Uuid),
-    Key(Uuid),
-}
-
-impl Owner {
-    /// SQL condition selecting the owner's rows, with the owner bound as $1.
-    fn column(&self) -> &'static str {
-        match self {
-            Owner::Plan(_) => "plan",
-            Owner::Tenant(_) => "tenant_id",
-            Owner::Key(_) => "api_key_id",
-        }
-    }
-}
-
-const RULE_COLUMNS: &str = "level, model, rate, period_s, burst, concurrency, \
-                            monthly_inference_quota, monthly_budget_micro_usd";
-
-async fn read(pool: &PgPool, owner: &Owner) -> Result<LimitRules, AppError> {
-    let sql = format!(
-        "SELECT {RULE_COLUMNS} FROM rate_limits WHERE {} = $1 ORDER BY level, model NULLS FIRST",
-        owner.column()
-    );
-    let q = sqlx::query_as::<_, crate::limits::RuleRow>(&sql);
-    let rows = match owner {
-        Owner::Plan(p) => q.bind(p.clone()).fetch_all(pool).await?,
-        Owner::Tenant(id) | Owner::Key(id) => q.bind(*id).fetch_all(pool).await?,
-    };
-    let rules = rows
-        .into_iter()
-        .filter_map(|r| r.into_rule().map(|(_, rule)| rule))
-        .collect();
-    Ok(LimitRules { rules })
 }
 
 fn check(owner: &Owner, rules: &LimitRules) -> Result<(), AppError> {
@@ -84,74 +45,21 @@ fn check(owner: &Owner, rules: &LimitRules) -> Result<(), AppError> {
     Ok(())
 }
 
-async fn replace(
-    tx: &mut Transaction<'_, Postgres>,
-    owner: &Owner,
-    rules: &LimitRules,
-) -> Result<(), AppError> {
-    let delete = format!("DELETE FROM rate_limits WHERE {} = $1", owner.column());
-    let q = sqlx::query(&delete);
-    match owner {
-        Owner::Plan(p) => q.bind(p.clone()).execute(&mut **tx).await?,
-        Owner::Tenant(id) | Owner::Key(id) => q.bind(*id).execute(&mut **tx).await?,
-    };
-    for r in &rules.rules {
-        let insert = format!(
-            "INSERT INTO rate_limits (id, {}, {RULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            owner.column()
-        );
-        let q = sqlx::query(&insert).bind(Uuid::now_v7());
-        let q = match owner {
-            Owner::Plan(p) => q.bind(p.clone()),
-            Owner::Tenant(id) | Owner::Key(id) => q.bind(*id),
-        };
-        q.bind(r.level.as_str())
-            .bind(&r.model)
-            .bind(r.rate)
-            .bind(r.period_s)
-            .bind(r.burst)
-            .bind(r.concurrency)
-            .bind(r.monthly_inference_quota)
-            .bind(r.monthly_budget_micro_usd)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Check that the owner exists; returns the tenant to announce (`None`: every tenant).
 async fn owner_tenant(pool: &PgPool, owner: &Owner) -> Result<Option<Uuid>, AppError> {
-    match owner {
-        Owner::Plan(p) => {
-            let found: Option<String> =
-                sqlx::query_scalar("SELECT name FROM plans WHERE name = $1")
-                    .bind(p)
-                    .fetch_optional(pool)
-                    .await?;
-            found
-                .map(|_| None)
-                .ok_or_else(|| AppError::NotFound(format!("no plan '{p}'")))
-        }
-        Owner::Tenant(id) => {
-            let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-            found
-                .map(Some)
-                .ok_or_else(|| AppError::NotFound(format!("no tenant {id}")))
-        }
-        Owner::Key(id) => {
-            let found: Option<Uuid> =
-                sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await?;
-            found
-                .map(Some)
-                .ok_or_else(|| AppError::NotFound(format!("no key {id}")))
-        }
-    }
+    store::owner_tenant(pool, owner).await?.ok_or_else(|| {
+        AppError::NotFound(match owner {
+            Owner::Plan(p) => format!("no plan '{p}'"),
+            Owner::Tenant(id) => format!("no tenant {id}"),
+            Owner::Key(id) => format!("no key {id}"),
+        })
+    })
+}
+
+async fn read(pool: &PgPool, owner: &Owner) -> Result<LimitRules, AppError> {
+    Ok(LimitRules {
+        rules: store::owner_rules(pool, owner).await?,
+    })
 }
 
 async fn get_rules(state: &AdminState, owner: Owner) -> Result<Json<LimitRules>, AppError> {
@@ -168,7 +76,7 @@ async fn put_rules(
     check(&owner, &rules)?;
     let tenant = owner_tenant(&state.pool, &owner).await?;
     let mut tx = state.pool.begin().await?;
-    replace(&mut tx, &owner, &rules).await?;
+    store::replace_owner_rules(&mut tx, &owner, &rules.rules).await?;
     tx.commit().await?;
     tracing::info!(?owner, rules = rules.rules.len(), "admin: limits replaced");
     state.announce_change(tenant).await;

@@ -1,0 +1,23 @@
+//! `[upstream]`: the backends requests are forwarded to.
+
+use serde::{Deserialize, Serialize};
+
+/// `[upstream]`: the backends (OIP v2 inference servers) requests are forwarded to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpstreamConfig {
+    /// `host:port` of each backend, plain HTTP; requests go round-robin over them, and a
+    /// connection failure is retried on the next one. Default `["127.0.0.1:8001"]`.
+    pub backends: Vec<String>,
+    /// TCP connect timeout to a backend, milliseconds. Default 1000.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            backends: vec!["127.0.0.1:8001".into()],
+            connect_timeout_ms: 1000,
+        }
+    }
+}

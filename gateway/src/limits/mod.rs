@@ -1,0 +1,11 @@
+//! Limits: which rules govern a request ([`rules`]: one rule per counter, the most specific
+//! wins), their cache ([`resolver`]), and the admission control that enforces them
+//! ([`limiter`]: GCRA rates, concurrency, monthly quotas and budgets, in Redis or in process).
+
+mod limiter;
+mod resolver;
+mod rules;
+
+pub use limiter::{Admission, Denial, Limiter, LimiterStats, Permit};
+pub use resolver::LimitResolver;
+pub use rules::{CounterId, RequestLimits};

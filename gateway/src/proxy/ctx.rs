@@ -1,0 +1,105 @@
+//! The per-request state the pingora phases share ([`RequestCtx`], pingora's `CTX`), and the
+//! usage event it becomes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use maas_billing::UsageEvent;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::limits::{Permit, RequestLimits};
+use crate::metering::Admission;
+
+/// Per-request state shared by the phases.
+#[derive(Debug)]
+pub struct RequestCtx {
+    /// UUIDv7, the usage event's key and the client's `x-request-id`.
+    pub request_id: Uuid,
+    /// Wall-clock start (UTC), stored in the usage event: the request id's UUIDv7 timestamp
+    /// (millisecond precision), so a request id always maps to the same `started_at` (the
+    /// usage table is partitioned by it; see `maas_billing::insert_usage_events`).
+    pub started_at: DateTime<Utc>,
+    started: Instant,
+    /// Model and version from the path, when the route names one.
+    pub model: Option<String>,
+    /// Model version from the path.
+    pub model_version: Option<String>,
+    /// Authenticated (or at least identified) caller.
+    pub principal: Option<Principal>,
+    /// From the backend's `x-maas-inference-count`.
+    pub inference_count: i64,
+    /// From the backend's `x-maas-compute-us`.
+    pub compute_us: i64,
+    /// Request body bytes read from the client.
+    pub request_bytes: u64,
+    /// Response body bytes sent to the client.
+    pub response_bytes: u64,
+    /// Backends tried so far.
+    pub tries: usize,
+    /// Why the gateway answered itself, for the log.
+    pub error_type: Option<&'static str>,
+    /// The metering decision for an authenticated request (`None` before authentication).
+    pub admission: Option<Admission>,
+    /// The limiter's reservations, released in `logging`.
+    pub permit: Option<Permit>,
+    /// The limits the permit was admitted under (their prices settle a budget).
+    pub limits: Option<Arc<RequestLimits>>,
+    /// `RateLimit-Policy` and `RateLimit` values for the response.
+    pub rate_headers: Option<(String, String)>,
+    /// `Retry-After` seconds of a 429.
+    pub retry_after_s: Option<u64>,
+}
+
+impl RequestCtx {
+    /// A fresh context: a new UUIDv7 request id, its timestamp as `started_at`, the clock started.
+    pub(super) fn new() -> Self {
+        let request_id = Uuid::now_v7();
+        let started_at = request_id
+            .get_timestamp()
+            .and_then(|ts| {
+                let (secs, nanos) = ts.to_unix();
+                DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
+            })
+            .unwrap_or_else(Utc::now);
+        RequestCtx {
+            request_id,
+            started_at,
+            started: Instant::now(),
+            model: None,
+            model_version: None,
+            principal: None,
+            inference_count: 0,
+            compute_us: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            tries: 0,
+            error_type: None,
+            admission: None,
+            permit: None,
+            limits: None,
+            rate_headers: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// The usage event of this request, answered with `http_status` (0: no response written,
+    /// e.g. the client went away first).
+    pub fn usage_event(&self, http_status: u16) -> UsageEvent {
+        UsageEvent {
+            request_id: self.request_id,
+            started_at: self.started_at,
+            tenant_id: self.principal.map(|p| p.tenant_id),
+            api_key_id: self.principal.and_then(|p| p.api_key_id),
+            model: self.model.clone(),
+            model_version: self.model_version.clone(),
+            http_status: i16::try_from(http_status).unwrap_or(i16::MAX),
+            inference_count: self.inference_count,
+            compute_us: self.compute_us,
+            request_bytes: i64::try_from(self.request_bytes).unwrap_or(i64::MAX),
+            response_bytes: i64::try_from(self.response_bytes).unwrap_or(i64::MAX),
+            latency_us: i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+}
