@@ -85,6 +85,20 @@ fn items_and_headers() {
     let d = denial(&items[0], 1_500_000, now);
     assert_eq!(d.retry_after_s, 2);
     assert_eq!(
+        d.headers,
+        Some((
+            "\"tenant-rps\";q=3;w=1".to_string(),
+            "\"tenant-rps\";r=0;t=2".to_string()
+        ))
+    );
+    // A monthly refusal resets at the month's end (one day after 2026-11-30T00:00Z).
+    let q = denial(&items[2], 0, now);
+    assert_eq!(q.retry_after_s, 86_400);
+    assert_eq!(
+        q.headers.map(|h| h.1),
+        Some("\"tenant-quota\";r=0;t=86400".to_string())
+    );
+    assert_eq!(
         d.message,
         "rate limit exceeded: tenant-rps allows 3 requests per 1 s (burst 5); retry after 2 s"
     );
