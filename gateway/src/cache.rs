@@ -73,12 +73,8 @@ impl<T> TtlCache<T> {
     }
 
     /// Entries held, fresh or not.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no entry is held.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 }

@@ -1,22 +1,24 @@
-//! maas gateway: the data path in front of the inference backends.
+//! maas gateway: the data path in front of the inference backends (ARCHITECTURE.md has the
+//! map).
 //!
-//! A pingora proxy ([`proxy`]) that routes Open Inference Protocol v2 requests ([`route`]),
-//! authenticates API keys and JWTs ([`auth`], [`keys`], [`jwt`]; caches invalidated across
-//! instances by [`invalidation`]), forwards to a backend pool ([`upstream`]) and
-//! meters every request through a local spool ([`spool`]) into PostgreSQL with a background
-//! writer ([`metering`]).
-//! The operator API (tenants, keys) is [`admin`], axum on its own listener.
-//! [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; every client-facing
-//! error and its status live in [`error`].
+//! - `proxy`: the pingora `ProxyHttp`, phases in lifecycle order: route, authenticate (`auth`),
+//!   admit (`limits`), forward to the backend pool, meter (`metering`).
+//! - `auth`: API keys and JWTs, cached; `limits`: rules, rate/concurrency/quota/budget
+//!   admission in Redis or in process; `metering`: the usage spool and its writer into
+//!   PostgreSQL; `invalidation`: admin changes reach every gateway's caches over Redis pub/sub.
+//! - `admin`: the admin API for operators and tenant admins (axum, its own listener);
+//!   `store`: every SQL statement on the gateway's tables.
+//! - [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; `error` maps
+//!   every refusal to its status and JSON body.
 
 pub mod admin;
 pub mod auth;
-pub mod cache;
+mod cache;
 pub mod config;
-pub mod error;
-pub mod invalidation;
-pub mod limits;
+mod error;
+mod invalidation;
+mod limits;
 pub mod metering;
-pub mod proxy;
+mod proxy;
 pub mod serve;
 mod store;

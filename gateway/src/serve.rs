@@ -132,7 +132,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 }
 
 /// Keeps the authenticator's caches honest: applies invalidations announced on Redis
-/// ([`crate::invalidation`]) and writes `api_keys.last_used_at` every `last_used_flush`
+/// ((`invalidation`)) and writes `api_keys.last_used_at` every `last_used_flush`
 /// (and once more at shutdown); logs the rate limiter's counters (fail-open decisions, Redis
 /// errors) on the same interval when they moved.
 struct AuthMaintenance {

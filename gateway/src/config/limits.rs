@@ -23,7 +23,7 @@ pub enum RedisFailurePolicy {
     Closed,
 }
 
-/// `[limits]`: admission control ([`crate::limits::limiter`]); the rules themselves are in PostgreSQL
+/// `[limits]`: admission control ((`limits::limiter`)); the rules themselves are in PostgreSQL
 /// (`rate_limits`, set through the admin API).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `[metering]`: how usage events travel from the request path through the spool
-/// ([`crate::metering::spool`]) to PostgreSQL.
+/// ((`metering::spool`)) to PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MeteringConfig {

@@ -67,7 +67,7 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// Admin API (operators): its own listener, off unless an operator token is set.
     pub admin: AdminConfig,
-    /// Rate limits, concurrency limits, quotas and budgets ([`crate::limits::limiter`]).
+    /// Rate limits, concurrency limits, quotas and budgets ((`limits::limiter`)).
     pub limits: LimitsConfig,
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Phases (pingora `proxy_trait.rs`, lifecycle order):
 //! - `new_ctx`: request id (UUIDv7) and start time, once the request header has been read;
-//! - `request_filter`: route ([`crate::proxy::route`]) → key ([`crate::auth`]) → allow-list;
+//! - `request_filter`: route ([`route`]) → key ([`crate::auth`]) → allow-list;
 //!   refusals are answered here as JSON ([`crate::error`]);
 //! - `upstream_peer`: next backend, round-robin; `fail_to_connect` retries on the next one;
 //! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
@@ -13,7 +13,7 @@
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
-//!   record; see [`crate::metering::spool`]).
+//!   record; see (`metering::spool`)).
 
 mod ctx;
 mod respond;

@@ -33,11 +33,6 @@ impl BackendPool {
     pub fn len(&self) -> usize {
         self.backends.len()
     }
-
-    /// Always false: a pool has at least one backend.
-    pub fn is_empty(&self) -> bool {
-        self.backends.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Admission control: request rates (GCRA), concurrent requests, monthly quotas and budgets,
-//! decided together for every limit that applies to a request ([`crate::limits`]).
+//! decided together for every limit that applies to a request ((`limits`)).
 //!
 //! Two backends, chosen by `[limits] backend`:
 //! - `redis`: one Lua script per request (`admit.lua`, see the `redis` module) checks every limit and, only if all
