@@ -1,7 +1,7 @@
 //! The command line: `maas-train train` and `maas-train import keras`.
 //!
-//! The flags, environment variables and output lines are the ones these commands had as
-//! `maas-backend train` and `maas-backend import keras`.
+//! `--repo` also reads `MAAS_BACKEND_REPO`, the variable `maas-backend serve` reads, so one
+//! environment names the repository for both commands.
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -4,12 +4,13 @@
 //! the model configuration, the dense model and the repository's version folders from
 //! `maas-backend`'s crate root (see ARCHITECTURE.md).
 //!
-//! Modules: [`train`] runs a training job from its options to a written version, built from
-//! [`dataset`] (the CSV table), [`rng`] (seeded SplitMix64 streams), [`net`] (the network as a
-//! function of its parameters), [`loss`], [`optim`] (Adam, SGD), [`parallel`] (data-parallel
-//! gradients over devices), [`checkpoint`] (resumable state per epoch) and [`metrics`] (what a
-//! run measured); [`keras`] imports a Keras model; [`version_writer`] writes version folders
-//! and `config.toml` atomically; [`cli`] is the command line.
+//! Modules (private; what other crates use is re-exported below): `train` runs a training
+//! job from its options to a written version, built from `dataset` (the CSV table), `rng`
+//! (seeded SplitMix64 streams), `net` (the network as a function of its parameters), `loss`,
+//! `optim` (Adam, SGD), `parallel` (data-parallel gradients over devices), `checkpoint`
+//! (resumable state per epoch) and `metrics` (what a run measured); `keras` imports a Keras
+//! model; `version_writer` writes version folders and `config.toml` atomically; `cli` is the
+//! command line.
 
 #![warn(missing_docs)]
 

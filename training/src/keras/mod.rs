@@ -22,7 +22,7 @@
 //! layout of `maas_backend::DenseModel`) and `keras.json` (where it came from).
 //!
 //! Reading is two steps: [`architecture`] turns `model_config` into the chain of layers and
-//! each Dense layer's settings; [`file`] opens the HDF5 file, reads that attribute and each
+//! each Dense layer's settings; [`mod@file`] opens the HDF5 file, reads that attribute and each
 //! layer's weights into a [`KerasModel`] ([`model`]), which converts to a dense model. This
 //! module writes the result into the repository.
 

@@ -24,7 +24,7 @@
 //! visible.
 //!
 //! The run, in the order of its submodules: [`options`] are checked; [`split`] holds out the
-//! test rows and measures the standardization; [`fit`] runs the epochs (from scratch or from
+//! test rows and measures the standardization; [`mod@fit`] runs the epochs (from scratch or from
 //! a checkpoint); [`fold`] folds the standardization into the first layer; [`report`] writes
 //! the version folder and says what was written.
 

@@ -24,49 +24,49 @@ pub fn data_path() -> PathBuf {
     workspace().join("data/digits.csv.gz")
 }
 
-/// The `maas-backend` binary, up to date, in this test's own `target/<profile>/` folder.
-///
-/// Cargo gives a test the path of its own package's binaries only (`CARGO_BIN_EXE_<name>`),
-/// and `cargo test -p maas-train` does not build `maas-backend`'s binary. So the first call
-/// runs `cargo build -p maas-backend --bin maas-backend` with the target folder and profile
-/// this test binary was built with (read from its path, `target/<profile>/deps/<test>`):
-/// a no-op when it is already fresh (as under `make test`, which builds every binary first), a
-/// build when it is missing or stale, never a run of an outdated server. Serving in process
-/// through the backend's router is not an option: these tests stop the server with SIGTERM and
-/// read its exit status.
+/// The `maas-backend` binary, up to date (see [`workspace_bin`]).
 pub fn backend_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("a test binary lives in target/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "maas-backend",
-                "--bin",
-                "maas-backend",
-            ])
-            .args(["--profile", profile, "--target-dir"])
-            .arg(target_dir)
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build -p maas-backend");
-        assert!(status.success(), "cargo build -p maas-backend failed");
-        let bin = profile_dir.join("maas-backend");
-        assert!(bin.is_file(), "{} was not built", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| workspace_bin("maas-backend", "maas-backend"))
+}
+
+/// Another workspace package's binary `bin`, up to date, in this test's own
+/// `target/<profile>/` folder.
+///
+/// Cargo gives a test the path of its own package's binaries only (`CARGO_BIN_EXE_<name>`),
+/// and `cargo test -p maas-train` does not build `maas-backend`'s binary. So this runs
+/// `cargo build -p <package> --bin <bin>` with the target folder and profile this test binary
+/// was built with (read from its path, `target/<profile>/deps/<test>`): a no-op when the
+/// binary is already fresh (as under `make test`, which builds every binary first), a build
+/// when it is missing or stale, never a run of an outdated server. Serving in process through
+/// the backend's router is not an option: these tests stop the server with SIGTERM and read its
+/// exit status.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(workspace())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo build -p {package}: {e}"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let path = profile_dir.join(bin);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
 }
 
 /// A running `maas-backend serve`, killed on drop (also when the test panics).
