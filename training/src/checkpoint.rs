@@ -103,7 +103,8 @@ impl RunSettings {
 }
 
 /// `<rows>x<features>:<FNV-1a 64 of the features' bits and the labels, hex>`: the same data
-/// gives the same string wherever the file lies.
+/// gives the same string wherever the file lies (FNV-1a: Fowler, Noll and Vo, as specified in
+/// the IETF draft `draft-eastlake-fnv`, 64-bit offset basis and prime).
 pub fn data_fingerprint(data: &Dataset) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {

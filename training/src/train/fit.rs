@@ -27,8 +27,8 @@ pub(super) struct Trained {
 }
 
 /// The initial parameters, tch's `nn::linear` initialization drawn from the seed: weights
-/// Kaiming-uniform for ReLU (`U(-sqrt(6 / in), sqrt(6 / in))`), biases `U(-1/sqrt(in),
-/// 1/sqrt(in))`.
+/// Kaiming-uniform for ReLU (`U(-sqrt(6 / in), sqrt(6 / in))`; He, Zhang, Ren and Sun,
+/// "Delving Deep into Rectifiers", ICCV 2015), biases `U(-1/sqrt(in), 1/sqrt(in))`.
 fn initial_params(net: &Net, seed: u64) -> Result<Vec<Tensor>, tch::TchError> {
     net.param_shapes()
         .iter()

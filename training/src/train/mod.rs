@@ -5,19 +5,19 @@
 //! reshuffled every epoch, by default Adam and categorical cross-entropy (computed on the
 //! logits; the softmax is the served model's last layer). `--optimizer sgd` (with
 //! `--momentum`) and `--loss binary-crossentropy|mse` are the alternatives ([`crate::optim`],
-//! [`crate::loss`] say exactly what each computes and which last activation each needs). Inputs are
-//! standardized during training (per feature, with the training rows' mean and standard
-//! deviation), and the standardization is then folded into the first layer
+//! [`crate::loss`] say exactly what each computes and which last activation each needs).
+//! Inputs are standardized during training (per feature, with the training rows' mean and
+//! standard deviation), and the standardization is then folded into the first layer
 //! (`W' = W / std`, `b' = b - W' mean`), so the served model takes raw feature values, exactly
 //! as clients send them.
 //!
-//! Reproducible: one `--seed` drives the train/test split, the initial weights and the
-//! per-epoch shuffles, through a generator of this crate ([`crate::rng`]) whose draws depend only on
-//! `(seed, purpose, index)`: epoch `e`'s order is the same in a fresh and in a resumed run.
+//! Reproducible: one `--seed` drives the train/test split, the initial weights and the per-epoch
+//! shuffles, through a generator of this crate ([`crate::rng`]) whose draws depend only on `(seed,
+//! purpose, index)`: epoch `e`'s order is the same in a fresh and in a resumed run.
 //!
-//! Each epoch ends with a checkpoint ([`crate::checkpoint`]); `--resume` continues from one, and the
-//! result is the uninterrupted run's. `--devices` trains data-parallel ([`crate::parallel`]): one
-//! replica per device, each computing the gradient of its shard of every batch.
+//! Each epoch ends with a checkpoint ([`crate::checkpoint`]); `--resume` continues from one, and
+//! the result is the uninterrupted run's. `--devices` trains data-parallel ([`crate::parallel`]):
+//! one replica per device, each computing the gradient of its shard of every batch.
 //!
 //! The new version is written to a hidden temporary folder in the model folder (ignored by the
 //! repository loader) and renamed to `<N>` when complete, so no half-written version is ever
