@@ -6,9 +6,18 @@
 //!   the CUDA runtime libraries) and reports no device.
 //! - an rpath to the wheel's `lib/` folder, so binaries and test binaries run without
 //!   `LD_LIBRARY_PATH`.
+//!
+//! Every crate whose binaries link tch needs these settings: `training/build.rs` includes this
+//! file as a module and calls [`link_libtorch`].
 use std::path::PathBuf;
 
 fn main() {
+    link_libtorch();
+}
+
+/// Prints the cargo instructions above for the libtorch named by `LIBTORCH` (a warning when it
+/// is not set).
+pub fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Some(libtorch) = std::env::var_os("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set; run `make setup` first");

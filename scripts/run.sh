@@ -46,11 +46,11 @@ done
 
 if ! compgen -G "$repo/digits/[0-9]*/model.safetensors" >/dev/null; then
     echo "run: training the demo model 'digits' (64 -> 128 relu -> 10 softmax) on data/digits.csv.gz"
-    "$bin/maas-backend" train --data data/digits.csv.gz --repo "$repo" --model digits 2>"$logs/train.log"
+    "$bin/maas-train" train --data data/digits.csv.gz --repo "$repo" --model digits 2>"$logs/train.log"
 fi
 if ! compgen -G "$repo/seed-keras/[0-9]*/model.safetensors" >/dev/null; then
     echo "run: importing the seed's Keras model 'seed-keras' (100 -> 128 relu -> 10 softmax) from data/seed-keras/model.h5"
-    "$bin/maas-backend" import keras data/seed-keras/model.h5 --repo "$repo" --name seed-keras 2>"$logs/import.log" \
+    "$bin/maas-train" import keras data/seed-keras/model.h5 --repo "$repo" --name seed-keras 2>"$logs/import.log" \
         || { echo "run: the Keras import failed; see $logs/import.log" >&2; tail -n 5 "$logs/import.log" >&2; exit 1; }
 fi
 

@@ -148,13 +148,13 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
 
     // Train the demo model into a temporary repository.
     let repo = std::env::temp_dir().join(format!("maas-e2e-{}", uuid::Uuid::new_v4().simple()));
-    let out = Command::new(bin("maas-backend"))
+    let out = Command::new(bin("maas-train"))
         .args(["train", "--repo"])
         .arg(&repo)
         .args(["--model", "digits", "--data"])
         .arg(workspace_root().join("data/digits.csv.gz"))
         .output()
-        .expect("run maas-backend train");
+        .expect("run maas-train train");
     assert!(
         out.status.success(),
         "train failed: {}",

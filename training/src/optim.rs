@@ -1,4 +1,4 @@
-//! The optimizers of `maas-backend train`, written over plain tensors so that their state can
+//! The optimizers of `maas-train train`, written over plain tensors so that their state can
 //! be saved in a checkpoint and loaded again (tch's `nn::Optimizer` keeps its state inside
 //! libtorch, out of reach).
 //!

@@ -1,4 +1,4 @@
-//! `maas-backend import keras` (issue 8, item 1): the seed's real Keras file imports and the
+//! `maas-train import keras`: the seed's real Keras file imports and the
 //! served model reproduces Keras's own predictions; Sequential models, Keras 2 weight names and
 //! layers without bias import too; anything else is refused with a message naming the layer.
 
@@ -9,13 +9,12 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use hdf5_metno as h5;
-use maas_backend::config::{Activation, ModelConfig};
-use maas_backend::dense::DenseModel;
-use maas_backend::keras::{import_keras, read_keras_h5};
+use maas_backend::{Activation, DenseModel, ModelConfig};
+use maas_train::{import_keras, read_keras_h5};
 use serde_json::{json, Value};
 use tch::Device;
 
-use common::{workspace, Server, TempDir, BIN};
+use common::{workspace, Server, TempDir, TRAIN_BIN};
 
 /// One test at a time uses HDF5 in this process. The HDF5 library's object ids are global and
 /// reused once closed; with files created and opened from several test threads at once, a
@@ -58,7 +57,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[tokio::test]
 async fn the_seed_keras_file_reproduces_keras_predictions() {
     let repo = TempDir::new("seed");
-    let output = Command::new(BIN)
+    let output = Command::new(TRAIN_BIN)
         .args(["import", "keras"])
         .arg(seed_dir().join("model.h5"))
         .arg("--repo")

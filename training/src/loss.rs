@@ -1,4 +1,4 @@
-//! The losses of `maas-backend train` and what each asks of the model's last layer.
+//! The losses of `maas-train train` and what each asks of the model's last layer.
 //!
 //! The data are class labels (`0..classes`, the CSV's last column); each loss turns them into
 //! the targets it compares with the model's `[rows, outputs]` output:
@@ -20,8 +20,7 @@ use anyhow::ensure;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::config::Activation;
-use crate::dense::activate;
+use maas_backend::{activate, Activation};
 
 /// What `--loss` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

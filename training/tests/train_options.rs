@@ -1,4 +1,4 @@
-//! `maas-backend train`'s options on the real digits data: data-parallel training equals
+//! `maas-train train`'s options on the real digits data: data-parallel training equals
 //! single-device training, a resumed run equals the uninterrupted one, the other losses and
 //! optimizers learn, and mistakes are refused with clear messages.
 
@@ -8,9 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use maas_backend::train::loss::LossKind;
-use maas_backend::train::optim::OptimizerKind;
-use maas_backend::train::{train, TrainOptions, TrainReport};
+use maas_train::{train, LossKind, OptimizerKind, TrainOptions, TrainReport};
 use tch::Tensor;
 
 use common::TempDir;
@@ -28,7 +26,7 @@ fn options(repo: &Path, model: &str, epochs: usize) -> TrainOptions {
     }
 }
 
-/// One libtorch thread, as `maas-backend train` uses by default (`--threads 1`).
+/// One libtorch thread, as `maas-train train` uses by default (`--threads 1`).
 fn one_thread() {
     tch::set_num_threads(1);
 }
@@ -294,7 +292,7 @@ fn devices_that_are_not_there_are_refused() {
 #[test]
 fn the_command_line_takes_the_new_flags() {
     let repo = TempDir::new("cli");
-    let output = Command::new(env!("CARGO_BIN_EXE_maas-backend"))
+    let output = Command::new(env!("CARGO_BIN_EXE_maas-train"))
         .args(["train", "--data"])
         .arg(digits())
         .arg("--repo")
@@ -341,7 +339,7 @@ fn the_command_line_takes_the_new_flags() {
     assert!(run.join("epoch-0002/checkpoint.json").is_file());
     assert!(run.join("epoch-0001").is_dir(), "the latest 3 are kept");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_maas-backend"))
+    let output = Command::new(env!("CARGO_BIN_EXE_maas-train"))
         .args(["train", "--data"])
         .arg(digits())
         .arg("--repo")

@@ -1,12 +1,12 @@
 //! Checkpoints: the state of a training run at the end of an epoch, enough to continue it
-//! exactly (`maas-backend train --resume <checkpoint>`).
+//! exactly (`maas-train train --resume <checkpoint>`).
 //!
 //! A checkpoint is a folder `epoch-<NNNN>` in the checkpoint folder (by default
 //! `<repo>/<model>/.checkpoints/run-<unix seconds>-<pid>/`, hidden from the repository loader)
 //! with two files:
 //! - `state.safetensors`: the parameters as trained (on standardized inputs, before the
-//!   standardization is folded into the first layer), named `param.<i>` in [`super::Net`]'s
-//!   order, and the optimizer's state (see [`super::optim::Optimizer::state_tensors`]);
+//!   standardization is folded into the first layer), named `param.<i>` in [`crate::net::Net`]'s
+//!   order, and the optimizer's state (see [`crate::optim::Optimizer::state_tensors`]);
 //! - `checkpoint.json`: a [`CheckpointInfo`]: the epoch, the optimizer's step count, the
 //!   [`RunSettings`] a resumed run must share, and the per-epoch history so far.
 //!
@@ -16,14 +16,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context};
+use maas_backend::LayerConfig;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
-use super::loss::LossKind;
-use super::optim::OptimizerKind;
-use super::EpochMetrics;
-use crate::config::LayerConfig;
 use crate::dataset::Dataset;
+use crate::loss::LossKind;
+use crate::metrics::EpochMetrics;
+use crate::optim::OptimizerKind;
 
 /// The name of a checkpoint's tensors file.
 pub const STATE_FILE: &str = "state.safetensors";
@@ -103,7 +103,8 @@ impl RunSettings {
 }
 
 /// `<rows>x<features>:<FNV-1a 64 of the features' bits and the labels, hex>`: the same data
-/// gives the same string wherever the file lies.
+/// gives the same string wherever the file lies (FNV-1a: Fowler, Noll and Vo, as specified in
+/// the IETF draft `draft-eastlake-fnv`, 64-bit offset basis and prime).
 pub fn data_fingerprint(data: &Dataset) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |bytes: &[u8]| {

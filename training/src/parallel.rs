@@ -4,7 +4,7 @@
 //! at most one row; a device whose shard would be empty sits the step out). Each replica
 //! computes the mean loss of its shard and its gradients; the gradients are summed onto the
 //! first device weighted by `rows of the shard / rows of the batch`, which is exactly the
-//! gradient of the batch's mean loss (every loss is a mean over rows, see [`super::loss`]).
+//! gradient of the batch's mean loss (every loss is a mean over rows, see [`crate::loss`]).
 //! The caller then takes one optimizer step on the master parameters, which every replica copies
 //! before its next shard. With one device this is plain single-device training.
 //!
@@ -15,11 +15,10 @@
 use std::sync::mpsc;
 
 use anyhow::{bail, ensure, Context};
+use maas_backend::DeviceSpec;
 use tch::{Device, Tensor};
 
-use super::loss::Objective;
-use crate::config::{Activation, DeviceSpec, LayerConfig};
-use crate::dense::activate;
+use crate::net::Net;
 
 /// Parses one `--devices` entry (`cpu`, `cuda` or `cuda:N`, as `[instances] device` in a model
 /// config: [`DeviceSpec`]) and resolves it. Errors name the accepted forms and, for a CUDA
@@ -34,56 +33,6 @@ pub fn device_name(device: Device) -> String {
     match device {
         Device::Cuda(n) => format!("cuda:{n}"),
         _ => "cpu".to_string(),
-    }
-}
-
-/// The layers' shapes and activations, without weights: shared by every worker (plain data,
-/// so `Sync`).
-#[derive(Debug, Clone)]
-pub(crate) struct Net {
-    pub layers: Vec<LayerConfig>,
-    pub objective: Objective,
-}
-
-impl Net {
-    /// The last layer's output before its activation, `[rows, outputs]`, for `x`
-    /// `[rows, inputs]`. `params` are `[w0, b0?, w1, b1?, ...]` (a bias only where the layer
-    /// has one), as [`Net::param_shapes`] lists them.
-    pub fn logits(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor, tch::TchError> {
-        let mut x = x.shallow_clone();
-        let mut next = params.iter();
-        let last = self.layers.len().saturating_sub(1);
-        for (i, layer) in self.layers.iter().enumerate() {
-            let (Some(w), b) = (next.next(), if layer.bias { next.next() } else { None }) else {
-                return Err(tch::TchError::Shape(format!("no weight for layer {i}")));
-            };
-            x = x.f_linear(w, b)?;
-            if i < last {
-                x = activate(&x, layer.activation)?;
-            }
-        }
-        Ok(x)
-    }
-
-    /// The served output: [`Net::logits`] then the last layer's activation.
-    pub fn outputs(&self, params: &[Tensor], x: &Tensor) -> Result<Tensor, tch::TchError> {
-        let last = self
-            .layers
-            .last()
-            .map_or(Activation::None, |l| l.activation);
-        activate(&self.logits(params, x)?, last)
-    }
-
-    /// `(layer index, is bias, shape)` of each parameter, in the order [`Net::logits`] takes.
-    pub fn param_shapes(&self) -> Vec<(usize, bool, Vec<i64>)> {
-        let mut shapes = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            shapes.push((i, false, vec![layer.out_features, layer.in_features]));
-            if layer.bias {
-                shapes.push((i, true, vec![layer.out_features]));
-            }
-        }
-        shapes
     }
 }
 

@@ -1,4 +1,4 @@
-//! End to end: the real `maas-backend train` on `data/digits.csv.gz`, then the real
+//! End to end: the real `maas-train train` on `data/digits.csv.gz`, then the real
 //! `maas-backend serve` on the resulting repository, checked over HTTP.
 
 mod common;
@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_maas-backend");
+use common::{backend_bin, TempDir, TRAIN_BIN};
 
 /// A running `maas-backend serve`, killed on drop (also when the test panics).
 struct Server {
@@ -25,7 +23,7 @@ impl Server {
     /// up and block it).
     fn start(repo: &Path, log: &Path) -> Server {
         let log_file = std::fs::File::create(log).unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(backend_bin())
             .args(["serve", "--repo"])
             .arg(repo)
             .args(["--listen", "127.0.0.1:0"])
@@ -63,17 +61,17 @@ fn data_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/digits.csv.gz")
 }
 
-/// Runs `maas-backend train`; returns stdout.
+/// Runs `maas-train train`; returns stdout.
 fn train(repo: &Path) -> String {
     let started = Instant::now();
-    let output = Command::new(BIN)
+    let output = Command::new(TRAIN_BIN)
         .args(["train", "--data"])
         .arg(data_path())
         .arg("--repo")
         .arg(repo)
         .args(["--model", "digits"])
         .output()
-        .expect("run maas-backend train");
+        .expect("run maas-train train");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "train failed: {stderr}");
