@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::repository::{ModelRepository, RepositoryOptions};
-use crate::server::{router, serve, AppState, ServerOptions};
+use crate::config::DeviceSpec;
+use crate::engine::WorkerOptions;
+use crate::http::{router, serve, AppState, ServerOptions};
+use crate::repository::{load_stage, ModelRepository, RepositoryOptions};
 use crate::train::loss::LossKind;
 use crate::train::optim::OptimizerKind;
 use crate::train::{train, TrainOptions};
-use crate::worker::WorkerOptions;
 
 /// Open Inference Protocol v2 inference server for dense models on libtorch.
 #[derive(Debug, Parser)]
@@ -165,7 +166,7 @@ pub struct ServeStageArgs {
     pub layers: std::ops::Range<usize>,
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
-    pub device: crate::config::DeviceSpec,
+    pub device: DeviceSpec,
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8011")]
     pub listen: String,
@@ -332,7 +333,7 @@ impl ServeArgs {
 impl ServeStageArgs {
     /// Loads the stage's layers, then serves like [`ServeArgs::run`] (same first stdout line).
     pub fn run(self) -> anyhow::Result<()> {
-        let repository = crate::pipeline::load_stage(
+        let repository = load_stage(
             &self.repo,
             &self.model,
             self.version,

@@ -1,42 +1,54 @@
 //! `maas-backend`: the inference server of maas. It serves dense and TorchScript models from a
 //! model repository over the KServe Open Inference Protocol v2 (REST, JSON and Triton's binary
-//! tensor data extension), gathers requests into batches per model version with a dynamic
-//! batcher, runs forward passes with libtorch on dedicated instance threads (CPU or CUDA),
-//! reports usage in response headers for the gateway's metering and metrics at `/metrics`,
-//! loads and unloads models on request, trains new versions from CSV tables and imports Keras
-//! HDF5 models.
+//! tensor data extension; the wire types are `maas-protocol`'s), gathers requests into batches
+//! per model version with a dynamic batcher, runs forward passes with libtorch on dedicated
+//! instance threads (CPU or CUDA), reports usage in response headers for the gateway's
+//! metering and metrics at `/metrics`, and loads and unloads models on request.
 //!
-//! Modules, in the order a request meets them: [`server`] (routes) → [`extract`] (body, path)
-//! → [`binary`] (JSON header and binary part) → [`oip`] (protocol types) → [`validation`]
-//! (request → typed input, with [`datatype`]) → [`repository`] (model → version → [`worker`]:
-//! batching queue and instance threads) → [`dense`] or [`torchscript`] (forward pass) →
-//! [`usage`] (headers) and [`metrics`]; [`pipeline`] runs a dense model split into stages; [`error`] maps every failure to a status and a JSON
-//! body. [`config`] is a model's `config.toml`; [`train`] and [`dataset`] make new versions
-//! and [`keras`] imports them; [`bench`] makes and times benchmark models; [`cli`] is the
-//! command line.
+//! Modules, in the order a request meets them (see ARCHITECTURE.md for the design):
+//! - `http`: the OIP REST server (routes, extractors, the one error-to-status map, usage
+//!   headers);
+//! - `validation`: an infer request checked against the model and turned into typed input
+//!   (a `ValidationError` otherwise);
+//! - `repository`: models on disk, loaded into workers, found by name and version;
+//! - `engine`: the batching queue, the instance threads and the models they run (dense,
+//!   TorchScript, pipeline stages);
+//! - `config`: a model's `config.toml`; `metrics`: the counters and their exposition;
+//!   `bench`: benchmark models; `cli`: the command line.
+//!
+//! A module uses only the modules below it in this order (`http` → `validation`,
+//! `repository` → `engine` → `config`), never one above.
 
 #![warn(missing_docs)]
 
-pub mod bench;
-pub mod binary;
-pub mod cli;
-pub mod config;
+mod bench;
+mod cli;
+mod config;
+mod engine;
+mod http;
+mod metrics;
+mod repository;
+mod validation;
+
 pub mod dataset;
-pub mod datatype;
-pub mod dense;
-pub mod error;
-pub mod extract;
 pub mod keras;
-pub mod metrics;
-pub mod oip;
-pub mod pipeline;
-pub mod repository;
-pub mod server;
-pub mod torchscript;
 pub mod train;
-pub mod usage;
-pub mod validation;
-pub mod worker;
+
+/// The old module path of the dense model, still used by the training code (`train`, `keras`)
+/// until it moves to the `maas-train` crate, which uses the crate-root names below instead.
+mod dense {
+    pub use crate::engine::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+}
 
 #[cfg(test)]
 mod testutil;
+
+pub use cli::{init_tracing, Cli};
+pub use config::{
+    dense_classifier, Activation, DeviceSpec, LayerConfig, ModelConfig, Platform, TensorConfig,
+    CONFIG_FILE,
+};
+pub use engine::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+pub use maas_protocol::Datatype;
+pub use repository::version_numbers;
+pub use validation::{parse_json_part, split_body, validate, ValidationError};

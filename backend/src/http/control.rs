@@ -1,0 +1,89 @@
+//! Triton's model repository extension: `POST /v2/repository/index`,
+//! `POST /v2/repository/models/{model}/load` and `.../unload`, over the repository's
+//! index, load and unload (blocking work, run off the async runtime).
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+use super::extract::{Body, ModelPath, PathParams};
+use super::{AppState, Error};
+use crate::repository::IndexEntry;
+
+/// The body of `POST /v2/repository/index` (may be empty).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRequest {
+    /// Only ready models.
+    #[serde(default)]
+    ready: bool,
+}
+
+/// The body of `POST /v2/repository/models/{m}/load|unload` (may be empty). Load parameters
+/// that override the configuration or files on disk (Triton's `config`, `file:*`) are not
+/// supported and refused.
+#[derive(Debug, Default, Deserialize)]
+struct ControlRequest {
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Parses an optional JSON body: empty (or whitespace) is the default.
+fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| Error::BadRequest(format!("request body is not the expected JSON: {e}")))
+}
+
+pub(super) async fn repository_index(
+    State(state): State<AppState>,
+    Body(body): Body,
+) -> Result<Json<Vec<IndexEntry>>, Error> {
+    let request: IndexRequest = optional_json(&body)?;
+    let repository = state.repository.clone();
+    let entries = tokio::task::spawn_blocking(move || repository.index(request.ready))
+        .await
+        .map_err(|e| Error::Internal(format!("index task failed: {e}")))??;
+    Ok(Json(entries))
+}
+
+pub(super) async fn load_model(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<ModelPath>,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, Error> {
+    let request: ControlRequest = optional_json(&body)?;
+    if let Some(key) = request
+        .parameters
+        .iter()
+        .flat_map(|p| p.keys())
+        .find(|k| *k == "config" || k.starts_with("file:"))
+    {
+        return Err(Error::BadRequest(format!(
+            "load parameter '{key}' is not supported: the model is loaded from its folder in the repository"
+        )));
+    }
+    let repository = state.repository.clone();
+    let name = path.model.clone();
+    tokio::task::spawn_blocking(move || repository.load_model(&name))
+        .await
+        .map_err(|e| Error::Internal(format!("load task failed: {e}")))??;
+    Ok(Json(serde_json::json!({})))
+}
+
+pub(super) async fn unload_model(
+    State(state): State<AppState>,
+    PathParams(path): PathParams<ModelPath>,
+    Body(body): Body,
+) -> Result<Json<serde_json::Value>, Error> {
+    let _: ControlRequest = optional_json(&body)?;
+    let repository = state.repository.clone();
+    let name = path.model.clone();
+    // Unloading drops the model's threads when its last request finishes: off the runtime.
+    tokio::task::spawn_blocking(move || repository.unload_model(&name))
+        .await
+        .map_err(|e| Error::Internal(format!("unload task failed: {e}")))??;
+    Ok(Json(serde_json::json!({})))
+}
