@@ -358,10 +358,11 @@ bias = true
     #[test]
     fn example_files_parse() {
         let digits =
-            ModelConfig::from_toml(include_str!("../../config/model-digits.toml")).unwrap();
+            ModelConfig::from_toml(include_str!("../../../config/model-digits.toml")).unwrap();
         assert_eq!(digits, dense_classifier(64, 128, 10));
         let batched =
-            ModelConfig::from_toml(include_str!("../../config/model-dense-batched.toml")).unwrap();
+            ModelConfig::from_toml(include_str!("../../../config/model-dense-batched.toml"))
+                .unwrap();
         assert_eq!(batched.max_batch_size, 64);
         assert_eq!(
             batched.dynamic_batching.unwrap().preferred_batch_sizes,
@@ -369,7 +370,7 @@ bias = true
         );
         assert_eq!(batched.instances.intra_op_threads, Some(2));
         let split =
-            ModelConfig::from_toml(include_str!("../../config/model-dense-split.toml")).unwrap();
+            ModelConfig::from_toml(include_str!("../../../config/model-dense-split.toml")).unwrap();
         let pipeline = split.pipeline.unwrap();
         assert_eq!(pipeline.micro_batches, 4);
         assert_eq!(pipeline.stages[1].range(), 2..4);

@@ -21,9 +21,9 @@ mod error;
 mod extract;
 mod infer;
 mod metadata;
+mod serve;
 mod usage;
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -34,6 +34,8 @@ use axum::Router;
 
 use crate::repository::ModelRepository;
 use error::Error;
+
+pub use serve::serve_until_signal;
 
 /// The protocol extensions this server implements, as `GET /v2` reports them (Triton's names).
 const EXTENSIONS: [&str; 3] = [
@@ -69,7 +71,7 @@ pub struct ServerOptions {
 }
 
 /// The router with every route, the JSON fallbacks and the body limit.
-pub fn router(state: AppState, options: ServerOptions) -> Router {
+fn router(state: AppState, options: ServerOptions) -> Router {
     Router::new()
         .route("/v2", get(metadata::server_metadata))
         .route("/v2/health/live", get(metadata::live))
@@ -108,20 +110,6 @@ pub fn router(state: AppState, options: ServerOptions) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 async fn route_not_found(method: Method, uri: Uri) -> Error {
