@@ -16,8 +16,12 @@
 //! - `config`: a model's `config.toml`; `metrics`: the counters and their exposition;
 //!   `bench`: benchmark models; `cli`: the command line.
 //!
-//! A module uses only the modules below it in this order (`http` → `validation`,
-//! `repository` → `engine` → `config`), never one above.
+//! Dependencies point one way: `cli` → `http` → `validation`, `repository` → `engine` →
+//! `config` (and `metrics`); `validation` → `config`. No module uses one that uses it.
+//!
+//! The crate root re-exports what other crates use: the model configuration, the dense model
+//! and its tensor names (the training crate writes versions this server reads), the request
+//! decoder (for property tests) and the command line.
 
 #![warn(missing_docs)]
 
@@ -45,10 +49,12 @@ mod testutil;
 
 pub use cli::{init_tracing, Cli};
 pub use config::{
-    dense_classifier, Activation, DeviceSpec, LayerConfig, ModelConfig, Platform, TensorConfig,
-    CONFIG_FILE,
+    dense_classifier, Activation, ConfigError, DeviceSpec, DeviceUnavailable, LayerConfig,
+    ModelConfig, Platform, TensorConfig, CONFIG_FILE,
 };
-pub use engine::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+pub use engine::{
+    activate, bias_name, weight_name, DenseModel, ForwardError, LoadError, WEIGHTS_FILE,
+};
 pub use maas_protocol::Datatype;
 pub use repository::version_numbers;
 pub use validation::{parse_json_part, split_body, validate, ValidationError};
