@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::extract::{Body, ModelPath, PathParams};
 use super::{AppState, Error};
-use crate::repository::IndexEntry;
+use crate::repository::{IndexEntry, RepositoryError};
 
 /// The body of `POST /v2/repository/index` (may be empty).
 #[derive(Debug, Default, Deserialize)]
@@ -43,9 +43,7 @@ pub(super) async fn repository_index(
 ) -> Result<Json<Vec<IndexEntry>>, Error> {
     let request: IndexRequest = optional_json(&body)?;
     let repository = state.repository.clone();
-    let entries = tokio::task::spawn_blocking(move || repository.index(request.ready))
-        .await
-        .map_err(|e| Error::Internal(format!("index task failed: {e}")))??;
+    let entries = blocking("index", move || repository.index(request.ready)).await?;
     Ok(Json(entries))
 }
 
@@ -66,10 +64,7 @@ pub(super) async fn load_model(
         )));
     }
     let repository = state.repository.clone();
-    let name = path.model.clone();
-    tokio::task::spawn_blocking(move || repository.load_model(&name))
-        .await
-        .map_err(|e| Error::Internal(format!("load task failed: {e}")))??;
+    blocking("load", move || repository.load_model(&path.model)).await?;
     Ok(Json(serde_json::json!({})))
 }
 
@@ -80,10 +75,19 @@ pub(super) async fn unload_model(
 ) -> Result<Json<serde_json::Value>, Error> {
     let _: ControlRequest = optional_json(&body)?;
     let repository = state.repository.clone();
-    let name = path.model.clone();
     // Unloading drops the model's threads when its last request finishes: off the runtime.
-    tokio::task::spawn_blocking(move || repository.unload_model(&name))
-        .await
-        .map_err(|e| Error::Internal(format!("unload task failed: {e}")))??;
+    blocking("unload", move || repository.unload_model(&path.model)).await?;
     Ok(Json(serde_json::json!({})))
+}
+
+/// Runs `work` (reading weights, starting and joining threads, listing folders) off the async
+/// runtime; `what` names the task if it panics.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, RepositoryError> + Send + 'static,
+) -> Result<T, Error> {
+    let result = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("{what} task failed: {e}")))?;
+    Ok(result?)
 }

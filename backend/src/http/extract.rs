@@ -66,19 +66,13 @@ fn body_error(rejection: &BytesRejection) -> Error {
     }
 }
 
-/// The path parameters of `/v2/models/{model}/...` and `/v2/repository/models/{model}/...`.
+/// The path parameters of `/v2/models/{model}[/versions/{version}]/...` and
+/// `/v2/repository/models/{model}/...`. The version is kept as sent, so that one that is not a
+/// number gets the repository's 404 naming it; `None` on the routes without it.
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct ModelPath {
     /// The model's name.
     pub model: String,
-}
-
-/// The path parameters of `/v2/models/{model}/versions/{version}/...`; the version is kept as
-/// sent, so that one that is not a number gets the repository's 404 naming it.
-#[derive(Debug, serde::Deserialize)]
-pub(super) struct VersionPath {
-    /// The model's name.
-    pub model: String,
-    /// The version, as sent.
-    pub version: String,
+    /// The version, as sent; absent on the routes without `/versions/{version}`.
+    pub version: Option<String>,
 }

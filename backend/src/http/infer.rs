@@ -12,7 +12,7 @@ use maas_protocol::{
     encode, BinaryBody, InferRequest, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH,
 };
 
-use super::extract::{Body, ModelPath, PathParams, VersionPath};
+use super::extract::{Body, ModelPath, PathParams};
 use super::usage::Usage;
 use super::{AppState, Error};
 use crate::engine::Worker;
@@ -25,16 +25,14 @@ pub(super) async fn infer(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, Error> {
-    run_infer(&state, &path.model, None, &headers, &body).await
-}
-
-pub(super) async fn version_infer(
-    State(state): State<AppState>,
-    PathParams(path): PathParams<VersionPath>,
-    headers: HeaderMap,
-    Body(body): Body,
-) -> Result<Response, Error> {
-    run_infer(&state, &path.model, Some(&path.version), &headers, &body).await
+    run_infer(
+        &state,
+        &path.model,
+        path.version.as_deref(),
+        &headers,
+        &body,
+    )
+    .await
 }
 
 /// Resolves the model version (404/503 first), then infers on it and counts the outcome in the

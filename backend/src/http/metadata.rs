@@ -12,7 +12,7 @@ use maas_protocol::{
     ModelMetadata, ModelReady, ServerLive, ServerMetadata, ServerReady, TensorMetadata,
 };
 
-use super::extract::{ModelPath, PathParams, VersionPath};
+use super::extract::{ModelPath, PathParams};
 use super::{AppState, Error, EXTENSIONS};
 use crate::config::{ModelConfig, TensorConfig};
 use crate::repository::{LoadedModel, ModelRepository, ModelState};
@@ -77,16 +77,7 @@ pub(super) async fn model_metadata(
     PathParams(path): PathParams<ModelPath>,
 ) -> Result<Json<ModelMetadata>, Error> {
     let model = state.repository.model(&path.model)?;
-    model.version(None)?;
-    Ok(Json(metadata(&model)))
-}
-
-pub(super) async fn version_metadata(
-    State(state): State<AppState>,
-    PathParams(path): PathParams<VersionPath>,
-) -> Result<Json<ModelMetadata>, Error> {
-    let model = state.repository.model(&path.model)?;
-    model.version(Some(&path.version))?;
+    model.version(path.version.as_deref())?;
     Ok(Json(metadata(&model)))
 }
 
@@ -115,39 +106,22 @@ pub(super) async fn model_ready(
     PathParams(path): PathParams<ModelPath>,
 ) -> Result<Json<ModelReady>, Error> {
     let model = state.repository.model(&path.model)?;
-    model.version(None)?;
+    model.version(path.version.as_deref())?;
     Ok(Json(ModelReady {
         name: path.model,
         ready: true,
     }))
 }
 
-pub(super) async fn version_ready(
-    State(state): State<AppState>,
-    PathParams(path): PathParams<VersionPath>,
-) -> Result<Json<ModelReady>, Error> {
-    let model = state.repository.model(&path.model)?;
-    model.version(Some(&path.version))?;
-    Ok(Json(ModelReady {
-        name: path.model,
-        ready: true,
-    }))
-}
-
+/// The model's configuration; with a version, only when that version can be called.
 pub(super) async fn model_config(
     State(state): State<AppState>,
     PathParams(path): PathParams<ModelPath>,
 ) -> Result<Json<ModelConfig>, Error> {
     let model = state.repository.model(&path.model)?;
-    Ok(Json(model.config().clone()))
-}
-
-pub(super) async fn version_config(
-    State(state): State<AppState>,
-    PathParams(path): PathParams<VersionPath>,
-) -> Result<Json<ModelConfig>, Error> {
-    let model = state.repository.model(&path.model)?;
-    model.version(Some(&path.version))?;
+    if let Some(version) = path.version.as_deref() {
+        model.version(Some(version))?;
+    }
     Ok(Json(model.config().clone()))
 }
 

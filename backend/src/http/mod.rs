@@ -81,7 +81,7 @@ fn router(state: AppState, options: ServerOptions) -> Router {
         .route("/v2/models/{model}/config", get(metadata::model_config))
         .route(
             "/v2/models/{model}/versions/{version}/config",
-            get(metadata::version_config),
+            get(metadata::model_config),
         )
         .route("/metrics", get(metadata::metrics))
         .route("/v2/repository/index", post(control::repository_index))
@@ -96,15 +96,15 @@ fn router(state: AppState, options: ServerOptions) -> Router {
         .route("/v2/models/{model}/infer", post(infer::infer))
         .route(
             "/v2/models/{model}/versions/{version}",
-            get(metadata::version_metadata),
+            get(metadata::model_metadata),
         )
         .route(
             "/v2/models/{model}/versions/{version}/ready",
-            get(metadata::version_ready),
+            get(metadata::model_ready),
         )
         .route(
             "/v2/models/{model}/versions/{version}/infer",
-            post(infer::version_infer),
+            post(infer::infer),
         )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -93,11 +93,7 @@ impl LoadedModel {
 
     /// The versions that loaded, ascending.
     pub fn ready_versions(&self) -> Vec<u64> {
-        self.versions
-            .iter()
-            .filter(|(_, v)| matches!(v, VersionState::Ready(_)))
-            .map(|(&n, _)| n)
-            .collect()
+        self.versions_where(true)
     }
 
     /// The versions that loaded with their workers, ascending.
@@ -110,9 +106,14 @@ impl LoadedModel {
 
     /// The versions that failed to load, ascending.
     pub fn failed_versions(&self) -> Vec<u64> {
+        self.versions_where(false)
+    }
+
+    /// The versions that loaded (`ready`) or failed, ascending.
+    fn versions_where(&self, ready: bool) -> Vec<u64> {
         self.versions
             .iter()
-            .filter(|(_, v)| matches!(v, VersionState::Failed(_)))
+            .filter(|(_, v)| matches!(v, VersionState::Ready(_)) == ready)
             .map(|(&n, _)| n)
             .collect()
     }
