@@ -33,7 +33,7 @@ pub fn trained_repo() -> &'static Path {
         let repo = tmp.join(format!("protocol-repo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&repo);
         std::fs::create_dir_all(&repo).unwrap();
-        let output = Command::new(BIN)
+        let output = trainer()
             .args(["train", "--epochs", "15", "--data"])
             .arg(data_path())
             .arg("--repo")
@@ -43,7 +43,7 @@ pub fn trained_repo() -> &'static Path {
             .expect("run maas-backend train");
         assert!(
             output.status.success(),
-            "train failed: {}",
+            "train failed (the trainer is `maas-train`, next to `maas-backend` once the workspace's binaries are built: `cargo build --workspace --bins`): {}",
             String::from_utf8_lossy(&output.stderr)
         );
         let batched = repo.join("digits_batched");
@@ -62,6 +62,19 @@ pub fn trained_repo() -> &'static Path {
         std::fs::write(batched.join("config.toml"), config).unwrap();
         repo
     })
+}
+
+/// The command whose `train` subcommand writes a trained version: the training crate's
+/// `maas-train` when it is built next to `maas-backend` (the workspace's binaries share one
+/// target folder), else `maas-backend` itself, which trained before the training crate existed.
+fn trainer() -> Command {
+    let maas_train =
+        Path::new(BIN).with_file_name(format!("maas-train{}", std::env::consts::EXE_SUFFIX));
+    if maas_train.is_file() {
+        Command::new(maas_train)
+    } else {
+        Command::new(BIN)
+    }
 }
 
 /// Removes `protocol-repo-<pid>` folders of test processes that are gone.
