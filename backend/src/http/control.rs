@@ -6,14 +6,14 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 
-use super::extract::{Body, ModelPath, PathParams};
+use super::extract::{ModelPath, OptionalJson, PathParams};
 use super::{AppState, Error};
 use crate::repository::{IndexEntry, RepositoryError};
 
 /// The body of `POST /v2/repository/index` (may be empty).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IndexRequest {
+pub(super) struct IndexRequest {
     /// Only ready models.
     #[serde(default)]
     ready: bool,
@@ -23,25 +23,15 @@ struct IndexRequest {
 /// that override the configuration or files on disk (Triton's `config`, `file:*`) are not
 /// supported and refused.
 #[derive(Debug, Default, Deserialize)]
-struct ControlRequest {
+pub(super) struct ControlRequest {
     #[serde(default)]
     parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Parses an optional JSON body: empty (or whitespace) is the default.
-fn optional_json<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| Error::BadRequest(format!("request body is not the expected JSON: {e}")))
-}
-
 pub(super) async fn repository_index(
     State(state): State<AppState>,
-    Body(body): Body,
+    OptionalJson(request): OptionalJson<IndexRequest>,
 ) -> Result<Json<Vec<IndexEntry>>, Error> {
-    let request: IndexRequest = optional_json(&body)?;
     let repository = state.repository.clone();
     let entries = blocking("index", move || repository.index(request.ready)).await?;
     Ok(Json(entries))
@@ -50,9 +40,8 @@ pub(super) async fn repository_index(
 pub(super) async fn load_model(
     State(state): State<AppState>,
     PathParams(path): PathParams<ModelPath>,
-    Body(body): Body,
+    OptionalJson(request): OptionalJson<ControlRequest>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let request: ControlRequest = optional_json(&body)?;
     if let Some(key) = request
         .parameters
         .iter()
@@ -71,9 +60,8 @@ pub(super) async fn load_model(
 pub(super) async fn unload_model(
     State(state): State<AppState>,
     PathParams(path): PathParams<ModelPath>,
-    Body(body): Body,
+    OptionalJson(_): OptionalJson<ControlRequest>,
 ) -> Result<Json<serde_json::Value>, Error> {
-    let _: ControlRequest = optional_json(&body)?;
     let repository = state.repository.clone();
     // Unloading drops the model's threads when its last request finishes: off the runtime.
     blocking("unload", move || repository.unload_model(&path.model)).await?;

@@ -53,6 +53,30 @@ where
     }
 }
 
+/// An optional JSON body (the repository extension's requests): empty or whitespace is
+/// `T::default()`; anything else must be JSON of `T`, or the rejection is a 400 with serde's
+/// reason, in the API's own error shape.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: Default + DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(body) = Body::from_request(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&body)
+            .map(OptionalJson)
+            .map_err(|e| Error::BadRequest(format!("request body is not the expected JSON: {e}")))
+    }
+}
+
 fn body_error(rejection: &BytesRejection) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge(
