@@ -1,6 +1,6 @@
 //! Helpers for benchmarks: a dense model with random weights (`maas-backend init-dense`) and
 //! the raw in-process forward pass of a served version (`maas-backend forward-bench`), the
-//! baseline that HTTP throughput is compared against (issue 3, item 9a).
+//! baseline that HTTP throughput is compared against (see BENCHMARKS.md).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -9,9 +9,12 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Activation, LayerConfig, ModelConfig, TensorConfig, CONFIG_FILE};
-use crate::datatype::Datatype;
-use crate::dense::{bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+use maas_protocol::Datatype;
+
+use crate::config::{
+    dense_classifier, Activation, LayerConfig, ModelConfig, TensorConfig, CONFIG_FILE,
+};
+use crate::engine::{bias_name, weight_name, DenseModel, WEIGHTS_FILE};
 
 /// Writes `<repo>/<model>/config.toml` (FP32 `input` → relu layers → `output`, no activation
 /// on the last layer) and version 1 with weights drawn from N(0, 1/in) with `seed`, biases 0.
@@ -59,7 +62,7 @@ pub fn init_dense(
                 bias: true,
             })
             .collect(),
-        ..crate::config::dense_classifier(1, 1, 1)
+        ..dense_classifier(1, 1, 1)
     };
     config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut table: toml::Table = toml::from_str(&config.to_toml())?;

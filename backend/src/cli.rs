@@ -1,18 +1,17 @@
-//! The command line: `maas-backend serve`, `serve-stage`, `init-dense` and `forward-bench`.
-//! Training and Keras import are the `maas-train` command (the `training/` crate).
+//! The command line: `maas-backend serve`, `serve-stage`, `init-dense` and `forward-bench`
+//! (training and imports are `maas-train`'s).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::repository::{ModelRepository, RepositoryOptions};
-use crate::server::{router, serve, AppState, ServerOptions};
-use crate::worker::WorkerOptions;
+use crate::config::DeviceSpec;
+use crate::engine::WorkerOptions;
+use crate::http::serve_until_signal;
+use crate::repository::{load_stage, ModelRepository, RepositoryOptions};
 
 /// Open Inference Protocol v2 inference server for dense models on libtorch.
 #[derive(Debug, Parser)]
@@ -135,7 +134,7 @@ pub struct ServeStageArgs {
     pub layers: std::ops::Range<usize>,
     /// `cpu` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
-    pub device: crate::config::DeviceSpec,
+    pub device: DeviceSpec,
     /// Address to listen on; port 0 picks a free port (the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:8011")]
     pub listen: String,
@@ -222,7 +221,7 @@ impl ServeArgs {
 impl ServeStageArgs {
     /// Loads the stage's layers, then serves like [`ServeArgs::run`] (same first stdout line).
     pub fn run(self) -> anyhow::Result<()> {
-        let repository = crate::pipeline::load_stage(
+        let repository = load_stage(
             &self.repo,
             &self.model,
             self.version,
@@ -246,7 +245,8 @@ impl ServerArgs {
         }
     }
 
-    /// Serves `repository` on `listen` (see [`serve_until_signal`]).
+    /// Serves `repository` on `listen` until SIGINT or SIGTERM (see the HTTP server's
+    /// `serve_until_signal`).
     fn serve(&self, repository: ModelRepository, listen: &str) -> anyhow::Result<()> {
         serve_until_signal(
             Arc::new(repository),
@@ -254,87 +254,5 @@ impl ServerArgs {
             self.max_body_bytes,
             Duration::from_secs(self.shutdown_timeout_s),
         )
-    }
-}
-
-/// Binds `listen`, prints `maas-backend listening on <addr>` to stdout, serves `repository`
-/// until SIGINT or SIGTERM, then drains in-flight requests (at most `drain`) and stops the
-/// workers.
-fn serve_until_signal(
-    repository: Arc<ModelRepository>,
-    listen: &str,
-    max_body_bytes: usize,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    let repo_root = repository.root().to_path_buf();
-    let state = AppState::new(repository);
-    let app = router(state.clone(), ServerOptions { max_body_bytes });
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "maas-backend listening on {addr}")?;
-        stdout.flush()?;
-        drop(stdout);
-        tracing::info!(%addr, repo = %repo_root.display(), "serving");
-        let flag = state.shutting_down.clone();
-        let stopping = Arc::new(tokio::sync::Notify::new());
-        let notify = stopping.clone();
-        let server = serve(listener, app, async move {
-            shutdown_signal().await;
-            flag.store(true, Ordering::Relaxed);
-            tracing::info!("shutting down: finishing in-flight requests");
-            notify.notify_one();
-        });
-        let drain_limit = async move {
-            stopping.notified().await;
-            tokio::time::sleep(drain).await;
-        };
-        tokio::select! {
-            result = server => result.context("server failed"),
-            () = drain_limit => {
-                tracing::warn!("connections still open after {drain:?}; stopping anyway");
-                Ok(())
-            }
-        }
-    })?;
-    drop(runtime);
-    // The last handle to the repository: dropping it joins every worker thread.
-    drop(state);
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for SIGINT: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }

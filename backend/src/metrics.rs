@@ -35,7 +35,7 @@ pub struct VersionMetrics {
     pub pipeline: OnceLock<Arc<PipelineMetrics>>,
 }
 
-/// The counters of a model version split into pipeline stages ([`crate::pipeline`]), shared by
+/// The counters of a model version split into pipeline stages (the engine's pipeline), shared by
 /// its instances. The measured bubble fraction over an interval is
 /// `1 - sum_k busy_k / (stages * pipeline_duration)` (deltas of these counters): the share of
 /// stage time, while a forward batch was in the pipeline, that the stages were idle.

@@ -1,14 +1,11 @@
-//! Property tests of the request decoder (`binary::split_body` → `binary::parse_json_part` →
-//! `validation::validate`): whatever the body, header and shape, it answers a value or a 400,
-//! never a panic and never an internal error; and binary data decodes to the same values as
+//! Property tests of the request decoder (`split_body` → `parse_json_part` → `validate`):
+//! whatever the body, header and shape, it answers a value or a 400, never a panic and never
+//! an internal error; and binary data decodes to the same values as
 //! the JSON form of the same tensor.
 
 use axum::http::{HeaderMap, HeaderValue};
-use maas_backend::binary::{parse_json_part, split_body, HEADER_CONTENT_LENGTH};
-use maas_backend::config::dense_classifier;
-use maas_backend::error::Error;
-use maas_backend::oip::InferRequest;
-use maas_backend::validation::validate;
+use maas_backend::{dense_classifier, parse_json_part, split_body, validate, ValidationError};
+use maas_protocol::{InferRequest, HEADER_CONTENT_LENGTH};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -25,8 +22,8 @@ fn decode(header: Option<&str>, body: &[u8]) -> Result<Vec<f32>, String> {
     });
     match result {
         Ok(v) => Ok(v.input),
-        Err(Error::BadRequest(m)) => Err(m),
-        Err(other) => panic!("not a 400: {other:?}"),
+        Err(other @ ValidationError::UnsupportedModel(_)) => panic!("not a 400: {other:?}"),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! A dense model split into pipeline stages across processes (issue 8, item 3): a front
+//! A dense model split into pipeline stages across processes (GPipe, Huang et al. 2019): a front
 //! `maas-backend serve` runs some stages itself and drives the others in `maas-backend
 //! serve-stage` processes over HTTP; the split model answers what the unsplit one answers.
 

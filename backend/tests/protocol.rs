@@ -1,6 +1,7 @@
 //! The Open Inference Protocol over real HTTP: PyPI's `tritonclient[http]` unmodified (binary
-//! and JSON tensors), every bad input of issue 3 item 8, two concurrent requests in one batch
-//! where one is malformed, a client that disconnects, and the metrics.
+//! and JSON tensors), every kind of bad input (each a 400 naming what was expected), two
+//! concurrent requests in one batch where one is malformed, a client that disconnects, and
+//! the metrics.
 
 mod common;
 

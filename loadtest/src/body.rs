@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use maas_protocol::{encode as encode_le, BinaryBody, Datatype, InferRequest, RequestInput};
 use rand::Rng;
 
 use crate::scenario::{BodySource, BodySpec, Encoding};
@@ -23,6 +24,8 @@ pub struct PreparedBody {
 }
 
 /// A tensor to send: name, shape `[batch, ...dims]`, OIP datatype and values (row-major).
+/// The datatype stays text, as the model's metadata gave it, so that one the load tester
+/// cannot generate gets a precise error at [`encode`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorData {
     /// Input name.
@@ -66,66 +69,88 @@ pub fn digits_rows(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
         .collect()
 }
 
-/// Encodes one tensor as an infer request.
+/// Encodes one tensor as an infer request (`maas-protocol`'s request types).
 ///
 /// JSON: `{"inputs":[{"name","shape","datatype","data":[...]}]}`.
-/// Binary (OIP binary tensor data extension): the same JSON without `data` and with
+/// Binary (Triton's binary tensor data extension): the same JSON without `data` and with
 /// `"parameters":{"binary_data_size":N}`, followed by N little-endian bytes; the request also
 /// asks for its outputs as binary data (`"parameters":{"binary_data_output":true}`), which is
 /// what Triton's Python client `tritonclient.http` sends when no output is named.
 pub fn encode(t: &TensorData, encoding: Encoding) -> anyhow::Result<PreparedBody> {
-    let elem = match t.datatype.as_str() {
-        "FP32" | "INT32" => 4,
-        "FP64" | "INT64" => 8,
-        other => bail!("cannot generate datatype {other} (FP32, FP64, INT32, INT64 only)"),
+    let Some(datatype) = t.datatype.parse::<Datatype>().ok().filter(|d| {
+        matches!(
+            d,
+            Datatype::Fp32 | Datatype::Fp64 | Datatype::Int32 | Datatype::Int64
+        )
+    }) else {
+        bail!(
+            "cannot generate datatype {} (FP32, FP64, INT32, INT64 only)",
+            t.datatype
+        )
     };
+    let shape = t
+        .shape
+        .iter()
+        .map(|&d| i64::try_from(d))
+        .collect::<Result<Vec<_>, _>>()
+        .context("shape too large")?;
     match encoding {
         Encoding::Json => {
             let data: Vec<serde_json::Value> = t
                 .values
                 .iter()
-                .map(|&v| match t.datatype.as_str() {
-                    "INT32" | "INT64" => serde_json::Value::from(v as i64),
+                .map(|&v| match datatype {
+                    Datatype::Int32 | Datatype::Int64 => serde_json::Value::from(v as i64),
                     _ => serde_json::Value::from(v),
                 })
                 .collect();
-            let body = serde_json::json!({"inputs": [{
-                "name": t.name, "shape": t.shape, "datatype": t.datatype, "data": data
-            }]});
+            let request = InferRequest::new(vec![RequestInput::json(
+                t.name.clone(),
+                shape,
+                datatype,
+                serde_json::Value::Array(data),
+            )]);
             Ok(PreparedBody {
-                bytes: Bytes::from(serde_json::to_vec(&body)?),
+                bytes: Bytes::from(serde_json::to_vec(&request)?),
                 header_len: None,
             })
         }
         Encoding::Binary => {
-            let mut raw = Vec::with_capacity(t.values.len() * elem);
-            for &v in &t.values {
-                match t.datatype.as_str() {
-                    "FP32" => raw.extend_from_slice(&(v as f32).to_le_bytes()),
-                    "FP64" => raw.extend_from_slice(&v.to_le_bytes()),
-                    "INT32" => raw.extend_from_slice(&(v as i32).to_le_bytes()),
-                    _ => raw.extend_from_slice(&(v as i64).to_le_bytes()),
+            let mut raw = Vec::new();
+            let values = t.values.as_slice();
+            match datatype {
+                Datatype::Fp32 => {
+                    let v: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+                    encode_le(&v, &mut raw);
+                }
+                Datatype::Fp64 => encode_le(values, &mut raw),
+                Datatype::Int32 => {
+                    let v: Vec<i32> = values.iter().map(|&v| v as i32).collect();
+                    encode_le(&v, &mut raw);
+                }
+                _ => {
+                    let v: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+                    encode_le(&v, &mut raw);
                 }
             }
-            let header = serde_json::json!({
-                "inputs": [{
-                    "name": t.name, "shape": t.shape, "datatype": t.datatype,
-                    "parameters": {"binary_data_size": raw.len()}
-                }],
-                "parameters": {"binary_data_output": true}
-            });
-            let mut bytes = serde_json::to_vec(&header)?;
-            let header_len = bytes.len();
-            bytes.extend_from_slice(&raw);
+            let request = InferRequest::new(vec![RequestInput::binary(
+                t.name.clone(),
+                shape,
+                datatype,
+                raw.len(),
+            )])
+            .binary_data_output();
+            let body = BinaryBody::new(&request, &raw)?;
             Ok(PreparedBody {
-                bytes: Bytes::from(bytes),
-                header_len: Some(header_len),
+                bytes: Bytes::from(body.bytes),
+                header_len: Some(body.json_len),
             })
         }
     }
 }
 
-/// The input of a model as its metadata describes it (`GET /v2/models/{model}`).
+/// The input of a model as its metadata describes it (`GET /v2/models/{model}`), read leniently
+/// (the datatype as text, see [`TensorData`]), so that any OIP server's metadata will do.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct InputMetadata {
     /// Input name.

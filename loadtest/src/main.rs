@@ -13,6 +13,7 @@
 
 mod body;
 mod plot;
+mod record;
 mod report;
 mod runner;
 mod scenario;

@@ -6,54 +6,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::runner::Sample;
-
-fn histogram() -> anyhow::Result<Histogram<u64>> {
-    // 1 us .. 60 s, 3 significant digits.
-    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
-}
-
-/// Collects samples into HDR histograms, overall and per key label.
-pub struct Recorder {
-    labels: Vec<String>,
-    overall: Histogram<u64>,
-    per_key: Vec<Histogram<u64>>,
-    statuses: Vec<BTreeMap<u16, u64>>,
-    transport_errors: Vec<u64>,
-}
-
-impl Recorder {
-    /// A recorder for keys with these labels (one unnamed bucket when there are none).
-    ///
-    /// # Errors
-    /// Never in practice (histogram bounds are constant).
-    pub fn new(mut labels: Vec<String>) -> anyhow::Result<Self> {
-        if labels.is_empty() {
-            labels.push("anonymous".to_string());
-        }
-        let n = labels.len();
-        Ok(Recorder {
-            labels,
-            overall: histogram()?,
-            per_key: (0..n).map(|_| histogram()).collect::<anyhow::Result<_>>()?,
-            statuses: vec![BTreeMap::new(); n],
-            transport_errors: vec![0; n],
-        })
-    }
-
-    /// Records one sample. Only answered requests enter the latency histograms.
-    pub fn record(&mut self, s: Sample) {
-        let k = s.key.min(self.labels.len() - 1);
-        match s.status {
-            Some(code) => {
-                self.overall.saturating_record(s.latency_us.max(1));
-                self.per_key[k].saturating_record(s.latency_us.max(1));
-                *self.statuses[k].entry(code).or_default() += 1;
-            }
-            None => self.transport_errors[k] += 1,
-        }
-    }
-}
+use crate::record::Recorder;
 
 /// What one run measured. Latencies are microseconds.
 #[derive(Debug, Serialize)]
@@ -239,6 +192,7 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::Sample;
 
     #[test]
     fn percentiles_throughput_and_statuses_come_from_the_samples() {

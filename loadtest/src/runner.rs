@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use crate::body::PreparedBody;
-use crate::report::Recorder;
+use crate::record::{Recorder, Sample};
 use crate::scenario::Mode;
 
 /// Everything needed to send one request.
@@ -27,17 +27,6 @@ pub struct Target {
     pub schedule: Vec<usize>,
     /// Bodies, cycled.
     pub bodies: Vec<PreparedBody>,
-}
-
-/// What one request produced.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    /// Index into [`Target::keys`].
-    pub key: usize,
-    /// HTTP status, or `None` when no answer came (connect error, timeout, reset).
-    pub status: Option<u16>,
-    /// Latency, microseconds.
-    pub latency_us: u64,
 }
 
 /// Expands weights into a schedule: `[3, 1]` gives `[0, 0, 0, 1]` (exact shares, no sampling).
@@ -63,7 +52,7 @@ async fn send_one(target: &Target, i: u64) -> (usize, Option<u16>) {
         .body(body.bytes.clone());
     if let Some(h) = body.header_len {
         req = req
-            .header("inference-header-content-length", h)
+            .header(maas_protocol::HEADER_CONTENT_LENGTH, h)
             .header("content-type", "application/octet-stream");
     }
     if let Some((_, Some(auth))) = target.keys.get(key) {

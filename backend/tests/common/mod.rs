@@ -33,14 +33,14 @@ pub fn trained_repo() -> &'static Path {
         let repo = tmp.join(format!("protocol-repo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&repo);
         std::fs::create_dir_all(&repo).unwrap();
-        let output = Command::new(BIN)
+        let output = trainer()
             .args(["train", "--epochs", "15", "--data"])
             .arg(data_path())
             .arg("--repo")
             .arg(&repo)
             .args(["--model", "digits"])
             .output()
-            .expect("run maas-backend train");
+            .expect("run maas-train train");
         assert!(
             output.status.success(),
             "train failed: {}",
@@ -62,6 +62,19 @@ pub fn trained_repo() -> &'static Path {
         std::fs::write(batched.join("config.toml"), config).unwrap();
         repo
     })
+}
+
+/// The training crate's `maas-train`, next to `maas-backend` (the workspace's binaries share
+/// one target folder; `make test` builds them all first).
+fn trainer() -> Command {
+    let maas_train =
+        Path::new(BIN).with_file_name(format!("maas-train{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        maas_train.is_file(),
+        "{} not found: run `cargo build --workspace --bins` first (make test does)",
+        maas_train.display()
+    );
+    Command::new(maas_train)
 }
 
 /// Removes `protocol-repo-<pid>` folders of test processes that are gone.

@@ -1,13 +1,13 @@
-//! Types of the KServe Open Inference Protocol v2, REST/JSON form (the protocol Triton and
+//! The JSON bodies of the KServe Open Inference Protocol v2, REST form (the protocol Triton and
 //! KServe speak): <https://github.com/kserve/open-inference-protocol/blob/main/specification/protocol/inference_rest.md>.
 //!
-//! These are the shapes of the JSON on the wire and nothing more; checking a request against a
-//! model is [`crate::validation`]'s work.
+//! These are the shapes of the JSON on the wire and nothing more (serde only); checking a
+//! request against a model is the server's work (`maas-backend`'s validation).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::datatype::Datatype;
+use crate::{Datatype, BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE};
 
 /// `GET /v2`: server metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,27 @@ pub struct InferRequest {
     pub outputs: Option<Vec<RequestOutput>>,
 }
 
+impl InferRequest {
+    /// A request for `inputs` with no id and no parameters, asking for every output.
+    pub fn new(inputs: Vec<RequestInput>) -> InferRequest {
+        InferRequest {
+            id: None,
+            parameters: None,
+            inputs,
+            outputs: None,
+        }
+    }
+
+    /// The same request asking for every output as binary tensor data (the request parameter
+    /// `binary_data_output`, what Triton's Python client sends when no output is named).
+    pub fn binary_data_output(mut self) -> InferRequest {
+        self.parameters
+            .get_or_insert_with(Map::new)
+            .insert(BINARY_DATA_OUTPUT.into(), Value::Bool(true));
+        self
+    }
+}
+
 /// One input tensor of an infer request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestInput {
@@ -108,6 +129,36 @@ pub struct RequestInput {
     pub data: Option<Value>,
 }
 
+impl RequestInput {
+    /// An input whose elements are the JSON `data` (a flat or nested array, row-major).
+    pub fn json(name: impl Into<String>, shape: Vec<i64>, datatype: Datatype, data: Value) -> Self {
+        RequestInput {
+            name: name.into(),
+            shape,
+            datatype: datatype.to_string(),
+            parameters: None,
+            data: Some(data),
+        }
+    }
+
+    /// An input whose elements travel as binary tensor data: `binary_data_size` bytes of the
+    /// body's binary part.
+    pub fn binary(
+        name: impl Into<String>,
+        shape: Vec<i64>,
+        datatype: Datatype,
+        binary_data_size: usize,
+    ) -> Self {
+        RequestInput {
+            name: name.into(),
+            shape,
+            datatype: datatype.to_string(),
+            parameters: Some(size_parameter(binary_data_size)),
+            data: None,
+        }
+    }
+}
+
 /// One requested output of an infer request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestOutput {
@@ -117,6 +168,18 @@ pub struct RequestOutput {
     /// tensor data). Others are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Map<String, Value>>,
+}
+
+impl RequestOutput {
+    /// The output `name`, asked for as binary tensor data (the output parameter `binary_data`).
+    pub fn binary(name: impl Into<String>) -> RequestOutput {
+        let mut parameters = Map::new();
+        parameters.insert(BINARY_DATA.into(), Value::Bool(true));
+        RequestOutput {
+            name: name.into(),
+            parameters: Some(parameters),
+        }
+    }
 }
 
 /// The answer to an infer request.
@@ -150,9 +213,51 @@ pub struct ResponseOutput {
     pub data: Option<Vec<f32>>,
 }
 
+impl ResponseOutput {
+    /// An output whose elements are in the JSON (`data`).
+    pub fn json(
+        name: impl Into<String>,
+        datatype: Datatype,
+        shape: Vec<i64>,
+        data: Vec<f32>,
+    ) -> Self {
+        ResponseOutput {
+            name: name.into(),
+            datatype,
+            shape,
+            parameters: None,
+            data: Some(data),
+        }
+    }
+
+    /// An output whose elements travel as binary tensor data: `binary_data_size` bytes of the
+    /// body's binary part.
+    pub fn binary(
+        name: impl Into<String>,
+        datatype: Datatype,
+        shape: Vec<i64>,
+        binary_data_size: usize,
+    ) -> Self {
+        ResponseOutput {
+            name: name.into(),
+            datatype,
+            shape,
+            parameters: Some(size_parameter(binary_data_size)),
+            data: None,
+        }
+    }
+}
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong and what was expected.
     pub error: String,
+}
+
+/// `{"binary_data_size": size}`: the parameters of a tensor in binary form.
+fn size_parameter(size: usize) -> Map<String, Value> {
+    let mut parameters = Map::new();
+    parameters.insert(BINARY_DATA_SIZE.into(), Value::from(size));
+    parameters
 }

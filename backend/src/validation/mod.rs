@@ -4,17 +4,28 @@
 //! A request that fails here never reaches the batcher, so it cannot disturb the rows of
 //! another request in the same batch.
 //!
-//! Every error is a [`Error::BadRequest`] whose message names the input (or output) and says
-//! what was expected.
+//! Every error is a [`ValidationError`] whose message names the input (or output) and says
+//! what was expected; the HTTP server maps it to a status once.
+//!
+//! Modules: `body` (split and parse the body), `element` (one element to FP32), `data` (a JSON
+//! array to FP32), `error`.
+
+mod body;
+mod data;
+mod element;
+mod error;
 
 use std::collections::HashSet;
 
+use maas_protocol::{Datatype, InferRequest, BINARY_DATA, BINARY_DATA_OUTPUT, BINARY_DATA_SIZE};
 use serde_json::{Map, Value};
 
 use crate::config::{ModelConfig, TensorConfig};
-use crate::datatype::Datatype;
-use crate::error::Error;
-use crate::oip::InferRequest;
+use data::flatten;
+use element::ElementToF32;
+
+pub use body::{parse_json_part, split_body};
+pub use error::{InputError, ValidationError};
 
 /// An infer request checked against a model's configuration (one input).
 #[derive(Debug, Clone, PartialEq)]
@@ -56,109 +67,85 @@ pub fn validate(
     request: InferRequest,
     binary: &[u8],
     config: &ModelConfig,
-) -> Result<ValidatedInfer, Error> {
+) -> Result<ValidatedInfer, ValidationError> {
     let [input_config] = config.inputs.as_slice() else {
-        return Err(Error::Internal(format!(
-            "dense model with {} inputs",
-            config.inputs.len()
-        )));
+        return Err(ValidationError::UnsupportedModel(config.inputs.len()));
     };
-    let bad = |message: String| Error::BadRequest(message);
 
     let binary_output_default =
-        bool_parameter(request.parameters.as_ref(), "binary_data_output", "request")?
+        bool_parameter(request.parameters.as_ref(), BINARY_DATA_OUTPUT, "request")?
             .unwrap_or(false);
 
     let mut inputs = request.inputs.into_iter();
     let Some(input) = inputs.next() else {
-        return Err(bad(format!(
-            "expected 1 input '{}', got none",
-            input_config.name
-        )));
+        return Err(ValidationError::NoInput {
+            expected: input_config.name.clone(),
+        });
     };
     if let Some(extra) = inputs.next() {
-        return Err(bad(format!(
-            "expected 1 input '{}', got more (second: '{}')",
-            input_config.name, extra.name
-        )));
+        return Err(ValidationError::ExtraInput {
+            expected: input_config.name.clone(),
+            second: extra.name,
+        });
     }
     if input.name != input_config.name {
-        return Err(bad(format!(
-            "unknown input '{}' (expected '{}')",
-            input.name, input_config.name
-        )));
+        return Err(ValidationError::UnknownInput {
+            name: input.name,
+            expected: input_config.name.clone(),
+        });
     }
-    let name = &input.name;
+    let name = input.name.as_str();
+    let bad = |problem: InputError| ValidationError::input(name, problem);
 
     let datatype: Datatype = input
         .datatype
         .parse()
-        .map_err(|e| bad(format!("input '{name}': {e}")))?;
+        .map_err(|e| bad(InputError::from(e)))?;
     if !datatype.is_numeric() {
-        return Err(bad(format!(
-            "input '{name}': datatype {datatype} is not supported (expected a numeric datatype: BOOL, UINT8..UINT64, INT8..INT64, FP16, FP32, FP64, BF16)"
-        )));
+        return Err(bad(InputError::NotNumeric(datatype)));
     }
 
-    let rows = check_shape(&input.shape, input_config, config.max_batch_size)?;
-    let expected = element_count(&input.shape).ok_or_else(|| {
-        bad(format!(
-            "input '{name}': shape {:?} has too many elements",
-            input.shape
-        ))
-    })?;
+    let rows = check_shape(&input.shape, input_config, config.max_batch_size).map_err(bad)?;
+    let too_many = || bad(InputError::TooManyElements(input.shape.clone()));
+    let expected = element_count(&input.shape).ok_or_else(too_many)?;
 
-    let binary_size = binary_data_size(input.parameters.as_ref(), name)?;
+    let binary_size = binary_data_size(input.parameters.as_ref()).map_err(bad)?;
     let data = match (binary_size, &input.data) {
-        (Some(_), Some(_)) => {
-            return Err(bad(format!(
-                "input '{name}': has both JSON data and binary_data_size; send one of them"
-            )))
-        }
-        (None, None) => {
-            return Err(bad(format!(
-                "input '{name}': has neither data nor the parameter binary_data_size"
-            )))
-        }
+        (Some(_), Some(_)) => return Err(bad(InputError::DataAndBinary)),
+        (None, None) => return Err(bad(InputError::NoData)),
         (Some(size), None) => {
             let element_size = datatype.element_size().unwrap_or(1);
-            let expected_bytes = expected.checked_mul(element_size).ok_or_else(|| {
-                bad(format!(
-                    "input '{name}': shape {:?} has too many elements",
-                    input.shape
-                ))
-            })?;
+            let expected_bytes = expected.checked_mul(element_size).ok_or_else(too_many)?;
             if size != expected_bytes {
-                return Err(bad(format!(
-                    "input '{name}': binary_data_size is {size} bytes, expected {expected_bytes} ({expected} elements of {datatype}, {element_size} bytes each, for shape {:?})",
-                    input.shape
-                )));
+                return Err(bad(InputError::BinarySize {
+                    size,
+                    expected: expected_bytes,
+                    elements: expected,
+                    datatype,
+                    element_size,
+                    shape: input.shape.clone(),
+                }));
             }
             if binary.len() != size {
-                return Err(bad(format!(
-                    "input '{name}': binary_data_size is {size} bytes but the body has {} bytes after the JSON header (Inference-Header-Content-Length)",
-                    binary.len()
-                )));
+                return Err(bad(InputError::BinaryLength {
+                    size,
+                    available: binary.len(),
+                }));
             }
             let mut out = Vec::with_capacity(expected);
             datatype
                 .decode_binary_to_f32(binary, &mut out)
-                .map_err(|e| bad(format!("input '{name}': {e}")))?;
+                .map_err(|e| bad(e.into()))?;
             out
         }
         (None, Some(data)) => {
             if !binary.is_empty() {
-                return Err(bad(format!(
-                    "the body has {} bytes after the JSON header (Inference-Header-Content-Length) but no input has the parameter binary_data_size",
-                    binary.len()
-                )));
+                return Err(ValidationError::UnusedBinary(binary.len()));
             }
             if datatype == Datatype::Bf16 {
-                return Err(bad(format!(
-                    "input '{name}': BF16 has no JSON form; send it as binary tensor data (binary_data_size)"
-                )));
+                return Err(bad(InputError::Bf16Json));
             }
-            flatten(data, datatype, expected).map_err(|e| bad(format!("input '{name}': {e}")))?
+            flatten(data, datatype, expected).map_err(|e| bad(e.into()))?
         }
     };
 
@@ -176,22 +163,16 @@ pub fn validate(
             let mut names = Vec::with_capacity(requested.len());
             for output in requested {
                 if !config.outputs.iter().any(|o| o.name == output.name) {
-                    let known: Vec<_> = config
-                        .outputs
-                        .iter()
-                        .map(|o| format!("'{}'", o.name))
-                        .collect();
-                    return Err(bad(format!(
-                        "unknown output '{}' (expected one of {})",
-                        output.name,
-                        known.join(", ")
-                    )));
+                    return Err(ValidationError::UnknownOutput {
+                        name: output.name,
+                        known: config.outputs.iter().map(|o| o.name.clone()).collect(),
+                    });
                 }
                 if !seen.insert(output.name.clone()) {
-                    return Err(bad(format!("output '{}' is requested twice", output.name)));
+                    return Err(ValidationError::DuplicateOutput(output.name));
                 }
                 let context = format!("output '{}'", output.name);
-                let binary = bool_parameter(output.parameters.as_ref(), "binary_data", &context)?
+                let binary = bool_parameter(output.parameters.as_ref(), BINARY_DATA, &context)?
                     .unwrap_or(binary_output_default);
                 names.push(OutputRequest {
                     name: output.name,
@@ -210,61 +191,64 @@ pub fn validate(
     })
 }
 
-/// A boolean parameter: `None` when absent, 400 when not a JSON boolean.
+/// A boolean parameter: `None` when absent, [`ValidationError::BoolParameter`] when not a
+/// JSON boolean.
 fn bool_parameter(
     parameters: Option<&Map<String, Value>>,
-    key: &str,
+    key: &'static str,
     context: &str,
-) -> Result<Option<bool>, Error> {
+) -> Result<Option<bool>, ValidationError> {
     match parameters.and_then(|p| p.get(key)) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(Error::BadRequest(format!(
-            "{context}: parameter {key} must be true or false, got {other}"
-        ))),
+        Some(other) => Err(ValidationError::BoolParameter {
+            context: context.to_string(),
+            key,
+            value: other.clone(),
+        }),
     }
 }
 
-/// The input parameter `binary_data_size`: `None` when absent, 400 unless a non-negative
-/// integer that fits in memory.
-fn binary_data_size(
-    parameters: Option<&Map<String, Value>>,
-    name: &str,
-) -> Result<Option<usize>, Error> {
-    match parameters.and_then(|p| p.get("binary_data_size")) {
+/// The input parameter `binary_data_size`: `None` when absent, an error unless a
+/// non-negative integer that fits in memory.
+fn binary_data_size(parameters: Option<&Map<String, Value>>) -> Result<Option<usize>, InputError> {
+    match parameters.and_then(|p| p.get(BINARY_DATA_SIZE)) {
         None => Ok(None),
         Some(value) => value
             .as_u64()
             .and_then(|n| usize::try_from(n).ok())
             .map(Some)
-            .ok_or_else(|| {
-                Error::BadRequest(format!(
-                    "input '{name}': binary_data_size must be a non-negative integer (bytes), got {value}"
-                ))
-            }),
+            .ok_or_else(|| InputError::BadBinaryDataSize(value.clone())),
     }
 }
 
 /// Checks `shape == [batch, ...dims]` with `batch >= 1` and, when `max_batch_size > 0`,
 /// `batch <= max_batch_size`; returns the batch.
-fn check_shape(shape: &[i64], config: &TensorConfig, max_batch_size: u32) -> Result<i64, Error> {
+fn check_shape(
+    shape: &[i64],
+    config: &TensorConfig,
+    max_batch_size: u32,
+) -> Result<i64, InputError> {
     let expected = config.batched_shape();
-    let name = &config.name;
     if shape.len() != expected.len() || shape[1..] != config.dims[..] {
-        return Err(Error::BadRequest(format!(
-            "input '{name}': expected shape {expected:?}, got {shape:?}"
-        )));
+        return Err(InputError::Shape {
+            expected,
+            shape: shape.to_vec(),
+        });
     }
     let batch = shape[0];
     if batch < 1 {
-        return Err(Error::BadRequest(format!(
-            "input '{name}': expected shape {expected:?} with a batch of at least 1, got {shape:?}"
-        )));
+        return Err(InputError::EmptyBatch {
+            expected,
+            shape: shape.to_vec(),
+        });
     }
     if max_batch_size > 0 && batch > i64::from(max_batch_size) {
-        return Err(Error::BadRequest(format!(
-            "input '{name}': batch {batch} is over the model's max_batch_size {max_batch_size} (shape {shape:?}); split the request"
-        )));
+        return Err(InputError::OverMaxBatch {
+            batch,
+            max_batch_size,
+            shape: shape.to_vec(),
+        });
     }
     Ok(batch)
 }
@@ -274,67 +258,6 @@ fn element_count(shape: &[i64]) -> Option<usize> {
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
-}
-
-/// Flattens a flat or nested JSON array row-major into `expected` FP32 values of `datatype`.
-///
-/// Errors name the element's row-major index. Stops at the first element beyond `expected`, so
-/// a huge body cannot make the server allocate more than the shape promised.
-pub fn flatten(data: &Value, datatype: Datatype, expected: usize) -> Result<Vec<f32>, String> {
-    if !data.is_array() {
-        return Err(format!(
-            "data must be a JSON array of {expected} numbers ({datatype}), flat or nested"
-        ));
-    }
-    // The shape is the client's word: reserve no more than the data can hold (every JSON
-    // element takes at least two bytes, "0,"), so a shape like [10^9, 64] with little data
-    // cannot make the server reserve gigabytes.
-    let mut out = Vec::with_capacity(expected.min(count_leaves(data)));
-    push_flat(data, datatype, expected, &mut out)?;
-    if out.len() != expected {
-        return Err(format!(
-            "expected {expected} elements from the shape, got {} in data",
-            out.len()
-        ));
-    }
-    Ok(out)
-}
-
-/// The number of non-array values in a (nested) JSON array.
-fn count_leaves(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => items.iter().map(count_leaves).sum(),
-        _ => 1,
-    }
-}
-
-fn push_flat(
-    value: &Value,
-    datatype: Datatype,
-    expected: usize,
-    out: &mut Vec<f32>,
-) -> Result<(), String> {
-    match value {
-        Value::Array(items) => {
-            for item in items {
-                push_flat(item, datatype, expected, out)?;
-            }
-            Ok(())
-        }
-        element => {
-            let index = out.len();
-            if index >= expected {
-                return Err(format!(
-                    "expected {expected} elements from the shape, got more in data"
-                ));
-            }
-            let v = datatype
-                .number_to_f32(element)
-                .map_err(|e| format!("data element {index} ({element}): {e}"))?;
-            out.push(v);
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]
@@ -349,7 +272,8 @@ mod tests {
 
     fn error(value: Value) -> String {
         match validate(request(value), &[], &dense_classifier(4, 3, 2)) {
-            Err(Error::BadRequest(message)) => message,
+            Err(ValidationError::UnsupportedModel(n)) => panic!("not a bad request: {n} inputs"),
+            Err(e) => e.to_string(),
             other => panic!("expected a bad request, got {other:?}"),
         }
     }

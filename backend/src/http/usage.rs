@@ -1,19 +1,11 @@
 //! Usage headers on every successful infer response: how the gateway meters a call without
-//! the backend knowing tenants (DESIGN.md). The header names are a contract with the gateway.
+//! the backend knowing tenants (see ARCHITECTURE.md, "Metering"). The header names are the
+//! wire contract of `maas-protocol`.
 
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
-
-/// Rows processed by the request: the batch dimension (Triton's "inference count").
-pub const INFERENCE_COUNT_HEADER: HeaderName = HeaderName::from_static("x-maas-inference-count");
-
-/// Compute time of the request's forward pass, integer microseconds, rounded up (so at least 1).
-pub const COMPUTE_US_HEADER: HeaderName = HeaderName::from_static("x-maas-compute-us");
-
-/// The model version that served the request (the version folder's number), so the gateway
-/// can meter it even when the request named no version.
-pub const MODEL_VERSION_HEADER: HeaderName = HeaderName::from_static("x-maas-model-version");
+use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION};
 
 /// What one infer request used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,11 +30,17 @@ impl Usage {
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
-            INFERENCE_COUNT_HEADER,
+            HeaderName::from_static(INFERENCE_COUNT),
             HeaderValue::from(self.inference_count),
         );
-        headers.insert(COMPUTE_US_HEADER, HeaderValue::from(self.compute_us()));
-        headers.insert(MODEL_VERSION_HEADER, HeaderValue::from(self.model_version));
+        headers.insert(
+            HeaderName::from_static(COMPUTE_US),
+            HeaderValue::from(self.compute_us()),
+        );
+        headers.insert(
+            HeaderName::from_static(MODEL_VERSION),
+            HeaderValue::from(self.model_version),
+        );
         headers
     }
 }

@@ -7,12 +7,13 @@
 //! layer's activation, layer after layer.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::safetensors::read_safetensors_subset;
+use super::{Forward, ForwardError, LoadError};
 use crate::config::{Activation, LayerConfig, ModelConfig};
 
 /// The file name of a dense model version's weights inside its version folder.
@@ -49,24 +50,18 @@ pub struct DenseModel {
     device: Device,
 }
 
-/// Why a forward pass failed (a libtorch error; the input itself was validated before).
-#[derive(Debug, thiserror::Error)]
-#[error("forward pass failed: {0}")]
-pub struct ForwardError(#[from] tch::TchError);
-
 impl DenseModel {
     /// Loads the weights of `config`'s layers from a `model.safetensors` file onto `device`.
     ///
-    /// Errors (as text naming the tensor and the expected shape) when the file cannot be read,
-    /// a tensor is missing, is not FP32, or has the wrong shape, or when the file holds tensors
-    /// that no layer uses (a sign that the file and the config disagree).
+    /// Errors ([`LoadError`], naming the tensor and the expected shape) when the file cannot be
+    /// read, a tensor is missing, is not FP32, or has the wrong shape, or when the file holds
+    /// tensors that no layer uses (a sign that the file and the config disagree).
     pub fn load(
         config: &ModelConfig,
         weights: &Path,
         device: Device,
-    ) -> Result<DenseModel, String> {
-        let tensors =
-            Tensor::read_safetensors(weights).map_err(|e| format!("cannot read weights: {e}"))?;
+    ) -> Result<DenseModel, LoadError> {
+        let tensors = Tensor::read_safetensors(weights).map_err(LoadError::WeightsLibtorch)?;
         let tensors: HashMap<String, Tensor> = tensors.into_iter().collect();
         DenseModel::from_tensors(config, tensors, device)
     }
@@ -77,22 +72,15 @@ impl DenseModel {
     /// [`DenseModel::in_features`] is `in` of layer `range.start` and
     /// [`DenseModel::out_features`] is `out` of layer `range.end - 1`.
     ///
-    /// Errors (as text) when the range is empty or past the layers, and as [`DenseModel::load`]
-    /// for the tensors of the range.
+    /// Errors ([`LoadError::Config`]) when the range is empty or past the layers, and as
+    /// [`DenseModel::load`] for the tensors of the range.
     pub fn load_range(
         config: &ModelConfig,
         weights: &Path,
         range: Range<usize>,
         device: Device,
-    ) -> Result<DenseModel, String> {
-        let Some(layers) = config.layers.get(range.clone()).filter(|l| !l.is_empty()) else {
-            return Err(format!(
-                "layers {}..{} are not a non-empty range of the model's {} layers",
-                range.start,
-                range.end,
-                config.layers.len()
-            ));
-        };
+    ) -> Result<DenseModel, LoadError> {
+        let layers = config.layer_range(range.clone())?;
         let mut wanted = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             let index = range.start + i;
@@ -114,22 +102,21 @@ impl DenseModel {
         config: &ModelConfig,
         mut tensors: HashMap<String, Tensor>,
         device: Device,
-    ) -> Result<DenseModel, String> {
+    ) -> Result<DenseModel, LoadError> {
         let mut layers = Vec::with_capacity(config.layers.len());
         for (index, layer) in config.layers.iter().enumerate() {
             layers.push(load_layer(index, layer, &mut tensors, device)?);
         }
         if !tensors.is_empty() {
-            let mut unused: Vec<_> = tensors.into_keys().collect();
-            unused.sort();
-            return Err(format!(
-                "tensors not used by any configured layer: {} (the config has {} layers)",
-                unused.join(", "),
-                config.layers.len()
-            ));
+            let mut names: Vec<_> = tensors.into_keys().collect();
+            names.sort();
+            return Err(LoadError::UnusedTensors {
+                names,
+                layers: config.layers.len(),
+            });
         }
         let (Some(first), Some(last)) = (config.layers.first(), config.layers.last()) else {
-            return Err("a dense model needs at least one layer".into());
+            return Err(LoadError::NoLayers);
         };
         Ok(DenseModel {
             layers,
@@ -177,6 +164,16 @@ impl DenseModel {
     }
 }
 
+impl Forward for DenseModel {
+    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardError> {
+        DenseModel::forward_rows(self, input, rows)
+    }
+
+    fn out_features(&self) -> i64 {
+        DenseModel::out_features(self)
+    }
+}
+
 /// Applies one activation; softmax is over the features of each row (dim 1).
 pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor, tch::TchError> {
     match activation {
@@ -188,79 +185,12 @@ pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor, tch::TchEr
     }
 }
 
-/// Reads the FP32 tensors named in `wanted` (`(name in the file, name to return)`) from a
-/// safetensors file, seeking to each one's bytes instead of reading the whole file (format:
-/// <https://github.com/huggingface/safetensors#format>: an 8-byte little-endian header length,
-/// a JSON header of `name: {dtype, shape, data_offsets}`, then the data). A name missing from
-/// the file is left out (the caller reports it with the expected shape).
-fn read_safetensors_subset(
-    path: &Path,
-    wanted: &[(String, String)],
-) -> Result<HashMap<String, Tensor>, String> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        dtype: String,
-        shape: Vec<i64>,
-        data_offsets: [u64; 2],
-    }
-    let cannot = |e: std::io::Error| format!("cannot read weights: {e}");
-    let mut file = std::fs::File::open(path).map_err(cannot)?;
-    let mut length = [0u8; 8];
-    file.read_exact(&mut length).map_err(cannot)?;
-    let length = u64::from_le_bytes(length);
-    // The format caps the header at 100 MB.
-    if length > 100_000_000 {
-        return Err(format!(
-            "cannot read weights: safetensors header of {length} bytes (at most 100 MB)"
-        ));
-    }
-    let mut header = vec![0u8; usize::try_from(length).unwrap_or(0)];
-    file.read_exact(&mut header).map_err(cannot)?;
-    let mut entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| format!("cannot read weights: bad safetensors header: {e}"))?;
-    let mut tensors = HashMap::new();
-    for (name, rename) in wanted {
-        let Some(value) = entries.remove(name) else {
-            continue;
-        };
-        let entry: Entry = serde_json::from_value(value)
-            .map_err(|e| format!("cannot read weights: tensor '{name}': {e}"))?;
-        if entry.dtype != "F32" {
-            return Err(format!(
-                "tensor '{name}' is {}, expected FP32 (F32)",
-                entry.dtype
-            ));
-        }
-        let [start, end] = entry.data_offsets;
-        let elements: i64 = entry.shape.iter().product();
-        if end < start || Some(end - start) != u64::try_from(elements).ok().map(|n| n * 4) {
-            return Err(format!(
-                "cannot read weights: tensor '{name}' has data_offsets [{start}, {end}] for shape {:?}",
-                entry.shape
-            ));
-        }
-        let mut bytes = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-        file.seek(SeekFrom::Start(8 + length + start))
-            .map_err(cannot)?;
-        file.read_exact(&mut bytes).map_err(cannot)?;
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let tensor = Tensor::f_from_slice(&values)
-            .and_then(|t| t.f_view(entry.shape.as_slice()))
-            .map_err(|e| format!("cannot read weights: tensor '{name}': {e}"))?;
-        tensors.insert(rename.clone(), tensor);
-    }
-    Ok(tensors)
-}
-
 fn load_layer(
     index: usize,
     layer: &LayerConfig,
     tensors: &mut HashMap<String, Tensor>,
     device: Device,
-) -> Result<DenseLayer, String> {
+) -> Result<DenseLayer, LoadError> {
     let weight = take_tensor(
         tensors,
         &weight_name(index),
@@ -270,15 +200,19 @@ fn load_layer(
     let bias = if layer.bias {
         Some(take_tensor(tensors, &bias_key, &[layer.out_features])?)
     } else if tensors.contains_key(&bias_key) {
-        return Err(format!(
-            "tensor '{bias_key}' is present but layers[{index}] has bias = false"
-        ));
+        return Err(LoadError::UnexpectedBias {
+            name: bias_key,
+            layer: index,
+        });
     } else {
         None
     };
     let to_device = |t: Tensor| {
-        t.f_to_device(device)
-            .map_err(|e| format!("cannot move layers.{index} to {device:?}: {e}"))
+        t.f_to_device(device).map_err(|source| LoadError::ToDevice {
+            layer: index,
+            device,
+            source,
+        })
     };
     Ok(DenseLayer {
         weight: to_device(weight)?,
@@ -291,21 +225,26 @@ fn take_tensor(
     tensors: &mut HashMap<String, Tensor>,
     name: &str,
     shape: &[i64],
-) -> Result<Tensor, String> {
+) -> Result<Tensor, LoadError> {
     let Some(tensor) = tensors.remove(name) else {
-        return Err(format!("missing tensor '{name}' (expected FP32 {shape:?})"));
+        return Err(LoadError::MissingTensor {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+        });
     };
     if tensor.kind() != Kind::Float {
-        return Err(format!(
-            "tensor '{name}' is {:?}, expected FP32 (Float)",
-            tensor.kind()
-        ));
+        return Err(LoadError::NotFp32 {
+            name: name.to_string(),
+            found: format!("{:?}", tensor.kind()),
+            fp32: "Float",
+        });
     }
     if tensor.size() != shape {
-        return Err(format!(
-            "tensor '{name}' has shape {:?}, expected {shape:?}",
-            tensor.size()
-        ));
+        return Err(LoadError::ShapeMismatch {
+            name: name.to_string(),
+            found: tensor.size(),
+            expected: shape.to_vec(),
+        });
     }
     Ok(tensor)
 }
@@ -379,7 +318,9 @@ mod tests {
         let hidden = first.forward_rows(&x, 2).unwrap();
         let split = second.forward_rows(&hidden, 2).unwrap();
         assert_eq!(split, whole.forward_rows(&x, 2).unwrap());
-        let e = DenseModel::load_range(&config, &file, 1..3, Device::Cpu).unwrap_err();
+        let e = DenseModel::load_range(&config, &file, 1..3, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("not a non-empty range of the model's 2 layers"),
             "{e}"
@@ -394,7 +335,9 @@ mod tests {
             weight_name(1),
             Tensor::ones([2, 5], (Kind::Float, Device::Cpu)),
         );
-        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu).unwrap_err();
+        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "tensor 'layers.1.weight' has shape [2, 5], expected [2, 4]"
@@ -406,7 +349,9 @@ mod tests {
         let config = dense_classifier(3, 4, 2);
         let mut tensors = tensors_for(&config);
         tensors.remove(&bias_name(0));
-        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu).unwrap_err();
+        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing tensor 'layers.0.bias'"), "{e}");
 
         let mut tensors = tensors_for(&config);
@@ -414,7 +359,9 @@ mod tests {
             weight_name(0),
             Tensor::ones([4, 3], (Kind::Double, Device::Cpu)),
         );
-        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu).unwrap_err();
+        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected FP32"), "{e}");
 
         let mut tensors = tensors_for(&config);
@@ -422,7 +369,9 @@ mod tests {
             "layers.2.weight".into(),
             Tensor::ones([1], (Kind::Float, Device::Cpu)),
         );
-        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu).unwrap_err();
+        let e = DenseModel::from_tensors(&config, tensors, Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("not used by any configured layer: layers.2.weight"),
             "{e}"

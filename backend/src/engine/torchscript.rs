@@ -10,8 +10,8 @@ use std::path::Path;
 
 use tch::{CModule, Device, Kind, Tensor};
 
+use super::{Forward, ForwardError, LoadError};
 use crate::config::ModelConfig;
-use crate::worker::{Forward, ForwardFailure};
 
 /// The file name of a TorchScript version's module inside its version folder.
 pub const MODULE_FILE: &str = "model.pt";
@@ -27,18 +27,17 @@ pub struct TorchScriptModel {
 }
 
 impl TorchScriptModel {
-    /// Loads `model.pt` onto `device` in eval mode. Errors (as text) when libtorch cannot load
-    /// the file or the configuration does not have exactly one input and one output.
+    /// Loads `model.pt` onto `device` in eval mode. Errors when libtorch cannot load the file
+    /// ([`LoadError::TorchScript`]) or the configuration lacks its input or output.
     pub fn load(
         config: &ModelConfig,
         path: &Path,
         device: Device,
-    ) -> Result<TorchScriptModel, String> {
+    ) -> Result<TorchScriptModel, LoadError> {
         let (Some(input), Some(output)) = (config.inputs.first(), config.outputs.first()) else {
-            return Err("a TorchScript model needs one [[inputs]] and one [[outputs]]".into());
+            return Err(LoadError::TorchScriptTensors);
         };
-        let mut module = CModule::load_on_device(path, device)
-            .map_err(|e| format!("cannot load the TorchScript module: {e}"))?;
+        let mut module = CModule::load_on_device(path, device).map_err(LoadError::TorchScript)?;
         module.set_eval();
         Ok(TorchScriptModel {
             module,
@@ -53,7 +52,7 @@ impl TorchScriptModel {
 impl Forward for TorchScriptModel {
     /// `input` as `[rows, ...input dims]` through the module; the output must be FP32-castable
     /// and shaped `[rows, ...output dims]`, else an error naming the shape it had.
-    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardFailure> {
+    fn forward_rows(&self, input: &[f32], rows: i64) -> Result<Vec<f32>, ForwardError> {
         let shape: Vec<i64> = std::iter::once(rows)
             .chain(self.input_dims.iter().copied())
             .collect();
@@ -63,25 +62,24 @@ impl Forward for TorchScriptModel {
                 .f_to_device(self.device)?;
             tch::no_grad(|| self.module.forward_ts(&[x]))
         };
-        let y = run().map_err(|e| format!("TorchScript forward failed: {e}"))?;
+        let y = run().map_err(|e| ForwardError::TorchScript(e.to_string()))?;
         let expected: Vec<i64> = std::iter::once(rows)
             .chain(self.output_dims.iter().copied())
             .collect();
         if y.size() != expected {
-            return Err(format!(
-                "the TorchScript module returned shape {:?}, expected {expected:?} (the configured output dims)",
-                y.size()
-            )
-            .into());
+            return Err(ForwardError::OutputShape {
+                found: y.size(),
+                expected,
+            });
         }
+        let unreadable = |e: tch::TchError| ForwardError::ReadOutput(e.to_string());
         let y = y
             .f_to_device(Device::Cpu)
             .and_then(|y| y.f_to_kind(Kind::Float))
             .and_then(|y| y.f_contiguous())
             .and_then(|y| y.f_view([-1]))
-            .map_err(|e| format!("cannot read the TorchScript output: {e}"))?;
-        Vec::<f32>::try_from(&y)
-            .map_err(|e| format!("cannot read the TorchScript output: {e}").into())
+            .map_err(unreadable)?;
+        Vec::<f32>::try_from(&y).map_err(unreadable)
     }
 
     fn out_features(&self) -> i64 {

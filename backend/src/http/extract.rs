@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
+use super::Error;
 
 /// Path parameters (`{model}`, `{version}`), decoded into `T`.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ where
 /// The raw request body, within the server's body limit (axum's `DefaultBodyLimit`).
 ///
 /// Kept as bytes so that a handler can first resolve the model (404 before 400) and then parse
-/// with [`parse_json`].
+/// it (the validation's `parse_json_part` for an infer request).
 #[derive(Debug)]
 pub struct Body(pub Bytes);
 
@@ -53,6 +53,30 @@ where
     }
 }
 
+/// An optional JSON body (the repository extension's requests): empty or whitespace is
+/// `T::default()`; anything else must be JSON of `T`, or the rejection is a 400 with serde's
+/// reason, in the API's own error shape.
+#[derive(Debug)]
+pub struct OptionalJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for OptionalJson<T>
+where
+    T: Default + DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Body(body) = Body::from_request(req, state).await?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        serde_json::from_slice(&body)
+            .map(OptionalJson)
+            .map_err(|e| Error::BadRequest(format!("request body is not the expected JSON: {e}")))
+    }
+}
+
 fn body_error(rejection: &BytesRejection) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::PayloadTooLarge(
@@ -66,36 +90,13 @@ fn body_error(rejection: &BytesRejection) -> Error {
     }
 }
 
-/// Parses a JSON body into `T`. The Content-Type header is not required (clients such as
-/// `curl -d` send another); any body that is not valid JSON of the expected form is a 400 whose
-/// message gives serde's reason and position. The same rules as the JSON part of an infer
-/// request without binary data ([`crate::binary::parse_json_part`]).
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
-    crate::binary::parse_json_part(body, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::oip::InferRequest;
-
-    #[test]
-    fn malformed_json_is_a_bad_request() {
-        let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b"{\"inputs\": [") else {
-            panic!()
-        };
-        assert!(m.starts_with("request body is not valid JSON"), "{m}");
-        let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b"{\"id\": \"x\"}") else {
-            panic!()
-        };
-        assert!(m.contains("missing field `inputs`"), "{m}");
-        let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b" [] ") else {
-            panic!()
-        };
-        assert!(m.contains("must be a JSON object"), "{m}");
-        let Err(Error::BadRequest(m)) = parse_json::<InferRequest>(b"") else {
-            panic!()
-        };
-        assert!(m.contains("empty body"), "{m}");
-    }
+/// The path parameters of `/v2/models/{model}[/versions/{version}]/...` and
+/// `/v2/repository/models/{model}/...`. The version is kept as sent, so that one that is not a
+/// number gets the repository's 404 naming it; `None` on the routes without it.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ModelPath {
+    /// The model's name.
+    pub model: String,
+    /// The version, as sent; absent on the routes without `/versions/{version}`.
+    pub version: Option<String>,
 }

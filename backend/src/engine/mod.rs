@@ -1,0 +1,33 @@
+//! The inference engine: model instances loaded on libtorch and the runner that feeds them.
+//!
+//! - `dense` (with `safetensors`): a stack of fully connected layers from `model.safetensors`;
+//!   `torchscript`: a `model.pt` module; `pipeline`: a dense model split into stages (GPipe,
+//!   Huang et al. 2019), some of them in other processes. Each is a [`Forward`].
+//! - `batcher`: the dynamic batching queue of one model version and its rules; `job`: what a
+//!   request hands to it; `worker`: the instance threads that take batches off the queue and
+//!   run them.
+//! - `error` and `forward`: why loading ([`LoadError`]) or a forward pass ([`ForwardError`])
+//!   fails.
+//!
+//! The engine knows model configurations ([`crate::config`]) but not the repository on disk
+//! nor HTTP: the repository builds instances and workers from it, and the HTTP server sends
+//! jobs to the workers.
+
+mod batcher;
+mod dense;
+mod error;
+mod forward;
+mod job;
+mod pipeline;
+mod safetensors;
+mod torchscript;
+mod worker;
+
+pub use batcher::BatchPolicy;
+pub use dense::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+pub use error::{LoadError, RemoteStageError};
+pub use forward::{Forward, ForwardError};
+pub use job::{ForwardOutput, InferJob, WorkerError};
+pub use pipeline::{PipelineModel, PipelineVersion};
+pub use torchscript::{TorchScriptModel, MODULE_FILE};
+pub use worker::{Worker, WorkerOptions};

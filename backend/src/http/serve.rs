@@ -1,0 +1,110 @@
+//! The life of a serving process: bind, print the address, serve until SIGINT or SIGTERM,
+//! then stop being ready, drain in-flight requests (at most a limit) and stop the workers.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+
+use super::{router, AppState, ServerOptions};
+use crate::repository::ModelRepository;
+
+/// Binds `listen`, prints `maas-backend listening on <addr>` to stdout, serves `repository`
+/// until SIGINT or SIGTERM, then drains in-flight requests (at most `drain`) and stops the
+/// workers.
+pub fn serve_until_signal(
+    repository: Arc<ModelRepository>,
+    listen: &str,
+    max_body_bytes: usize,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let repo_root = repository.root().to_path_buf();
+    let state = AppState::new(repository);
+    let app = router(state.clone(), ServerOptions { max_body_bytes });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "maas-backend listening on {addr}")?;
+        stdout.flush()?;
+        drop(stdout);
+        tracing::info!(%addr, repo = %repo_root.display(), "serving");
+        let flag = state.shutting_down.clone();
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let notify = stopping.clone();
+        let server = serve(listener, app, async move {
+            shutdown_signal().await;
+            flag.store(true, Ordering::Relaxed);
+            tracing::info!("shutting down: finishing in-flight requests");
+            notify.notify_one();
+        });
+        let drain_limit = async move {
+            stopping.notified().await;
+            tokio::time::sleep(drain).await;
+        };
+        tokio::select! {
+            result = server => result.context("server failed"),
+            () = drain_limit => {
+                tracing::warn!("connections still open after {drain:?}; stopping anyway");
+                Ok(())
+            }
+        }
+    })?;
+    drop(runtime);
+    // The last handle to the repository: dropping it joins every worker thread.
+    drop(state);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
