@@ -34,4 +34,4 @@ clean:
 
 ## Benchmarks side by side in one run; rewrites BENCHMARKS.md.
 bench:
-	@scripts/bench.sh
+	@bench/run.sh

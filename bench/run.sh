@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: runs the benchmark suite on this machine, side by side in one run, and rewrites
-# BENCHMARKS.md (scripts/bench_report.py) from the JSON results in .data/bench/results/.
+# BENCHMARKS.md (bench/report.py) from the JSON results in .data/bench/results/.
 #
 # Sections (each figure judged by a ratio of two measurements taken in this same run):
 #   gateway     1. gateway overhead: the same open-loop load (1,000 requests/s) straight to a
@@ -120,7 +120,7 @@ run_section() {
     (
         set -eEuo pipefail
         SECTION="$name"
-        trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-$SECTION.log)" > "$RES/$SECTION.error"' ERR
+        trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-$SECTION.log)" > "$RES/$SECTION.error"' ERR
         trap 'stop_servers' EXIT
         "$fn"
     ) 2>&1 | tee "$OUT/logs/section-$name.log"
@@ -484,7 +484,7 @@ section_torchserve() {
         || cat "$TS_VENV"/lib/python3*/site-packages/ts/version.txt > "$RES/ts-version.txt"
 
     echo "bench: 5. the TorchScript model and its request body"
-    .venv/bin/python scripts/bench/make_torchscript.py "$dir/model.pt" "$dir/body.json" \
+    .venv/bin/python bench/torchserve/make_torchscript.py "$dir/model.pt" "$dir/body.json" \
         --dims "$BE_DIMS" --seed 42 --batch 1
     ln -f "$dir/model.pt" "$dir/maas-repo/dense-ts/1/model.pt" 2>/dev/null || cp "$dir/model.pt" "$dir/maas-repo/dense-ts/1/model.pt"
     # Batching configured alike: up to 64 rows per forward pass, the first request waits at most
@@ -518,7 +518,7 @@ TOML
 JSON
 
     "$TSBIN/torch-model-archiver" --model-name dense --version 1 --serialized-file "$dir/model.pt" \
-        --handler scripts/bench/ts_handler.py --export-path "$dir/store" --archive-format no-archive --force \
+        --handler bench/torchserve/ts_handler.py --export-path "$dir/store" --archive-format no-archive --force \
         || fail "torch-model-archiver failed"
     p_inf="$(free_port)"; p_mgmt="$(free_port)"; p_met="$(free_port)"
     cat > "$dir/config.properties" <<PROPS
@@ -632,7 +632,7 @@ section_auth() {
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = auth ]; then
     set -E
     SECTION=auth
-    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND" > "$RES/$SECTION.error"' ERR
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND" > "$RES/$SECTION.error"' ERR
     section_auth_inner
     exit 0
 fi
@@ -722,7 +722,7 @@ if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
     SECTION=ingest
-    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-ingest.log)" > "$RES/$SECTION.error"' ERR
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-ingest.log)" > "$RES/$SECTION.error"' ERR
     section_ingest_inner
     exit 0
 fi
@@ -730,7 +730,7 @@ if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
     # Second invocation, under scripts/with-services.sh: the gateway section's body only.
     set -E
     SECTION=gateway
-    trap 'echo "command failed (status $?) at scripts/bench.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-gateway.log)" > "$RES/$SECTION.error"' ERR
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-gateway.log)" > "$RES/$SECTION.error"' ERR
     section_gateway_inner
     exit 0
 fi
@@ -787,5 +787,5 @@ run_section split section_split
     "$BIN/maas-backend" --version 2>/dev/null || true
     .venv/bin/python -c 'import torch; print("torch", torch.__version__)' 2>/dev/null || true
 } > "$RES/versions.txt"
-python3 scripts/bench_report.py "$RES" BENCHMARKS.md
+python3 bench/report.py "$RES" BENCHMARKS.md
 echo "bench: wrote BENCHMARKS.md"

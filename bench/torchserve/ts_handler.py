@@ -1,4 +1,4 @@
-"""TorchServe handler for the benchmark's TorchScript model (scripts/bench.sh, figure B).
+"""TorchServe handler for the benchmark's TorchScript model (bench/run.sh, figure B).
 
 TorchServe's own base_handler cannot turn a JSON body into a tensor, and its kservev2 envelope
 reads only the first request of a batch. This handler takes the raw batch TorchServe hands it

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the benchmark's TorchScript model and a request body for it (scripts/bench.sh, figure B).
+"""Writes the benchmark's TorchScript model and a request body for it (bench/run.sh, figure B).
 
 Usage: make_torchscript.py MODEL_PT BODY_JSON --dims 1024,4096,4096,1024 [--seed 42] [--batch 1]
 

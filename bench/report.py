@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Writes BENCHMARKS.md from the JSON results of scripts/bench.sh (maas-loadtest reports).
+"""Writes BENCHMARKS.md from the JSON results of bench/run.sh (maas-loadtest reports).
 
 Usage: bench_report.py RESULTS_DIR OUTPUT.md
 
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of scripts/bench.sh (gateway, backend, torchserve, auth, ingest, split) is written on its own: a section
+Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -417,13 +417,13 @@ def torchserve_section(res):
     lines = [
         "## 5. Backend against TorchServe",
         "",
-        f"The same TorchScript file (a dense {dims} FP32 stack, `scripts/bench/make_torchscript.py`)",
+        f"The same TorchScript file (a dense {dims} FP32 stack, `bench/torchserve/make_torchscript.py`)",
         f"on the CPU, served by `maas-backend` (platform `torchscript`) and by TorchServe {version} ({java}),",
         "one model instance / worker each with "
         f"{cfg['threads']} libtorch threads. Batching configured alike: maas `max_batch_size = {cfg['max_batch_size']}`,",
         f"`max_queue_delay_us = {cfg['max_batch_delay_ms'] * 1000}`; TorchServe `batch_size = {cfg['max_batch_size']}`, "
         f"`max_batch_delay = {cfg['max_batch_delay_ms']}` ms",
-        "(its unit is whole milliseconds). TorchServe runs a custom handler (`scripts/bench/ts_handler.py`: one",
+        "(its unit is whole milliseconds). TorchServe runs a custom handler (`bench/torchserve/ts_handler.py`: one",
         "forward pass per batch, as maas does) behind `service_envelope=kservev2`, so both answer",
         "`POST /v2/models/{m}/infer`; the load is the same file of one JSON-encoded row, closed loop,",
         f"driven by `maas-loadtest`. At concurrency {c} each server ran twice for half of {cfg['duration_s']:g} s, in the",
@@ -631,7 +631,7 @@ def main():
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (scripts/bench.sh); do not edit by hand. Every figure compares two",
+        "Written by `make bench` (bench/run.sh); do not edit by hand. Every figure compares two",
         "measurements taken side by side in this one run on this machine, with the load generator",
         "(`maas-loadtest`) sharing the cores with the servers.",
         "",
