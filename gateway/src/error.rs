@@ -1,7 +1,7 @@
 //! Every error the gateway answers a client with, and the one place that maps it to an HTTP
 //! status and a JSON body.
 //!
-//! Client mistakes are 4xx with `{"error": "<what was expected>"}` (ARCHITECTURE.md, "Decisions");
+//! Client mistakes are 4xx with `{"error": "<what was expected>"}` (ARCHITECTURE.md, "Decisions and why");
 //! internal causes go to the log, never to the client.
 
 use bytes::Bytes;

@@ -11,7 +11,7 @@
 //!   [`encode`] / [`decode`] of [`Element`]s.
 //! - module `headers`: the HTTP header names of the request id and of the usage a backend
 //!   reports on every successful infer response (how the gateway meters a call without the
-//!   backend knowing tenants; see ARCHITECTURE.md, "Metering").
+//!   backend knowing tenants; see ARCHITECTURE.md, "The path of one request").
 
 #![warn(missing_docs)]
 

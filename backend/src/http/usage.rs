@@ -1,5 +1,5 @@
 //! Usage headers on every successful infer response: how the gateway meters a call without
-//! the backend knowing tenants (see ARCHITECTURE.md, "Metering"). The header names are the
+//! the backend knowing tenants (see ARCHITECTURE.md, "The path of one request"). The header names are the
 //! wire contract of `maas-protocol`.
 
 use std::time::Duration;
