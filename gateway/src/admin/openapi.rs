@@ -7,6 +7,15 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
 
+// Listed by name, not by module path, so that utoipa gives these operations no tag (a path
+// listed as `module::handler` is tagged with its module): the document keeps the tags it had.
+use super::keys::{
+    __path_create_tenant_key, __path_list_keys, __path_revoke_key, __path_rotate_key,
+};
+use super::tenants::{
+    __path_create_tenant, __path_list_tenants, __path_reactivate_tenant, __path_suspend_tenant,
+};
+
 /// The OpenAPI document of the admin API.
 #[derive(OpenApi)]
 #[openapi(
@@ -15,14 +24,14 @@ use utoipa::OpenApi;
         description = "Operator and tenant admin API: tenants, API keys, limits, tenant admins, usage, invoices and exports. Every operation needs `Authorization: Bearer <operator token>`; a tenant admin's token is accepted for its own tenant's usage, invoices and exports."
     ),
     paths(
-        crate::admin::tenants::create_tenant,
-        crate::admin::tenants::list_tenants,
-        crate::admin::tenants::suspend_tenant,
-        crate::admin::tenants::reactivate_tenant,
-        crate::admin::keys::create_tenant_key,
-        crate::admin::keys::list_keys,
-        crate::admin::keys::revoke_key,
-        crate::admin::keys::rotate_key,
+        create_tenant,
+        list_tenants,
+        suspend_tenant,
+        reactivate_tenant,
+        create_tenant_key,
+        list_keys,
+        revoke_key,
+        rotate_key,
         crate::admin::limits::get_plan_limits,
         crate::admin::limits::put_plan_limits,
         crate::admin::limits::get_tenant_limits,

@@ -17,6 +17,10 @@ use super::validate::check_name;
 use crate::auth::TENANT_ADMIN_TOKEN;
 use crate::store::{self, TenantAdmin};
 
+/// The OpenAPI tag of these operations: the one they have always had, shared with the usage
+/// routes.
+const USAGE_TAG: &str = "crate::admin::usage";
+
 /// Body of `POST /admin/v1/tenants/{tenant_id}/admins`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NewTenantAdmin {
@@ -36,7 +40,7 @@ pub struct CreatedTenantAdmin {
 
 /// Create an admin for a tenant; the response holds its token, shown this once.
 #[utoipa::path(
-    post, path = "/admin/v1/tenants/{tenant_id}/admins", request_body = NewTenantAdmin,
+    post, path = "/admin/v1/tenants/{tenant_id}/admins", tag = USAGE_TAG, request_body = NewTenantAdmin,
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
     responses(
         (status = 201, description = "Created; `token` is shown only here", body = CreatedTenantAdmin),
@@ -74,7 +78,7 @@ pub async fn create_tenant_admin(
 
 /// List a tenant's admins (revoked ones included), oldest first; prefixes only.
 #[utoipa::path(
-    get, path = "/admin/v1/tenants/{tenant_id}/admins",
+    get, path = "/admin/v1/tenants/{tenant_id}/admins", tag = USAGE_TAG,
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant's admins", body = [TenantAdmin]),
@@ -95,7 +99,7 @@ pub async fn list_tenant_admins(
 /// Revoke a tenant admin: its token is refused (401) from the next request on. Idempotent
 /// (revoking again keeps the first revocation time).
 #[utoipa::path(
-    post, path = "/admin/v1/tenant-admins/{admin_id}/revoke",
+    post, path = "/admin/v1/tenant-admins/{admin_id}/revoke", tag = USAGE_TAG,
     params(("admin_id" = Uuid, Path, description = "Tenant admin id")),
     responses(
         (status = 200, description = "The tenant admin, revoked", body = TenantAdmin),
