@@ -24,4 +24,4 @@ pub mod serve;
 mod store;
 
 pub use admin::create_key;
-pub use auth::{hash_key, Authenticator, JwtVerifier};
+pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};

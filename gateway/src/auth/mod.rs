@@ -21,7 +21,7 @@ mod principal;
 
 pub use api_keys::{generate_key, hash_key, NewKey, TENANT_ADMIN_TOKEN};
 pub use credential::presented_key;
-pub use jwt::JwtVerifier;
+pub use jwt::{JwtError, JwtVerifier};
 pub use principal::{Principal, Rejection};
 
 use std::collections::HashSet;
@@ -113,7 +113,7 @@ impl Authenticator {
     /// # Errors
     /// 401-class errors for unknown, malformed, revoked or expired credentials; 403-class for a
     /// suspended tenant or a model outside the credential's scope;
-    /// [`GatewayError::AuthUnavailable`] when PostgreSQL cannot be reached (fails closed; not
+    /// `GatewayError::AuthUnavailable` when PostgreSQL cannot be reached (fails closed; not
     /// cached).
     pub async fn authenticate_credential(
         &self,
@@ -217,7 +217,7 @@ impl Authenticator {
     }
 
     /// Forget every cached verdict about `tenant_id` (its keys and itself), and every negative
-    /// verdict: called when an admin change is announced ([`crate::invalidation`]).
+    /// verdict: called when an admin change is announced (`crate::invalidation`).
     pub fn invalidate_tenant(&self, tenant_id: Uuid) {
         self.keys.evict(|k| k.tenant_id == tenant_id);
         self.tenants.evict(|t| t.id == tenant_id);
