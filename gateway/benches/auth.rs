@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, get_current_timestamp, Algorithm, EncodingKey, Header};
-use maas_gateway::auth::Authenticator;
 use maas_gateway::config::{AuthConfig, JwtConfig, JwtKeyConfig};
+use maas_gateway::Authenticator;
 use sqlx::postgres::PgPoolOptions;
 
 const RSA_PRIVATE: &str = include_str!("../testdata/jwt/rsa-private.pem");
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
             .expect("connect to DATABASE_URL");
         maas_billing::MIGRATOR.run(&pool).await.expect("migrations");
         let tenant = format!("auth-bench-{}", uuid::Uuid::now_v7().simple());
-        let (_, key) = maas_gateway::auth::api_keys::create_key(&pool, &tenant, "bench", None)
+        let (_, key) = maas_gateway::create_key(&pool, &tenant, "bench", None)
             .await
             .expect("create a key");
         let claims = serde_json::json!({"tenant": tenant, "exp": get_current_timestamp() + 3600});
@@ -65,10 +65,9 @@ fn bench(c: &mut Criterion) {
         (key.secret, token)
     });
     let cached = Authenticator::from_config(&url, &auth_config(600_000)).expect("authenticator");
-    let uncached_jwt =
-        maas_gateway::auth::jwt::JwtVerifier::new(&auth_config(0).jwt, Duration::ZERO, 1)
-            .expect("verifier")
-            .expect("JWT on");
+    let uncached_jwt = maas_gateway::JwtVerifier::new(&auth_config(0).jwt, Duration::ZERO, 1)
+        .expect("verifier")
+        .expect("JWT on");
     rt.block_on(async {
         cached
             .authenticate_credential(&secret, Some("digits"))

@@ -11,8 +11,8 @@
 //! - [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; `error` maps
 //!   every refusal to its status and JSON body.
 
-pub mod admin;
-pub mod auth;
+mod admin;
+mod auth;
 mod cache;
 pub mod config;
 mod error;
@@ -22,3 +22,6 @@ pub mod metering;
 mod proxy;
 pub mod serve;
 mod store;
+
+pub use admin::create_key;
+pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use maas_gateway::config::GatewayConfig;
-use maas_gateway::{auth::api_keys as keys, serve};
+use maas_gateway::{create_key, serve};
 use tracing_subscriber::EnvFilter;
 
 /// Default configuration file, relative to the working directory; optional.
@@ -106,7 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .filter(|s| !s.is_empty())
                     .collect()
             });
-            let (_, key) = keys::create_key(&pool, &tenant, &name, models)
+            let (_, key) = create_key(&pool, &tenant, &name, models)
                 .await
                 .context("creating the API key")?;
             println!("{}", key.secret);

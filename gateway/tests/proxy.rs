@@ -265,7 +265,7 @@ async fn authenticates_forwards_and_meters() {
 
     // Revocation takes effect within the cache TTL (200 ms here).
     sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE secret_sha256 = $1")
-        .bind(maas_gateway::auth::api_keys::hash_key(&key))
+        .bind(maas_gateway::hash_key(&key))
         .execute(&pool)
         .await
         .unwrap();

@@ -3,15 +3,17 @@
 //! gateway applies it within a second (a plan change drops every gateway's cached limits; a
 //! tenant or key change only that tenant's).
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::admin::{AdminState, AppError};
+use super::error::{AppError, ErrorBody};
+use super::extract::{AppJson, AppPath};
+use super::state::AdminState;
+use super::validate::MAX_NAME_LEN;
 use crate::store::{self, Level, LimitRule, RuleOwner as Owner};
 
 /// The whole set of rules of one owner.
@@ -70,9 +72,8 @@ async fn get_rules(state: &AdminState, owner: Owner) -> Result<Json<LimitRules>,
 async fn put_rules(
     state: &AdminState,
     owner: Owner,
-    body: Result<Json<LimitRules>, JsonRejection>,
+    rules: LimitRules,
 ) -> Result<Json<LimitRules>, AppError> {
-    let Json(rules) = body?;
     check(&owner, &rules)?;
     let tenant = owner_tenant(&state.pool, &owner).await?;
     let mut tx = state.pool.begin().await?;
@@ -83,19 +84,20 @@ async fn put_rules(
     Ok(Json(read(&state.pool, &owner).await?))
 }
 
-fn plan_owner(plan: String) -> Result<Owner, AppError> {
-    if plan.is_empty() || plan.len() > crate::admin::MAX_NAME_LEN {
-        return Err(AppError::BadRequest(
-            "plan must be 1 to 200 characters".into(),
-        ));
-    }
-    Ok(Owner::Plan(plan))
-}
+/// The `{plan}` of a route: 1 to 200 bytes (400 `plan must be 1 to 200 characters` otherwise).
+#[derive(Debug, Clone)]
+pub struct PlanName(String);
 
-fn id_owner(what: &str, raw: &str, f: fn(Uuid) -> Owner) -> Result<Owner, AppError> {
-    Uuid::parse_str(raw)
-        .map(f)
-        .map_err(|_| AppError::BadRequest(format!("{what} must be a UUID, got '{raw}'")))
+impl<'de> Deserialize<'de> for PlanName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PlanName, D::Error> {
+        let plan = String::deserialize(d)?;
+        if plan.is_empty() || plan.len() > MAX_NAME_LEN {
+            return Err(serde::de::Error::custom(format!(
+                "plan must be 1 to {MAX_NAME_LEN} characters"
+            )));
+        }
+        Ok(PlanName(plan))
+    }
 }
 
 /// The limits of a plan: the defaults of every tenant on it.
@@ -104,15 +106,15 @@ fn id_owner(what: &str, raw: &str, f: fn(Uuid) -> Owner) -> Result<Owner, AppErr
     params(("plan" = String, Path, description = "Plan name")),
     responses(
         (status = 200, description = "The plan's rules", body = LimitRules),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such plan", body = crate::admin::ErrorBody)
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody)
     )
 )]
 pub async fn get_plan_limits(
     State(state): State<AdminState>,
-    Path(plan): Path<String>,
+    AppPath(PlanName(plan)): AppPath<PlanName>,
 ) -> Result<Json<LimitRules>, AppError> {
-    get_rules(&state, plan_owner(plan)?).await
+    get_rules(&state, Owner::Plan(plan)).await
 }
 
 /// Replace the limits of a plan; applies on every gateway within a second.
@@ -122,17 +124,17 @@ pub async fn get_plan_limits(
     request_body = LimitRules,
     responses(
         (status = 200, description = "The plan's rules, as stored", body = LimitRules),
-        (status = 400, description = "A rule is invalid; the message names it", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such plan", body = crate::admin::ErrorBody)
+        (status = 400, description = "A rule is invalid; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such plan", body = ErrorBody)
     )
 )]
 pub async fn put_plan_limits(
     State(state): State<AdminState>,
-    Path(plan): Path<String>,
-    body: Result<Json<LimitRules>, JsonRejection>,
+    AppPath(PlanName(plan)): AppPath<PlanName>,
+    AppJson(rules): AppJson<LimitRules>,
 ) -> Result<Json<LimitRules>, AppError> {
-    put_rules(&state, plan_owner(plan)?, body).await
+    put_rules(&state, Owner::Plan(plan), rules).await
 }
 
 /// The limits set on a tenant (overriding its plan's).
@@ -141,16 +143,16 @@ pub async fn put_plan_limits(
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
     responses(
         (status = 200, description = "The tenant's own rules", body = LimitRules),
-        (status = 400, description = "tenant_id is not a UUID", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such tenant", body = crate::admin::ErrorBody)
+        (status = 400, description = "tenant_id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)
     )
 )]
 pub async fn get_tenant_limits(
     State(state): State<AdminState>,
-    Path(tenant_id): Path<String>,
+    AppPath(tenant_id): AppPath<Uuid>,
 ) -> Result<Json<LimitRules>, AppError> {
-    get_rules(&state, id_owner("tenant_id", &tenant_id, Owner::Tenant)?).await
+    get_rules(&state, Owner::Tenant(tenant_id)).await
 }
 
 /// Replace the limits set on a tenant; applies on every gateway within a second.
@@ -160,22 +162,17 @@ pub async fn get_tenant_limits(
     request_body = LimitRules,
     responses(
         (status = 200, description = "The tenant's rules, as stored", body = LimitRules),
-        (status = 400, description = "A rule is invalid; the message names it", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such tenant", body = crate::admin::ErrorBody)
+        (status = 400, description = "A rule is invalid; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)
     )
 )]
 pub async fn put_tenant_limits(
     State(state): State<AdminState>,
-    Path(tenant_id): Path<String>,
-    body: Result<Json<LimitRules>, JsonRejection>,
+    AppPath(tenant_id): AppPath<Uuid>,
+    AppJson(rules): AppJson<LimitRules>,
 ) -> Result<Json<LimitRules>, AppError> {
-    put_rules(
-        &state,
-        id_owner("tenant_id", &tenant_id, Owner::Tenant)?,
-        body,
-    )
-    .await
+    put_rules(&state, Owner::Tenant(tenant_id), rules).await
 }
 
 /// The limits set on one API key (its own counter only).
@@ -184,16 +181,16 @@ pub async fn put_tenant_limits(
     params(("key_id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 200, description = "The key's own rules", body = LimitRules),
-        (status = 400, description = "key_id is not a UUID", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such key", body = crate::admin::ErrorBody)
+        (status = 400, description = "key_id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody)
     )
 )]
 pub async fn get_key_limits(
     State(state): State<AdminState>,
-    Path(key_id): Path<String>,
+    AppPath(key_id): AppPath<Uuid>,
 ) -> Result<Json<LimitRules>, AppError> {
-    get_rules(&state, id_owner("key_id", &key_id, Owner::Key)?).await
+    get_rules(&state, Owner::Key(key_id)).await
 }
 
 /// Replace the limits of one API key (level `key` only); applies on every gateway within a
@@ -204,15 +201,15 @@ pub async fn get_key_limits(
     request_body = LimitRules,
     responses(
         (status = 200, description = "The key's rules, as stored", body = LimitRules),
-        (status = 400, description = "A rule is invalid; the message names it", body = crate::admin::ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = crate::admin::ErrorBody),
-        (status = 404, description = "No such key", body = crate::admin::ErrorBody)
+        (status = 400, description = "A rule is invalid; the message names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody)
     )
 )]
 pub async fn put_key_limits(
     State(state): State<AdminState>,
-    Path(key_id): Path<String>,
-    body: Result<Json<LimitRules>, JsonRejection>,
+    AppPath(key_id): AppPath<Uuid>,
+    AppJson(rules): AppJson<LimitRules>,
 ) -> Result<Json<LimitRules>, AppError> {
-    put_rules(&state, id_owner("key_id", &key_id, Owner::Key)?, body).await
+    put_rules(&state, Owner::Key(key_id), rules).await
 }

@@ -1,5 +1,6 @@
-//! Format, hashing and issuance of the bearer secrets this gateway issues: API keys and tenant
-//! admin tokens ([`SecretKind`]).
+//! The format of the bearer secrets this gateway issues, API keys and tenant admin tokens
+//! ([`SecretKind`]): generation, hashing, the well-formed check and the display prefix. Where
+//! they are stored is `store`; who issues them is the admin API (`admin::keys`).
 //!
 //! A key is `maas_` followed by 48 lowercase hex digits: 24 bytes (192 bits) from the operating
 //! system's random source. Only the SHA-256 of the whole key (hex, lowercase) is stored
@@ -9,14 +10,13 @@
 
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
-use uuid::Uuid;
 
 /// Literal start of every API key.
 pub const KEY_PREFIX: &str = "maas_";
 /// Random bytes in a key (192 bits).
 pub const KEY_RANDOM_BYTES: usize = 24;
 /// Length of a key: prefix plus two hex digits per random byte (53).
+#[cfg(test)]
 pub const KEY_LEN: usize = KEY_PREFIX.len() + 2 * KEY_RANDOM_BYTES;
 /// Length of the display prefix stored in `api_keys.prefix`.
 pub const DISPLAY_PREFIX_LEN: usize = 12;
@@ -108,46 +108,9 @@ pub fn is_well_formed(secret: &str) -> bool {
 }
 
 /// The non-secret display prefix of a key (its first [`DISPLAY_PREFIX_LEN`] characters).
+#[cfg(test)]
 pub fn display_prefix(secret: &str) -> &str {
     API_KEY.display_prefix(secret)
-}
-
-/// Create a key for tenant `tenant_name` (creating the tenant, active on the default plan, if it
-/// does not exist) and return the new key's id and secret.
-///
-/// `models`: `None` lets the key call every model, otherwise only the listed ones.
-pub async fn create_key(
-    pool: &PgPool,
-    tenant_name: &str,
-    key_name: &str,
-    models: Option<Vec<String>>,
-) -> anyhow::Result<(Uuid, NewKey)> {
-    let key = generate_key()?;
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-        .bind(Uuid::now_v7())
-        .bind(tenant_name)
-        .execute(&mut *tx)
-        .await?;
-    let tenant_id: Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
-        .bind(tenant_name)
-        .fetch_one(&mut *tx)
-        .await?;
-    let key_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO api_keys (id, tenant_id, name, prefix, secret_sha256, allowed_models) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(key_id)
-    .bind(tenant_id)
-    .bind(key_name)
-    .bind(&key.prefix)
-    .bind(&key.secret_sha256)
-    .bind(models)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((key_id, key))
 }
 
 #[cfg(test)]

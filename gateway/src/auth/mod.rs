@@ -1,10 +1,11 @@
 //! Authentication (API keys and JWTs) and authorization, with short-lived in-process caches.
 //!
 //! A client sends `Authorization: Bearer <credential>` (RFC 6750 section 2.1) or
-//! `x-api-key: <credential>`. A credential that starts with `maas_` is an API key: its SHA-256
-//! is looked up in `api_keys` joined with `tenants`. Anything else shaped like a JWT is verified
-//! by [`crate::auth::jwt::JwtVerifier`] when `[auth.jwt]` configures keys, and its tenant claim is
-//! looked up in `tenants` (by name, or by id when it is a UUID).
+//! `x-api-key: <credential>` ([`presented_key`]). A credential that starts with `maas_` is an
+//! API key ([`api_keys`] says its format): its SHA-256 is looked up in `api_keys` joined with
+//! `tenants`. Anything else shaped like a JWT is verified by [`JwtVerifier`] when `[auth.jwt]`
+//! configures keys, and its tenant claim is looked up in `tenants` (by name, or by id when it is
+//! a UUID). Either way the answer is a [`Principal`] or a [`Rejection`].
 //!
 //! Every verdict from PostgreSQL (found or not) is cached for `auth.cache_ttl_ms`, so the
 //! database sees at most one lookup per key or tenant per TTL, including for made-up keys.
@@ -13,170 +14,30 @@
 //! down. `api_keys.last_used_at` is written lazily: the keys used since the last flush are
 //! written in one `UPDATE` every `auth.last_used_flush_ms` ([`Authenticator::flush_last_used`]).
 
-pub mod api_keys;
-pub mod jwt;
+mod api_keys;
+mod credential;
+mod jwt;
+mod principal;
+
+pub use api_keys::{generate_key, hash_key, NewKey, TENANT_ADMIN_TOKEN};
+pub use credential::presented_key;
+pub use jwt::{JwtError, JwtVerifier};
+pub use principal::{Principal, Rejection};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use pingora::http::RequestHeader;
+use chrono::Utc;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::auth::jwt::JwtVerifier;
 use crate::cache::TtlCache;
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
-
-/// Who a request is, once its credential has been accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Principal {
-    /// `tenants.id`.
-    pub tenant_id: Uuid,
-    /// `api_keys.id`; `None` for a JWT.
-    pub api_key_id: Option<Uuid>,
-}
-
-/// One `tenants` row, as cached for JWT requests.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct TenantRecord {
-    /// `tenants.id`.
-    pub id: Uuid,
-    /// `tenants.status`: `active` or `suspended`.
-    pub status: String,
-}
-
-/// One `api_keys` row with its tenant's status, as cached.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct KeyRecord {
-    /// `api_keys.id`.
-    pub key_id: Uuid,
-    /// `api_keys.tenant_id`.
-    pub tenant_id: Uuid,
-    /// `api_keys.secret_sha256`, lowercase hex.
-    pub secret_sha256: String,
-    /// `api_keys.allowed_models`; `None`: every model.
-    pub allowed_models: Option<Vec<String>>,
-    /// `api_keys.expires_at`.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// `api_keys.revoked_at`.
-    pub revoked_at: Option<DateTime<Utc>>,
-    /// `tenants.status`: `active` or `suspended`.
-    pub tenant_status: String,
-}
-
-/// A refused request, with who sent it when the key itself was recognised (for the usage
-/// event of a 403, a revoked or an expired key).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// The key's tenant and id, when the presented key matched a stored one.
-    pub principal: Option<Principal>,
-    /// What the client is told.
-    pub error: GatewayError,
-}
-
-impl From<GatewayError> for Rejection {
-    fn from(error: GatewayError) -> Self {
-        Rejection {
-            principal: None,
-            error,
-        }
-    }
-}
-
-impl KeyRecord {
-    /// The tenant and key this row describes.
-    pub fn principal(&self) -> Principal {
-        Principal {
-            tenant_id: self.tenant_id,
-            api_key_id: Some(self.key_id),
-        }
-    }
-
-    /// Decide whether the key whose hash is `presented_sha256` may call `model` at `now`.
-    ///
-    /// The hash comparison is constant-time (subtle), although the row was found by that hash.
-    pub fn authorize(
-        &self,
-        presented_sha256: &str,
-        model: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<Principal, GatewayError> {
-        let same: bool = self
-            .secret_sha256
-            .as_bytes()
-            .ct_eq(presented_sha256.as_bytes())
-            .into();
-        if !same {
-            return Err(GatewayError::InvalidApiKey);
-        }
-        if self.revoked_at.is_some_and(|t| t <= now) {
-            return Err(GatewayError::RevokedApiKey);
-        }
-        if self.expires_at.is_some_and(|t| t <= now) {
-            return Err(GatewayError::ExpiredApiKey);
-        }
-        if self.tenant_status != "active" {
-            return Err(GatewayError::TenantSuspended);
-        }
-        if let (Some(allowed), Some(model)) = (&self.allowed_models, model) {
-            if !allowed.iter().any(|m| m == model) {
-                return Err(GatewayError::ModelNotAllowed(model.to_string()));
-            }
-        }
-        Ok(self.principal())
-    }
-}
-
-/// Extract the presented key from the request headers.
-///
-/// `Authorization: Bearer <key>` (scheme case-insensitive) or `x-api-key: <key>`; both may be
-/// sent only with the same key.
-///
-/// # Errors
-/// [`GatewayError::MissingApiKey`] when neither header is present;
-/// [`GatewayError::MalformedAuthorization`] for another scheme or non-text header;
-/// [`GatewayError::ConflictingCredentials`] when the two headers carry different values.
-pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
-    if let Some(value) = req.headers.get(http::header::AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| GatewayError::MalformedAuthorization)?
-            .trim();
-        let (scheme, token) = value
-            .split_once(' ')
-            .ok_or(GatewayError::MalformedAuthorization)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(GatewayError::MalformedAuthorization);
-        }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(GatewayError::MissingApiKey);
-        }
-        if let Some(other) = req.headers.get("x-api-key") {
-            if other.to_str().ok().map(str::trim) != Some(token) {
-                return Err(GatewayError::ConflictingCredentials);
-            }
-        }
-        return Ok(token.to_string());
-    }
-    if let Some(value) = req.headers.get("x-api-key") {
-        let token = value
-            .to_str()
-            .map_err(|_| GatewayError::InvalidApiKey)?
-            .trim();
-        if token.is_empty() {
-            return Err(GatewayError::MissingApiKey);
-        }
-        return Ok(token.to_string());
-    }
-    Err(GatewayError::MissingApiKey)
-}
+use crate::store::{self, KeyRecord, TenantRecord};
 
 /// Credential checks against PostgreSQL (and the JWT verifier) behind TTL caches.
 ///
@@ -252,7 +113,7 @@ impl Authenticator {
     /// # Errors
     /// 401-class errors for unknown, malformed, revoked or expired credentials; 403-class for a
     /// suspended tenant or a model outside the credential's scope;
-    /// [`GatewayError::AuthUnavailable`] when PostgreSQL cannot be reached (fails closed; not
+    /// `GatewayError::AuthUnavailable` when PostgreSQL cannot be reached (fails closed; not
     /// cached).
     pub async fn authenticate_credential(
         &self,
@@ -356,7 +217,7 @@ impl Authenticator {
     }
 
     /// Forget every cached verdict about `tenant_id` (its keys and itself), and every negative
-    /// verdict: called when an admin change is announced ([`crate::invalidation`]).
+    /// verdict: called when an admin change is announced (`crate::invalidation`).
     pub fn invalidate_tenant(&self, tenant_id: Uuid) {
         self.keys.evict(|k| k.tenant_id == tenant_id);
         self.tenants.evict(|t| t.id == tenant_id);
@@ -383,12 +244,8 @@ impl Authenticator {
             return Ok(0);
         }
         let pool = self.pool().await?;
-        let done = sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(pool)
-            .await;
-        match done {
-            Ok(r) => Ok(r.rows_affected()),
+        match store::touch_keys(pool, &ids).await {
+            Ok(written) => Ok(written),
             Err(e) => {
                 self.used
                     .lock()
@@ -400,146 +257,22 @@ impl Authenticator {
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
-        let pool = self.pool().await?;
-        sqlx::query_as::<_, KeyRecord>(
-            "SELECT k.id AS key_id, k.tenant_id, k.secret_sha256, k.allowed_models, \
-                    k.expires_at, k.revoked_at, t.status AS tenant_status \
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.secret_sha256 = $1",
-        )
-        .bind(hash)
-        .fetch_optional(pool)
-        .await
+        store::key_by_hash(self.pool().await?, hash).await
     }
 
     async fn lookup_tenant(&self, name_or_id: &str) -> Result<Option<TenantRecord>, sqlx::Error> {
         let pool = self.pool().await?;
         match Uuid::parse_str(name_or_id) {
-            Ok(id) => {
-                sqlx::query_as::<_, TenantRecord>("SELECT id, status FROM tenants WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(pool)
-                    .await
-            }
-            Err(_) => {
-                sqlx::query_as::<_, TenantRecord>("SELECT id, status FROM tenants WHERE name = $1")
-                    .bind(name_or_id)
-                    .fetch_optional(pool)
-                    .await
-            }
+            Ok(id) => store::tenant_by_id(pool, id).await,
+            Err(_) => store::tenant_by_name(pool, name_or_id).await,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::principal::tests::record;
     use super::*;
-
-    fn record() -> KeyRecord {
-        KeyRecord {
-            key_id: Uuid::now_v7(),
-            tenant_id: Uuid::now_v7(),
-            secret_sha256: api_keys::hash_key("k"),
-            allowed_models: None,
-            expires_at: None,
-            revoked_at: None,
-            tenant_status: "active".into(),
-        }
-    }
-
-    #[test]
-    fn authorize_rules() {
-        let now = Utc::now();
-        let h = api_keys::hash_key("k");
-        let r = record();
-        assert_eq!(
-            r.authorize(&h, Some("m"), now).unwrap().api_key_id,
-            Some(r.key_id)
-        );
-        assert_eq!(
-            r.authorize(&api_keys::hash_key("other"), Some("m"), now),
-            Err(GatewayError::InvalidApiKey)
-        );
-        let revoked = KeyRecord {
-            revoked_at: Some(now - chrono::Duration::seconds(1)),
-            ..record()
-        };
-        assert_eq!(
-            revoked.authorize(&h, None, now),
-            Err(GatewayError::RevokedApiKey)
-        );
-        let expired = KeyRecord {
-            expires_at: Some(now),
-            ..record()
-        };
-        assert_eq!(
-            expired.authorize(&h, None, now),
-            Err(GatewayError::ExpiredApiKey)
-        );
-        let suspended = KeyRecord {
-            tenant_status: "suspended".into(),
-            ..record()
-        };
-        assert_eq!(
-            suspended.authorize(&h, None, now),
-            Err(GatewayError::TenantSuspended)
-        );
-        let limited = KeyRecord {
-            allowed_models: Some(vec!["a".into(), "b".into()]),
-            ..record()
-        };
-        assert!(limited.authorize(&h, Some("b"), now).is_ok());
-        assert!(limited.authorize(&h, None, now).is_ok());
-        assert_eq!(
-            limited.authorize(&h, Some("c"), now),
-            Err(GatewayError::ModelNotAllowed("c".into()))
-        );
-    }
-
-    fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("POST", b"/v2/models/m/infer", None).unwrap();
-        for (k, v) in headers {
-            r.insert_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    #[test]
-    fn presented_key_headers() {
-        assert_eq!(presented_key(&req(&[])), Err(GatewayError::MissingApiKey));
-        assert_eq!(
-            presented_key(&req(&[("authorization", "Bearer abc")])).unwrap(),
-            "abc"
-        );
-        assert_eq!(
-            presented_key(&req(&[("authorization", "bearer  abc ")])).unwrap(),
-            "abc"
-        );
-        assert_eq!(presented_key(&req(&[("x-api-key", "xyz")])).unwrap(), "xyz");
-        assert_eq!(
-            presented_key(&req(&[("authorization", "Basic Zm9vOmJhcg==")])),
-            Err(GatewayError::MalformedAuthorization)
-        );
-        assert_eq!(
-            presented_key(&req(&[("authorization", "Bearer")])),
-            Err(GatewayError::MalformedAuthorization)
-        );
-        assert_eq!(
-            presented_key(&req(&[
-                ("authorization", "Bearer abc"),
-                ("x-api-key", "xyz")
-            ])),
-            Err(GatewayError::ConflictingCredentials)
-        );
-        assert_eq!(
-            presented_key(&req(&[
-                ("authorization", "Bearer abc"),
-                ("x-api-key", " abc")
-            ]))
-            .unwrap(),
-            "abc"
-        );
-    }
 
     #[tokio::test]
     async fn malformed_keys_never_reach_the_database() {

@@ -1,0 +1,229 @@
+//! API keys: issued, listed, revoked and rotated by the operator (`/admin/v1/tenants/{id}/keys`,
+//! `/admin/v1/keys/{id}/...`), and issued by the `maas-gateway keys create` command
+//! ([`create_key`]). A secret is returned once, at issue; only its SHA-256 and display prefix
+//! are stored. A revocation or rotation is announced to every gateway
+//! ([`crate::invalidation`]).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::error::{AppError, ErrorBody};
+use super::extract::{AppJson, AppPath};
+use super::state::AdminState;
+use super::validate::check_name;
+use crate::auth::{generate_key, NewKey};
+use crate::store::{self, ApiKey, NewKeyRow};
+
+/// Body of `POST /admin/v1/tenants/{tenant_id}/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NewApiKey {
+    /// Name of the key, 1 to 200 characters.
+    pub name: String,
+    /// Models the key may call; absent or `null` for every model; never empty.
+    #[serde(default)]
+    pub allowed_models: Option<Vec<String>>,
+    /// Expiry (RFC 3339), if any; must be in the future.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// A newly created (or rotated) key: the only time the secret is ever returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// The whole secret (`maas_` + 48 hex digits). Store it now: it is not kept.
+    pub secret: String,
+    /// The key as later listings show it.
+    #[serde(flatten)]
+    pub key: ApiKey,
+}
+
+/// Generate a secret and store it as key `name` of `tenant_id`.
+async fn issue(
+    db: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    name: &str,
+    allowed_models: Option<&[String]>,
+    expires_at: Option<DateTime<Utc>>,
+) -> anyhow::Result<(ApiKey, NewKey)> {
+    let secret = generate_key()?;
+    let key = store::insert_key(
+        db,
+        &NewKeyRow {
+            tenant_id,
+            name,
+            prefix: &secret.prefix,
+            secret_sha256: &secret.secret_sha256,
+            allowed_models,
+            expires_at,
+        },
+    )
+    .await?;
+    Ok((key, secret))
+}
+
+/// Create a key for tenant `tenant_name` (creating the tenant, active on the default plan, if it
+/// does not exist) and return the new key's id and secret: the `keys create` command.
+///
+/// `models`: `None` lets the key call every model, otherwise only the listed ones.
+///
+/// # Errors
+/// When PostgreSQL or the OS random source fails.
+pub async fn create_key(
+    pool: &PgPool,
+    tenant_name: &str,
+    key_name: &str,
+    models: Option<Vec<String>>,
+) -> anyhow::Result<(Uuid, NewKey)> {
+    let mut tx = pool.begin().await?;
+    let tenant_id = store::ensure_tenant(&mut tx, tenant_name).await?;
+    let (key, secret) = issue(&mut *tx, tenant_id, key_name, models.as_deref(), None).await?;
+    tx.commit().await?;
+    Ok((key.id, secret))
+}
+
+/// Create an API key for a tenant; the response holds the secret, shown this once.
+#[utoipa::path(
+    post, path = "/admin/v1/tenants/{tenant_id}/keys", request_body = NewApiKey,
+    operation_id = "create_key",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here", body = CreatedApiKey),
+        (status = 400, description = "Invalid body or tenant_id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub async fn create_tenant_key(
+    State(state): State<AdminState>,
+    AppPath(tenant_id): AppPath<Uuid>,
+    AppJson(body): AppJson<NewApiKey>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    check_name("name", &body.name)?;
+    if let Some(models) = &body.allowed_models {
+        if models.is_empty() {
+            return Err(AppError::BadRequest(
+                "allowed_models must list at least one model, or be null for every model".into(),
+            ));
+        }
+        for m in models {
+            check_name("each allowed model", m)?;
+        }
+    }
+    if body.expires_at.is_some_and(|t| t <= Utc::now()) {
+        return Err(AppError::BadRequest(
+            "expires_at must be in the future".into(),
+        ));
+    }
+    state.tenant_name(tenant_id).await?;
+    let (key, secret) = issue(
+        &state.pool,
+        tenant_id,
+        &body.name,
+        body.allowed_models.as_deref(),
+        body.expires_at,
+    )
+    .await?;
+    tracing::info!(%tenant_id, key_id = %key.id, prefix = %key.prefix, "admin: key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            secret: secret.secret,
+            key,
+        }),
+    ))
+}
+
+/// List a tenant's keys (revoked ones included), oldest first; prefixes only.
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/{tenant_id}/keys",
+    params(("tenant_id" = Uuid, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant's keys", body = [ApiKey]),
+        (status = 400, description = "tenant_id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody)
+    )
+)]
+pub async fn list_keys(
+    State(state): State<AdminState>,
+    AppPath(tenant_id): AppPath<Uuid>,
+) -> Result<Json<Vec<ApiKey>>, AppError> {
+    state.tenant_name(tenant_id).await?;
+    Ok(Json(store::tenant_keys(&state.pool, tenant_id).await?))
+}
+
+/// Revoke a key (idempotent: revoking a revoked key keeps its first revocation time).
+#[utoipa::path(
+    post, path = "/admin/v1/keys/{key_id}/revoke",
+    params(("key_id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 200, description = "The key, revoked", body = ApiKey),
+        (status = 400, description = "key_id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody)
+    )
+)]
+pub async fn revoke_key(
+    State(state): State<AdminState>,
+    AppPath(key_id): AppPath<Uuid>,
+) -> Result<Json<ApiKey>, AppError> {
+    let key = store::revoke_key(&state.pool, key_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
+    tracing::info!(key_id = %key.id, prefix = %key.prefix, "admin: key revoked");
+    state.announce(key.tenant_id).await;
+    Ok(Json(key))
+}
+
+/// Rotate a key: a new secret with the same tenant, name, models and expiry; the old key is
+/// revoked in the same transaction.
+#[utoipa::path(
+    post, path = "/admin/v1/keys/{key_id}/rotate",
+    params(("key_id" = Uuid, Path, description = "Key id")),
+    responses(
+        (status = 201, description = "The new key; `secret` is shown only here", body = CreatedApiKey),
+        (status = 400, description = "key_id is not a UUID", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No such key", body = ErrorBody),
+        (status = 409, description = "The key is already revoked", body = ErrorBody)
+    )
+)]
+pub async fn rotate_key(
+    State(state): State<AdminState>,
+    AppPath(key_id): AppPath<Uuid>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    let mut tx = state.pool.begin().await?;
+    let old = store::lock_key(&mut *tx, key_id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
+    if old.revoked_at.is_some() {
+        return Err(AppError::Conflict(format!(
+            "key {key_id} is revoked; create a new key instead"
+        )));
+    }
+    store::revoke_key(&mut *tx, key_id).await?;
+    let (key, secret) = issue(
+        &mut *tx,
+        old.tenant_id,
+        &old.name,
+        old.allowed_models.as_deref(),
+        old.expires_at,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(old_key_id = %key_id, key_id = %key.id, "admin: key rotated");
+    state.announce(old.tenant_id).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            secret: secret.secret,
+            key,
+        }),
+    ))
+}
