@@ -123,16 +123,24 @@ pub async fn set_price(pool: &PgPool, plan: &str, price: &ModelPrice) -> Result<
     Ok(())
 }
 
+/// Whether plan `plan` exists.
+///
+/// # Errors
+/// Any database error.
+pub async fn plan_exists(pool: &PgPool, plan: &str) -> Result<bool, sqlx::Error> {
+    let found: Option<String> = sqlx::query_scalar("SELECT name FROM plans WHERE name = $1")
+        .bind(plan)
+        .fetch_optional(pool)
+        .await?;
+    Ok(found.is_some())
+}
+
 /// Every price row of `plan`, by model name.
 ///
 /// # Errors
 /// [`BillingError::UnknownPlan`] or a database error.
 pub async fn plan_prices(pool: &PgPool, plan: &str) -> Result<Vec<ModelPrice>, BillingError> {
-    let exists: Option<String> = sqlx::query_scalar("SELECT name FROM plans WHERE name = $1")
-        .bind(plan)
-        .fetch_optional(pool)
-        .await?;
-    if exists.is_none() {
+    if !plan_exists(pool, plan).await? {
         return Err(BillingError::UnknownPlan(plan.to_string()));
     }
     Ok(sqlx::query_as(

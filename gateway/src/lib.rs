@@ -18,10 +18,13 @@ pub mod config;
 mod error;
 mod invalidation;
 mod limits;
-pub mod metering;
+mod metering;
 mod proxy;
-pub mod serve;
+mod serve;
 mod store;
 
 pub use admin::create_key;
 pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};
+pub use metering::spool::{read_dir_events, RecordKind, SpoolOptions};
+pub use metering::{Spool, UsageWriter};
+pub use serve::{connect, migrate, serve};

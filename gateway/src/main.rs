@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use maas_gateway::config::GatewayConfig;
-use maas_gateway::{create_key, serve};
+use maas_gateway::{connect, create_key, migrate, serve};
 use tracing_subscriber::EnvFilter;
 
 /// Default configuration file, relative to the working directory; optional.
@@ -81,10 +81,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => GatewayConfig::load(DEFAULT_CONFIG.as_ref(), false)?,
     };
     match cli.command {
-        Command::Serve => serve::serve(config),
+        Command::Serve => serve(config),
         Command::Migrate => block_on(async {
-            let pool = serve::connect(&config).await?;
-            serve::migrate(&pool).await?;
+            let pool = connect(&config).await?;
+            migrate(&pool).await?;
             eprintln!("migrations applied");
             Ok(())
         }),
@@ -96,9 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     models,
                 },
         } => block_on(async {
-            let pool = serve::connect(&config).await?;
+            let pool = connect(&config).await?;
             if config.run_migrations {
-                serve::migrate(&pool).await?;
+                migrate(&pool).await?;
             }
             let models = models.map(|m| {
                 m.into_iter()

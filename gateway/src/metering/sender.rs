@@ -109,14 +109,4 @@ impl UsageSender {
             tracing::warn!(dropped_total = n, request_id = %event.request_id, why, "usage event dropped");
         }
     }
-
-    /// Counters of the pipeline.
-    pub fn stats(&self) -> &Arc<MeteringStats> {
-        &self.stats
-    }
-
-    /// The spool.
-    pub fn spool(&self) -> &Arc<Spool> {
-        &self.spool
-    }
 }

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use super::tenants::tenant_by_id;
+
 /// The counter a rule governs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -285,20 +287,10 @@ pub async fn owner_tenant(
     owner: &RuleOwner,
 ) -> Result<Option<Option<Uuid>>, sqlx::Error> {
     Ok(match owner {
-        RuleOwner::Plan(p) => {
-            sqlx::query_scalar::<_, String>("SELECT name FROM plans WHERE name = $1")
-                .bind(p)
-                .fetch_optional(pool)
-                .await?
-                .map(|_| None)
-        }
-        RuleOwner::Tenant(id) => {
-            sqlx::query_scalar::<_, Uuid>("SELECT id FROM tenants WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-                .map(Some)
-        }
+        RuleOwner::Plan(p) => maas_billing::plans::plan_exists(pool, p)
+            .await?
+            .then_some(None),
+        RuleOwner::Tenant(id) => tenant_by_id(pool, *id).await?.map(|t| Some(t.id)),
         RuleOwner::Key(id) => {
             sqlx::query_scalar::<_, Uuid>("SELECT tenant_id FROM api_keys WHERE id = $1")
                 .bind(id)
