@@ -25,6 +25,6 @@ mod store;
 
 pub use admin::create_key;
 pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};
-pub use metering::spool::{read_dir_events, RecordKind, SpoolOptions};
+pub use metering::spool::{read_dir_events, RecordKind, SpoolOptions, SpoolReader};
 pub use metering::{Spool, UsageWriter};
 pub use serve::{connect, migrate, serve};

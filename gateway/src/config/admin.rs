@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `[admin]`: the operator API ([`crate::admin`]), axum on its own listener.
+/// `[admin]`: the operator API (`admin`), axum on its own listener.
 ///
 /// `Debug` prints the operator token as `***`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -18,7 +18,7 @@ pub struct AuthConfig {
     /// `api_keys.last_used_at` is written for the keys used in each interval of this many
     /// milliseconds, in one statement (not per request). Default 60000.
     pub last_used_flush_ms: u64,
-    /// JWT verification ([`crate::auth::jwt`]); off while no key source is set.
+    /// JWT verification ([`crate::JwtVerifier`]); off while no key source is set.
     pub jwt: JwtConfig,
 }
 
@@ -34,7 +34,7 @@ impl Default for AuthConfig {
     }
 }
 
-/// `[auth.jwt]`: keys and claim rules for JWT bearer tokens (RFC 7519), see [`crate::auth::jwt`].
+/// `[auth.jwt]`: keys and claim rules for JWT bearer tokens (RFC 7519), see [`crate::JwtVerifier`].
 ///
 /// JWT is on when at least one key source is set: `hmac_secret`, `keys`, `jwks_file` or
 /// `jwks_url`. `Debug` prints secrets as `***`.
