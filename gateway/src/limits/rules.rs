@@ -152,14 +152,9 @@ mod tests {
 
     fn rule(level: Level, model: Option<&str>, rate: i32) -> LimitRule {
         LimitRule {
-            level,
             model: model.map(str::to_string),
             rate: Some(rate),
-            period_s: 1,
-            burst: None,
-            concurrency: None,
-            monthly_inference_quota: None,
-            monthly_budget_micro_usd: None,
+            ..LimitRule::unlimited(level)
         }
     }
 
@@ -217,27 +212,5 @@ mod tests {
         assert_eq!(model.model(), Some("digits"));
         assert_eq!(model.rollup_filter().model, Some("digits"));
         assert_eq!(CounterId::Tenant(t).rollup_filter().tenant_id, Some(t));
-    }
-
-    #[test]
-    fn validation_and_prices() {
-        let mut r = rule(Level::Key, None, 10);
-        assert_eq!(r.validate(), Ok(()));
-        r.rate = Some(0);
-        assert!(r.validate().unwrap_err().contains("rate"));
-        let mut r = rule(Level::Tenant, Some("m"), 1);
-        assert!(r.validate().unwrap_err().contains("model"));
-        r.model = None;
-        r.rate = None;
-        r.burst = Some(3);
-        assert_eq!(r.validate().unwrap_err(), "burst needs a rate");
-        let p = ModelPrice {
-            per_request_micro_usd: 10,
-            per_1k_inferences_micro_usd: 2000,
-            per_compute_second_micro_usd: 500,
-            ..ModelPrice::default()
-        };
-        // 10 micro-USD + 3 rows x 2 micro-USD + 1.5 s x 500 micro-USD = 766 micro-USD.
-        assert_eq!(p.list_cost_milli(1, 3, 1_500_000), 766_000);
     }
 }

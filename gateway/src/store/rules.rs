@@ -75,37 +75,82 @@ fn one() -> i32 {
     1
 }
 
+#[cfg(test)]
 impl LimitRule {
-    /// Check the values a client sent (400 text on error).
+    /// A rule of `level` with no limit set, for tests to build on.
+    pub(crate) fn unlimited(level: Level) -> LimitRule {
+        LimitRule {
+            level,
+            model: None,
+            rate: None,
+            period_s: 1,
+            burst: None,
+            concurrency: None,
+            monthly_inference_quota: None,
+            monthly_budget_micro_usd: None,
+        }
+    }
+}
+
+/// Why a rule a client sent cannot be stored; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// A rate, period, burst or concurrency of zero or less.
+    #[error("{field} must be a positive integer, got {value}")]
+    NotPositive {
+        /// The field.
+        field: &'static str,
+        /// What was sent.
+        value: i32,
+    },
+    /// A negative monthly quota or budget.
+    #[error("{field} must not be negative")]
+    Negative {
+        /// The field.
+        field: &'static str,
+    },
+    /// A burst without a rate (the burst of what?).
+    #[error("burst needs a rate")]
+    BurstWithoutRate,
+    /// A model on a rule whose level is not `model`.
+    #[error("model may only be set on level \"model\"")]
+    ModelOnOtherLevel,
+    /// An empty model name.
+    #[error("model must not be empty (omit it for every model)")]
+    EmptyModel,
+}
+
+impl LimitRule {
+    /// Check the values a client sent.
     ///
     /// # Errors
     /// A non-positive rate, period, burst or concurrency, a negative quota or budget, a burst
-    /// without a rate, or a model on a level other than `model`.
-    pub fn validate(&self) -> Result<(), String> {
-        let positive = |name: &str, v: Option<i32>| match v {
-            Some(v) if v <= 0 => Err(format!("{name} must be a positive integer, got {v}")),
+    /// without a rate, or a model on a level other than `model` ([`RuleError`]).
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let positive = |field: &'static str, v: Option<i32>| match v {
+            Some(value) if value <= 0 => Err(RuleError::NotPositive { field, value }),
             _ => Ok(()),
         };
         positive("rate", self.rate)?;
         positive("period_s", Some(self.period_s))?;
         positive("burst", self.burst)?;
         positive("concurrency", self.concurrency)?;
-        for (name, v) in [
+        for (field, v) in [
             ("monthly_inference_quota", self.monthly_inference_quota),
             ("monthly_budget_micro_usd", self.monthly_budget_micro_usd),
         ] {
             if v.is_some_and(|v| v < 0) {
-                return Err(format!("{name} must not be negative"));
+                return Err(RuleError::Negative { field });
             }
         }
         if self.burst.is_some() && self.rate.is_none() {
-            return Err("burst needs a rate".into());
+            return Err(RuleError::BurstWithoutRate);
         }
         if self.model.is_some() && self.level != Level::Model {
-            return Err("model may only be set on level \"model\"".into());
+            return Err(RuleError::ModelOnOtherLevel);
         }
         if self.model.as_deref() == Some("") {
-            return Err("model must not be empty (omit it for every model)".into());
+            return Err(RuleError::EmptyModel);
         }
         Ok(())
     }
@@ -299,4 +344,51 @@ pub async fn owner_tenant(
                 .map(Some)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use maas_billing::plans::ModelPrice;
+
+    use super::*;
+
+    fn rule(level: Level, model: Option<&str>, rate: i32) -> LimitRule {
+        LimitRule {
+            model: model.map(str::to_string),
+            rate: Some(rate),
+            ..LimitRule::unlimited(level)
+        }
+    }
+
+    #[test]
+    fn validation_and_prices() {
+        let mut r = rule(Level::Key, None, 10);
+        assert_eq!(r.validate(), Ok(()));
+        r.rate = Some(0);
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "rate must be a positive integer, got 0"
+        );
+        let mut r = rule(Level::Tenant, Some("m"), 1);
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "model may only be set on level \"model\""
+        );
+        r.model = None;
+        r.rate = None;
+        r.burst = Some(3);
+        assert_eq!(r.validate(), Err(RuleError::BurstWithoutRate));
+        assert_eq!(
+            RuleError::BurstWithoutRate.to_string(),
+            "burst needs a rate"
+        );
+        let p = ModelPrice {
+            per_request_micro_usd: 10,
+            per_1k_inferences_micro_usd: 2000,
+            per_compute_second_micro_usd: 500,
+            ..ModelPrice::default()
+        };
+        // 10 micro-USD + 3 rows x 2 micro-USD + 1.5 s x 500 micro-USD = 766 micro-USD.
+        assert_eq!(p.list_cost_milli(1, 3, 1_500_000), 766_000);
+    }
 }

@@ -23,16 +23,7 @@ fn limits(rule: LimitRule) -> RequestLimits {
 }
 
 fn rule() -> LimitRule {
-    LimitRule {
-        level: Level::Tenant,
-        model: None,
-        rate: None,
-        period_s: 1,
-        burst: None,
-        concurrency: None,
-        monthly_inference_quota: None,
-        monthly_budget_micro_usd: None,
-    }
+    LimitRule::unlimited(Level::Tenant)
 }
 
 #[test]
