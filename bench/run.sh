@@ -34,7 +34,8 @@
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
-#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all four)
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all six,
+#                                        gateway,backend,torchserve,auth,ingest,split)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,

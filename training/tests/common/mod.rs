@@ -35,10 +35,11 @@ pub fn backend_bin() -> &'static Path {
 ///
 /// Cargo gives a test the path of its own package's binaries only (`CARGO_BIN_EXE_<name>`),
 /// and `cargo test -p maas-train` does not build `maas-backend`'s binary. So this runs
-/// `cargo build -p <package> --bin <bin>` with the target folder and profile this test binary
-/// was built with (read from its path, `target/<profile>/deps/<test>`): a no-op when the
-/// binary is already fresh (as under `make test`, which builds every binary first), a build
-/// when it is missing or stale, never a run of an outdated server. Serving in process through
+/// `cargo build --workspace --bins` with the target folder and profile this test binary was
+/// built with (read from its path, `target/<profile>/deps/<test>`): the very build `make test`
+/// runs first, so there it is a no-op (building one package alone would unify dependency
+/// features differently and rebuild them), a build when a binary is missing or stale, never a
+/// run of an outdated server. Serving in process through
 /// the backend's router is not an option: these tests stop the server with SIGTERM and read its
 /// exit status.
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
@@ -54,15 +55,17 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .args(["--profile", profile, "--target-dir"])
         .arg(target_dir)
         .current_dir(workspace())
         .status()
-        .unwrap_or_else(|e| panic!("cannot run cargo build -p {package}: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run cargo build --workspace --bins (for {package}): {e}")
+        });
     assert!(
         status.success(),
-        "cargo build -p {package} --bin {bin} failed"
+        "cargo build --workspace --bins (for {package}'s {bin}) failed"
     );
     let path = profile_dir.join(bin);
     assert!(path.is_file(), "{} was not built", path.display());
