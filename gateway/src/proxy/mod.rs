@@ -13,7 +13,7 @@
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
-//!   record; see (`metering::spool`)).
+//!   record; see `metering::spool`).
 
 mod ctx;
 mod respond;
