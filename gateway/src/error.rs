@@ -39,8 +39,16 @@ pub enum GatewayError {
     #[error("tenant suspended")]
     TenantSuspended,
     /// The path is not an Open Inference Protocol v2 route the gateway serves.
-    #[error("no route for {0}: expected /v2/models/{{model}}[/versions/{{version}}]/... or /v2/health/live|ready")]
+    #[error("no route for {0}: expected /v2/models/{{model}}[/versions/{{version}}]/..., /v2, /v2/repository/index or /v2/health/live|ready")]
     NotFound(String),
+    /// No pool serves the model: no backend reports it READY and none is configured for it.
+    /// The message names only the model asked for.
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    /// Pools serve the model but none of their backends is healthy (active check passed, not
+    /// ejected); answered with `Retry-After`.
+    #[error("{}", no_healthy_backend(.0.as_deref()))]
+    NoHealthyBackend(Option<String>),
     /// A rate limit, concurrency limit, quota or budget refused the request (the message names
     /// which and what it allows).
     #[error("{0}")]
@@ -68,6 +76,13 @@ pub enum GatewayError {
     Internal,
 }
 
+fn no_healthy_backend(model: Option<&str>) -> String {
+    match model {
+        Some(m) => format!("no healthy backend is available for model '{m}', retry later"),
+        None => "no healthy backend is available, retry later".into(),
+    }
+}
+
 impl GatewayError {
     /// Stable machine-readable name of the error, for logs and metrics.
     pub fn error_type(&self) -> &'static str {
@@ -82,6 +97,8 @@ impl GatewayError {
             GatewayError::ModelNotAllowed(_) => "model_not_allowed",
             GatewayError::TenantSuspended => "tenant_suspended",
             GatewayError::NotFound(_) => "not_found",
+            GatewayError::UnknownModel(_) => "unknown_model",
+            GatewayError::NoHealthyBackend(_) => "no_healthy_backend",
             GatewayError::AuthUnavailable => "auth_unavailable",
             GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::LimiterUnavailable => "limiter_unavailable",
@@ -105,10 +122,10 @@ impl GatewayError {
             GatewayError::ModelNotAllowed(_) | GatewayError::TenantSuspended => {
                 StatusCode::FORBIDDEN
             }
-            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
-            GatewayError::AuthUnavailable | GatewayError::LimiterUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::NotFound(_) | GatewayError::UnknownModel(_) => StatusCode::NOT_FOUND,
+            GatewayError::AuthUnavailable
+            | GatewayError::LimiterUnavailable
+            | GatewayError::NoHealthyBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             GatewayError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,

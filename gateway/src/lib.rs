@@ -2,7 +2,9 @@
 //! map).
 //!
 //! - `proxy`: the pingora `ProxyHttp`, phases in lifecycle order: route, authenticate (`auth`),
-//!   admit (`limits`), forward to the backend pool, meter (`metering`).
+//!   admit (`limits`), forward to a backend of the pools (`pools`), meter (`metering`).
+//! - `pools`: backend pools: membership (DNS), model discovery, active and passive health,
+//!   selection policies, and their state snapshot.
 //! - `auth`: API keys and JWTs, cached; `limits`: rules, rate/concurrency/quota/budget
 //!   admission in Redis or in process; `metering`: the usage spool and its writer into
 //!   PostgreSQL; `invalidation`: admin changes reach every gateway's caches over Redis pub/sub.
@@ -19,6 +21,7 @@ mod error;
 mod invalidation;
 mod limits;
 mod metering;
+mod pools;
 mod proxy;
 mod serve;
 mod store;
@@ -27,4 +30,5 @@ pub use admin::create_key;
 pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};
 pub use metering::spool::{read_dir_events, RecordKind, SpoolOptions, SpoolReader};
 pub use metering::{Spool, UsageWriter};
+pub use pools::{BackendSnapshot, PoolSnapshot};
 pub use serve::{connect, migrate, serve};

@@ -21,7 +21,7 @@ use crate::limits::LimitResolver;
 use crate::limits::Limiter;
 use crate::metering;
 use crate::metering::spool::{Spool, SpoolOptions};
-use crate::proxy::BackendPool;
+use crate::pools::{PoolRefresher, Pools};
 use crate::proxy::Gateway;
 
 /// Connect a small pool for one-off commands (migrations, key management), on the current
@@ -53,7 +53,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let database_url = config.database_url()?.to_string();
     PgConnectOptions::from_str(&database_url).context("database_url is not a PostgreSQL URL")?;
     let listen = config.listen_addr()?;
-    let backends = config.backend_addrs()?;
+    let pools = Arc::new(Pools::from_config(&config)?);
+    let index_timeout = Duration::from_millis(config.upstream.connect_timeout_ms.max(500));
 
     if config.run_migrations {
         // A throwaway runtime: nothing created here outlives it.
@@ -66,6 +67,15 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             pool.close().await;
             anyhow::Ok(())
         })?;
+    }
+
+    {
+        // The pools' members and models before the first request (a throwaway runtime and
+        // client: nothing created here outlives it).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(pools.refresh_once(&reqwest::Client::new(), index_timeout));
     }
 
     // Fail with a clear message now rather than with a panic inside pingora's runtime.
@@ -103,7 +113,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         auth,
         limits,
         limiter,
-        BackendPool::new(backends),
+        pools.clone(),
         Duration::from_millis(config.upstream.connect_timeout_ms),
         usage,
     );
@@ -111,6 +121,10 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     proxy.add_tcp(&listen.to_string());
 
     server.add_service(proxy);
+    server.add_service(background_service(
+        "pool refresh",
+        PoolRefresher::new(pools.clone(), index_timeout),
+    ));
     server.add_service(background_service("usage writer", writer));
     server.add_service(background_service("usage spool sync", syncer));
     server.add_service(background_service("announce", Announce { listen }));
@@ -126,8 +140,13 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         },
     ));
     // Its own thread and runtime (pingora owns the proxy's); bound before the readiness line.
-    let _admin = crate::admin::spawn(&config)?;
-    tracing::info!(%listen, backends = ?config.upstream.backends, spool = %spool_dir.display(), "starting maas-gateway");
+    let _admin = crate::admin::spawn(&config, pools)?;
+    let pool_names: Vec<String> = config
+        .effective_pools()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    tracing::info!(%listen, pools = ?pool_names, spool = %spool_dir.display(), "starting maas-gateway");
     server.run_forever()
 }
 

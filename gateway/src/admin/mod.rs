@@ -18,7 +18,7 @@
 //! Modules: who is calling (`auth.rs`), the shared state (`state.rs`), errors and their one JSON
 //! shape (`error.rs`), extractors whose rejection is that shape (`extract.rs`), name rules
 //! (`validate.rs`), the usage routes' query parameters (`params.rs`), one file per resource
-//! (`tenants.rs`, `keys.rs`, `limits.rs`, `tenant_admins.rs`, `usage.rs`), and the OpenAPI
+//! (`tenants.rs`, `keys.rs`, `limits.rs`, `tenant_admins.rs`, `usage.rs`, `pools.rs`), and the OpenAPI
 //! document (`openapi.rs`). This file only assembles them.
 
 mod auth;
@@ -28,6 +28,7 @@ mod keys;
 mod limits;
 mod openapi;
 mod params;
+mod pools;
 mod state;
 mod tenant_admins;
 mod tenants;
@@ -37,6 +38,7 @@ mod validate;
 pub use keys::create_key;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,6 +48,7 @@ use axum::Router;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::config::GatewayConfig;
+use crate::pools::Pools;
 use error::AppError;
 use state::AdminState;
 
@@ -92,6 +95,7 @@ fn router(state: AdminState) -> Router {
             "/admin/v1/tenant-admins/{admin_id}/revoke",
             post(tenant_admins::revoke_tenant_admin),
         )
+        .route("/admin/v1/pools", get(pools::list_pools))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_operator,
@@ -123,7 +127,10 @@ async fn not_found() -> AppError {
 ///
 /// The listener is bound before this returns, so a bind failure is an error here and clients
 /// may connect as soon as it returns.
-pub fn spawn(config: &GatewayConfig) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+pub fn spawn(
+    config: &GatewayConfig,
+    pools: Arc<Pools>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
     let Some(token) = config.admin.token() else {
         tracing::info!(
             "admin API disabled: no admin.operator_token (MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN)"
@@ -169,7 +176,11 @@ pub fn spawn(config: &GatewayConfig) -> anyhow::Result<Option<std::thread::JoinH
                 tracing::info!(%addr, "admin API listening");
                 if let Err(e) = axum::serve(
                     listener,
-                    router(AdminState::new(pool, &token).with_redis(redis)),
+                    router(
+                        AdminState::new(pool, &token)
+                            .with_redis(redis)
+                            .with_pools(pools),
+                    ),
                 )
                 .await
                 {

@@ -21,7 +21,7 @@ use super::tenants::{
 #[openapi(
     info(
         title = "maas gateway admin API",
-        description = "Operator and tenant admin API: tenants, API keys, limits, tenant admins, usage, invoices and exports. Every operation needs `Authorization: Bearer <operator token>`; a tenant admin's token is accepted for its own tenant's usage, invoices and exports."
+        description = "Operator and tenant admin API: tenants, API keys, limits, tenant admins, usage, invoices and exports, and the state of the backend pools. Every operation needs `Authorization: Bearer <operator token>`; a tenant admin's token is accepted for its own tenant's usage, invoices and exports."
     ),
     paths(
         create_tenant,
@@ -43,7 +43,8 @@ use super::tenants::{
         crate::admin::tenant_admins::revoke_tenant_admin,
         crate::admin::usage::get_usage,
         crate::admin::usage::get_invoice,
-        crate::admin::usage::export_usage
+        crate::admin::usage::export_usage,
+        crate::admin::pools::list_pools
     ),
     components(schemas(
         crate::admin::error::ErrorBody,
@@ -64,7 +65,10 @@ use super::tenants::{
         maas_billing::invoice::Invoice,
         maas_billing::invoice::InvoiceLine,
         maas_billing::invoice::ModelUsage,
-        maas_billing::plans::ModelPrice
+        maas_billing::plans::ModelPrice,
+        crate::pools::PoolSnapshot,
+        crate::pools::BackendSnapshot,
+        crate::config::Policy
     )),
     modifiers(&BearerAuth, &TenantAdminAuth),
     security(("operator_token" = []))
@@ -133,6 +137,7 @@ mod tests {
             "/admin/v1/tenants/{tenant_id}/usage",
             "/admin/v1/tenants/{tenant_id}/usage/export",
             "/admin/v1/tenants/{tenant_id}/invoices/{period}",
+            "/admin/v1/pools",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),

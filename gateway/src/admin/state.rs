@@ -1,6 +1,7 @@
 //! What every admin handler shares ([`AdminState`]): the admin API's own PostgreSQL pool, the
 //! operator token, and where changes are announced to the gateways.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -9,6 +10,7 @@ use uuid::Uuid;
 use super::auth::{CallerSource, OperatorToken};
 use super::error::AppError;
 use crate::invalidation::{self, Invalidation};
+use crate::pools::Pools;
 use crate::store;
 
 /// Shared state of the admin handlers.
@@ -20,6 +22,8 @@ pub struct AdminState {
     /// Where changes are announced to every gateway ([`crate::invalidation`]); `None`: the
     /// gateways' cache TTL alone bounds how long a change takes.
     redis: Option<redis::Client>,
+    /// The data path's backend pools (`GET /admin/v1/pools`); `None` in tests without them.
+    pub pools: Option<Arc<Pools>>,
 }
 
 impl AdminState {
@@ -29,12 +33,19 @@ impl AdminState {
             pool,
             operator: OperatorToken::new(operator_token),
             redis: None,
+            pools: None,
         }
     }
 
     /// The same, announcing changes on `redis`.
     pub fn with_redis(mut self, redis: Option<redis::Client>) -> Self {
         self.redis = redis;
+        self
+    }
+
+    /// The same, showing `pools`.
+    pub fn with_pools(mut self, pools: Arc<Pools>) -> Self {
+        self.pools = Some(pools);
         self
     }
 

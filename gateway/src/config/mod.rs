@@ -14,12 +14,14 @@ mod admin;
 mod auth;
 mod limits;
 mod metering;
+mod pools;
 mod upstream;
 
 pub use admin::AdminConfig;
 pub use auth::{AuthConfig, JwtConfig, JwtKeyConfig};
 pub use limits::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 pub use metering::{MeteringConfig, SpoolFullPolicy};
+pub use pools::{BackendEntry, EjectionConfig, HealthConfig, Policy, PoolConfig};
 pub use upstream::UpstreamConfig;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -59,8 +61,11 @@ pub struct GatewayConfig {
     /// Seconds pingora then waits for each runtime to finish its tasks
     /// (pingora `graceful_shutdown_timeout_seconds`). Default 5.
     pub graceful_shutdown_timeout_s: u64,
-    /// Backend pool.
+    /// The single pool of the simple case, and the connect timeout of every pool.
     pub upstream: UpstreamConfig,
+    /// `[[pools]]`: named pools of backends (see [`PoolConfig`]). When empty (the default),
+    /// `upstream.backends` is one pool serving every model ([`PoolConfig::legacy`]).
+    pub pools: Vec<PoolConfig>,
     /// Usage metering pipeline.
     pub metering: MeteringConfig,
     /// API key authentication.
@@ -82,6 +87,7 @@ impl Default for GatewayConfig {
             grace_period_s: 5,
             graceful_shutdown_timeout_s: 5,
             upstream: UpstreamConfig::default(),
+            pools: Vec::new(),
             metering: MeteringConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
@@ -120,10 +126,19 @@ impl GatewayConfig {
         if self.threads == 0 {
             bail!("threads must be at least 1");
         }
-        if self.upstream.backends.is_empty() {
+        if self.pools.is_empty() && self.upstream.backends.is_empty() {
             bail!("upstream.backends must name at least one backend (host:port)");
         }
-        self.backend_addrs()?;
+        let pools = self.effective_pools();
+        for (i, pool) in pools.iter().enumerate() {
+            pool.validate()?;
+            if pools[..i].iter().any(|p| p.name == pool.name) {
+                bail!("two pools are named '{}'", pool.name);
+            }
+        }
+        if self.upstream.connect_timeout_ms == 0 {
+            bail!("upstream.connect_timeout_ms must be at least 1");
+        }
         if self.metering.batch_size == 0 {
             bail!("metering.batch_size must be at least 1");
         }
@@ -156,13 +171,14 @@ impl GatewayConfig {
         resolve_one(&self.listen).context("listen")
     }
 
-    /// `upstream.backends`, each resolved to one socket address (first DNS answer).
-    pub fn backend_addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
-        self.upstream
-            .backends
-            .iter()
-            .map(|b| resolve_one(b).context("upstream.backends"))
-            .collect()
+    /// The pools served: `pools`, or the one [`PoolConfig::legacy`] pool of
+    /// `upstream.backends` when `pools` is empty.
+    pub fn effective_pools(&self) -> Vec<PoolConfig> {
+        if self.pools.is_empty() {
+            vec![PoolConfig::legacy(&self.upstream.backends)]
+        } else {
+            self.pools.clone()
+        }
     }
 
     /// A Redis client for `redis_url` (no connection is made yet); `None` when unset.
@@ -299,6 +315,73 @@ mod tests {
             assert_eq!(c.admin.token(), Some("op-secret"));
             assert_eq!(c.admin.listen, "127.0.0.1:7002");
             assert!(!format!("{c:?}").contains("op-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn pools_from_the_file_and_the_upstream_shorthand() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            let legacy = c.effective_pools();
+            assert_eq!(legacy.len(), 1);
+            assert_eq!(legacy[0].name, "default");
+            assert!(!legacy[0].discover);
+            assert_eq!(
+                legacy[0].backends,
+                vec![BackendEntry::Address("127.0.0.1:8001".into())]
+            );
+            jail.create_file(
+                "gw.toml",
+                r#"
+                [[pools]]
+                name = "a"
+                backends = ["127.0.0.1:8001", { address = "backend.svc:8002", weight = 3 }]
+                models = ["digits"]
+                policy = "weighted"
+                [pools.health]
+                interval_ms = 250
+                [[pools]]
+                name = "b"
+                backends = ["localhost:9000"]
+                "#,
+            )?;
+            let c = GatewayConfig::load(Path::new("gw.toml"), true).unwrap();
+            let pools = c.effective_pools();
+            assert_eq!(pools.len(), 2);
+            assert_eq!(pools[0].policy, Policy::Weighted);
+            assert_eq!(pools[0].backends[1].address(), "backend.svc:8002");
+            assert_eq!(pools[0].backends[1].weight(), 3);
+            assert_eq!(
+                pools[0].models.as_deref(),
+                Some(&["digits".to_string()][..])
+            );
+            assert_eq!(pools[0].health.interval_ms, 250);
+            assert_eq!(pools[0].health.failures, 2);
+            assert!(pools[1].discover);
+            assert_eq!(pools[1].policy, Policy::P2c);
+
+            for (bad, says) in [
+                ("[[pools]]\nname = \"a\"\nbackends = []", "at least one backend"),
+                ("[[pools]]\nname = \"a\"\nbackends = [\"nohost\"]", "not host:port"),
+                (
+                    "[[pools]]\nname = \"a\"\nbackends = [\"h:1\"]\n[[pools]]\nname = \"a\"\nbackends = [\"h:2\"]",
+                    "two pools are named 'a'",
+                ),
+                (
+                    "[[pools]]\nname = \"a\"\nbackends = [{ address = \"h:1\", weight = 0 }]",
+                    "weight 0",
+                ),
+                (
+                    "[[pools]]\nname = \"a\"\nbackends = [\"h:1\"]\n[pools.health]\nsuccesses = 0",
+                    "health.successes",
+                ),
+            ] {
+                jail.create_file("bad.toml", bad)?;
+                let e = GatewayConfig::load(Path::new("bad.toml"), true).unwrap_err();
+                assert!(format!("{e:#}").contains(says), "{bad}: {e:#}");
+            }
             Ok(())
         });
     }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use crate::limits::{Permit, RequestLimits};
 use crate::metering::Admission;
+use crate::pools::Lease;
 
 /// Per-request state shared by the phases.
 #[derive(Debug)]
@@ -38,6 +39,12 @@ pub struct RequestCtx {
     pub response_bytes: u64,
     /// Backends tried so far.
     pub tries: usize,
+    /// The backend of the current try (counts as in flight until dropped).
+    pub backend: Option<Lease>,
+    /// The backend of the previous try, avoided by the retry.
+    pub failed_backend: Option<std::net::SocketAddr>,
+    /// Why no backend could be chosen for a try (answered by `fail_to_proxy`).
+    pub unroutable: Option<crate::error::GatewayError>,
     /// Why the gateway answered itself, for the log.
     pub error_type: Option<&'static str>,
     /// The metering decision for an authenticated request (`None` before authentication).
@@ -75,6 +82,9 @@ impl RequestCtx {
             request_bytes: 0,
             response_bytes: 0,
             tries: 0,
+            backend: None,
+            failed_backend: None,
+            unroutable: None,
             error_type: None,
             admission: None,
             permit: None,

@@ -3,26 +3,30 @@
 //!
 //! Phases (pingora `proxy_trait.rs`, lifecycle order):
 //! - `new_ctx`: request id (UUIDv7) and start time, once the request header has been read;
-//! - `request_filter`: route ([`route`]) → key ([`crate::auth`]) → allow-list;
-//!   refusals are answered here as JSON ([`crate::error`]);
-//! - `upstream_peer`: next backend, round-robin; `fail_to_connect` retries on the next one;
+//! - `request_filter`: route ([`route`]) → key ([`crate::auth`]) → allow-list → a pool serves
+//!   the model with a healthy backend ([`crate::pools`]; 404 / 503 otherwise) → limits;
+//!   refusals are answered here as JSON ([`crate::error`]); `GET /v2` and
+//!   `POST /v2/repository/index` are answered here too (`local`);
+//! - `upstream_peer`: a backend of the pools chosen by the pool's policy (`upstream`);
+//!   `fail_to_connect`, and `error_while_proxy` for a reset before any response byte, retry
+//!   once on another backend, and count towards its passive ejection;
 //! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
 //!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
 //!   event goes to the spool here, before the client sees the response header;
 //! - body filters: request and response body bytes;
-//! - `fail_to_proxy`: JSON errors (502 when no backend answers);
+//! - `fail_to_proxy`: JSON errors (502 when no backend answers, 503 when none is healthy);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
 //!   record; see `metering::spool`).
 
 mod ctx;
+mod local;
 mod respond;
 mod route;
 mod upstream;
 
 pub use ctx::RequestCtx;
 pub use route::{parse_route, Route};
-pub use upstream::BackendPool;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,25 +46,26 @@ use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
 use crate::limits::{self, LimitResolver, Limiter};
 use crate::metering::{Admission, UsageSender};
+use crate::pools::Pools;
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
     auth: Arc<Authenticator>,
     limits: Arc<LimitResolver>,
     limiter: Limiter,
-    backends: BackendPool,
+    pools: Arc<Pools>,
     connect_timeout: Duration,
     usage: UsageSender,
 }
 
 impl Gateway {
-    /// A gateway forwarding to `backends`, authenticating with `auth`, admitting with `limits`
+    /// A gateway forwarding to the backends of `pools`, authenticating with `auth`, admitting with `limits`
     /// and `limiter`, metering into `usage`.
     pub fn new(
         auth: Arc<Authenticator>,
         limits: Arc<LimitResolver>,
         limiter: Limiter,
-        backends: BackendPool,
+        pools: Arc<Pools>,
         connect_timeout: Duration,
         usage: UsageSender,
     ) -> Self {
@@ -68,7 +73,7 @@ impl Gateway {
             auth,
             limits,
             limiter,
-            backends,
+            pools,
             connect_timeout,
             usage,
         }
@@ -159,6 +164,26 @@ impl ProxyHttp for Gateway {
         {
             Ok(principal) => {
                 ctx.principal = Some(principal);
+                let answered = match &route {
+                    Route::ServerMetadata => Some(local::server_metadata(session, ctx).await),
+                    Route::RepositoryIndex => Some(
+                        local::repository_index(session, ctx, &self.pools, &self.auth, &secret)
+                            .await,
+                    ),
+                    _ => None,
+                };
+                match answered {
+                    Some(Ok(written)) => return written.map(|()| true),
+                    Some(Err(e)) => return self.reject(session, ctx, &e).await,
+                    None => {}
+                }
+                if let Err(e) = self.pools.check(ctx.model.as_deref()) {
+                    if e == crate::pools::PickError::NoHealthyBackend {
+                        ctx.retry_after_s = Some(upstream::RETRY_AFTER_S);
+                    }
+                    let err = upstream::unroutable(&e, ctx.model.as_deref());
+                    return self.reject(session, ctx, &err).await;
+                }
                 let admission = self.usage.admit();
                 ctx.admission = Some(admission);
                 if admission == Admission::Refuse {
@@ -195,11 +220,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
-        ctx.tries += 1;
-        let addr = self.backends.next();
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        Ok(Box::new(peer))
+        upstream::next_peer(&self.pools, ctx, self.connect_timeout)
     }
 
     fn fail_to_connect(
@@ -209,33 +230,28 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Connecting failed, so nothing was sent: safe to try the next backend, once each.
-        if ctx.tries < self.backends.len() {
-            tracing::debug!(request_id = %ctx.request_id, %peer, "backend connect failed; trying the next one");
-            e.set_retry(true);
-        }
+        // Connecting failed, so nothing was sent: safe to try another backend, once.
+        tracing::debug!(request_id = %ctx.request_id, %peer, error = %e, "backend connect failed");
+        upstream::connect_failed(&self.pools, ctx, &mut e);
         e
     }
 
     /// pingora's default retries a failure on a reused upstream connection (the backend closed
     /// it while it sat in the pool) only for idempotent methods. OIP v2 calls have no side
     /// effect at the backend (inference is a pure function of the request; usage is counted
-    /// here, once, by request id), so `POST .../infer` is retried the same way, as long as the
-    /// request body is still in pingora's retry buffer.
+    /// here, once, by request id), so `POST .../infer` is retried the same way, and a reset
+    /// before any response byte is retried once on another backend, as long as the request
+    /// body is still in pingora's retry buffer.
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if session.as_ref().retry_buffer_truncated() {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
-        }
+        upstream::proxy_failed(&self.pools, session, ctx, &mut e, client_reused);
         e
     }
 
@@ -257,6 +273,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        upstream::answered(ctx, upstream_response.status.as_u16());
         if let Some(n) = header_i64(upstream_response, INFERENCE_COUNT) {
             ctx.inference_count = n;
         }
@@ -304,9 +321,16 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let code = error_status(e);
+        let unroutable = ctx
+            .unroutable
+            .take()
+            .or_else(|| upstream::exhausted(&self.pools, ctx, e));
+        let code = unroutable
+            .as_ref()
+            .map_or_else(|| error_status(e), |u| u.status().as_u16());
         if code > 0 && session.response_written().is_none() {
             let err = match code {
+                _ if unroutable.is_some() => unroutable.unwrap_or(GatewayError::Internal),
                 502 => GatewayError::BadGateway(match e.etype() {
                     ErrorType::ConnectTimedout => "connecting to the backend timed out".into(),
                     ErrorType::ConnectRefused => "the backend refused the connection".into(),

@@ -36,6 +36,24 @@ pub(super) async fn write_error(
     Ok(())
 }
 
+/// Write a JSON answer of the gateway's own (`status`, `content-type: application/json`,
+/// `x-request-id`) with `body`.
+pub(super) async fn write_json(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    body: bytes::Bytes,
+) -> pingora::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+    ctx.response_bytes += body.len() as u64;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) when a limit
 /// applied to the request.
 pub(super) fn insert_rate_headers(

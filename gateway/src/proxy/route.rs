@@ -4,6 +4,9 @@
 //! - `GET /v2/health/live`, `GET /v2/health/ready`: forwarded without authentication;
 //! - `/v2/models/{model}[/versions/{version}][/...]`: model metadata, readiness and
 //!   `POST .../infer`; authenticated, and the model is checked against the key's allow-list.
+//! - `GET /v2` (server metadata) and `POST /v2/repository/index` (model repository
+//!   extension): authenticated, answered by the gateway itself from its pools, the index
+//!   holding only the models the key may call.
 //!
 //! Everything else is a 404 from the gateway itself.
 
@@ -14,6 +17,10 @@ use crate::error::GatewayError;
 pub enum Route {
     /// `/v2/health/live` or `/v2/health/ready`: no authentication.
     Health,
+    /// `/v2`: server metadata, answered by the gateway.
+    ServerMetadata,
+    /// `/v2/repository/index`: the models the caller may call, answered by the gateway.
+    RepositoryIndex,
     /// `/v2/models/{model}[/versions/{version}]...`.
     Model {
         /// Model name as written in the path.
@@ -41,6 +48,12 @@ pub fn parse_route(path: &str) -> Result<Route, GatewayError> {
     let not_found = || GatewayError::NotFound(truncate(path, 200));
     if path == "/v2/health/live" || path == "/v2/health/ready" {
         return Ok(Route::Health);
+    }
+    if path == "/v2" {
+        return Ok(Route::ServerMetadata);
+    }
+    if path == "/v2/repository/index" {
+        return Ok(Route::RepositoryIndex);
     }
     let rest = path.strip_prefix("/v2/models/").ok_or_else(not_found)?;
     let mut segments = rest.split('/');
@@ -134,10 +147,20 @@ mod tests {
     }
 
     #[test]
+    fn gateway_answered_routes() {
+        assert_eq!(parse_route("/v2"), Ok(Route::ServerMetadata));
+        assert_eq!(
+            parse_route("/v2/repository/index"),
+            Ok(Route::RepositoryIndex)
+        );
+        assert!(Route::ServerMetadata.needs_auth());
+        assert!(Route::RepositoryIndex.needs_auth());
+    }
+
+    #[test]
     fn rejected_paths() {
         for p in [
             "/",
-            "/v2",
             "/v2/",
             "/v1/models/m/infer",
             "/v2/models",
@@ -149,7 +172,8 @@ mod tests {
             "/v2/models/../infer",
             "/v2/models/.hidden/infer",
             "/v2/models/m//infer",
-            "/v2/repository/index",
+            "/v2/repository/index/x",
+            "/v2/repository/models/m/load",
         ] {
             let e = parse_route(p).unwrap_err();
             assert_eq!(e.status().as_u16(), 404, "{p}");

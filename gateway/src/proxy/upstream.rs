@@ -1,51 +1,136 @@
-//! The backend pool: plain-HTTP OIP v2 servers chosen round-robin.
+//! The proxy's side of the backend pools: the peer of each try, what a try's outcome tells the
+//! pool (passive ejection), when a failed try is retried, and the error a request that found no
+//! backend is answered with.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-/// A fixed set of backends, chosen in turn (round-robin by an atomic counter).
-#[derive(Debug)]
-pub struct BackendPool {
-    backends: Vec<SocketAddr>,
-    next: AtomicUsize,
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::ctx::RequestCtx;
+use crate::error::GatewayError;
+use crate::pools::{PickError, Pools};
+
+/// Tries per request: the first and one retry on another backend.
+const MAX_TRIES: usize = 2;
+
+/// `Retry-After` seconds of a 503 for a model without a healthy backend.
+pub(super) const RETRY_AFTER_S: u64 = 1;
+
+/// The error a request for `model` is answered with when `err` kept it from a backend.
+pub(super) fn unroutable(err: &PickError, model: Option<&str>) -> GatewayError {
+    match err {
+        PickError::UnknownModel => GatewayError::UnknownModel(model.unwrap_or_default().into()),
+        PickError::NoHealthyBackend => GatewayError::NoHealthyBackend(model.map(Into::into)),
+    }
 }
 
-impl BackendPool {
-    /// A pool over `backends`.
-    ///
-    /// # Panics
-    /// When `backends` is empty (the configuration is validated before this).
-    pub fn new(backends: Vec<SocketAddr>) -> Self {
-        assert!(!backends.is_empty(), "a backend pool needs a backend");
-        BackendPool {
-            backends,
-            next: AtomicUsize::new(0),
+/// The peer of the next try: a backend chosen by the pools for the request's model, other than
+/// the one that just failed when possible; its lease goes into `ctx`.
+///
+/// # Errors
+/// `HTTPStatus(404 | 503)` when none is eligible (`ctx.unroutable` holds the answer).
+pub(super) fn next_peer(
+    pools: &Pools,
+    ctx: &mut RequestCtx,
+    connect_timeout: Duration,
+) -> pingora::Result<Box<HttpPeer>> {
+    ctx.tries += 1;
+    if let Some(previous) = ctx.backend.take() {
+        ctx.failed_backend = Some(previous.addr());
+    }
+    match pools.pick(ctx.model.as_deref(), ctx.failed_backend) {
+        Ok(lease) => {
+            let mut peer = HttpPeer::new(lease.addr(), false, String::new());
+            peer.options.connection_timeout = Some(connect_timeout);
+            ctx.backend = Some(lease);
+            Ok(Box::new(peer))
+        }
+        Err(e) => {
+            let err = unroutable(&e, ctx.model.as_deref());
+            if matches!(e, PickError::NoHealthyBackend) {
+                ctx.retry_after_s = Some(RETRY_AFTER_S);
+            }
+            let status = err.status().as_u16();
+            let message = err.to_string();
+            ctx.unroutable = Some(err);
+            Err(Error::explain(ErrorType::HTTPStatus(status), message))
         }
     }
+}
 
-    /// The next backend in turn.
-    pub fn next(&self) -> SocketAddr {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        self.backends[i % self.backends.len()]
-    }
+/// Tell the pool the try failed with `e` (counts towards passive ejection); whether another
+/// backend can take the retry.
+fn failed_try(pools: &Pools, ctx: &RequestCtx, e: &Error) -> bool {
+    let Some(lease) = &ctx.backend else {
+        return false;
+    };
+    let refused = e.etype() == &ErrorType::ConnectRefused;
+    lease.backend().record_failure(e.to_string(), refused);
+    ctx.tries < MAX_TRIES && pools.has_other(ctx.model.as_deref(), lease.addr())
+}
 
-    /// Number of backends.
-    pub fn len(&self) -> usize {
-        self.backends.len()
+/// `fail_to_connect`: nothing was sent, so the request is retried once on another backend.
+pub(super) fn connect_failed(pools: &Pools, ctx: &RequestCtx, e: &mut Error) {
+    if failed_try(pools, ctx, e) {
+        e.set_retry(true);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_robin() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let pool = BackendPool::new(vec![a, b]);
-        let picks: Vec<_> = (0..4).map(|_| pool.next()).collect();
-        assert_eq!(picks, vec![a, b, a, b]);
-        assert_eq!(pool.len(), 2);
+/// `error_while_proxy`: the connection failed after it was made. A reset or close before any
+/// response byte reached the client is retried once on another backend (OIP v2 calls have no
+/// side effect at the backend; usage is counted here, once, by request id), as long as the
+/// request body is still in pingora's retry buffer; otherwise pingora's default for reused
+/// connections applies.
+pub(super) fn proxy_failed(
+    pools: &Pools,
+    session: &Session,
+    ctx: &RequestCtx,
+    e: &mut Error,
+    client_reused: bool,
+) {
+    let connection_lost = e.esource() == &ErrorSource::Upstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        );
+    let retry_elsewhere = failed_try(pools, ctx, e) && connection_lost;
+    if session.as_ref().retry_buffer_truncated() || session.response_written().is_some() {
+        e.set_retry(false);
+    } else if retry_elsewhere {
+        e.set_retry(true);
+    } else {
+        e.retry.decide_reuse(client_reused);
     }
+}
+
+/// `response_filter`: a 5xx counts towards passive ejection, anything else resets it.
+pub(super) fn answered(ctx: &RequestCtx, status: u16) {
+    if let Some(lease) = &ctx.backend {
+        if status >= 500 {
+            lease
+                .backend()
+                .record_failure(format!("answered HTTP {status}"), false);
+        } else {
+            lease.backend().record_success();
+        }
+    }
+}
+
+/// `fail_to_proxy`: the error for a request whose tries all failed to connect when no
+/// healthy backend is left for its model (the 503 with `Retry-After`), else `None`.
+pub(super) fn exhausted(pools: &Pools, ctx: &mut RequestCtx, e: &Error) -> Option<GatewayError> {
+    let connect = matches!(
+        e.etype(),
+        ErrorType::ConnectRefused
+            | ErrorType::ConnectTimedout
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute
+    );
+    if connect && pools.check(ctx.model.as_deref()).is_err() {
+        ctx.retry_after_s = Some(RETRY_AFTER_S);
+        return Some(GatewayError::NoHealthyBackend(ctx.model.clone()));
+    }
+    None
 }

@@ -1,0 +1,585 @@
+//! Backend pools with real processes: several `maas-backend serve` on loopback behind one
+//! `maas-gateway`, trained digits models, a real PostgreSQL (for keys and usage).
+//!
+//! Needs `DATABASE_URL` and the workspace's binaries (`cargo build --workspace --bins`, which
+//! `make test` runs first).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{
+    admin_request, create_key, drop_database, free_addr, fresh_database, gateway_command,
+    ChildGuard,
+};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const OPERATOR: &str = "op-token-pools";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gateway/ has a parent")
+        .to_path_buf()
+}
+
+/// A workspace binary next to the gateway's (target/<profile>/).
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(common::BIN).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A repository with `digits` (trained once per test binary), copied under `names`.
+fn repo(names: &[&str]) -> PathBuf {
+    static TRAINED: OnceLock<PathBuf> = OnceLock::new();
+    let trained = TRAINED.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("maas-pools-trained-{}", Uuid::new_v4().simple()));
+        let out = Command::new(bin("maas-train"))
+            .args(["train", "--epochs", "5", "--repo"])
+            .arg(&dir)
+            .args(["--model", "digits", "--data"])
+            .arg(workspace_root().join("data/digits.csv.gz"))
+            .output()
+            .expect("run maas-train");
+        assert!(
+            out.status.success(),
+            "train: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    let dir = std::env::temp_dir().join(format!("maas-pools-repo-{}", Uuid::new_v4().simple()));
+    for name in names {
+        let to = dir.join(name).join("1");
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(
+            trained.join("digits/1/model.safetensors"),
+            to.join("model.safetensors"),
+        )
+        .unwrap();
+        std::fs::copy(
+            trained.join("digits/config.toml"),
+            dir.join(name).join("config.toml"),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// A running `maas-backend serve`, SIGKILLed on drop.
+struct Backend {
+    child: Option<ChildGuard>,
+    addr: SocketAddr,
+    repo: PathBuf,
+}
+
+impl Backend {
+    /// On a free port.
+    fn start(repo: &Path) -> Backend {
+        Backend::start_at(repo, "127.0.0.1:0")
+    }
+
+    /// On `listen` (retried for a few seconds while the port is still taken).
+    fn start_at(repo: &Path, listen: &str) -> Backend {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut child = Command::new(bin("maas-backend"))
+                .args(["serve", "--repo"])
+                .arg(repo)
+                .args(["--listen", listen])
+                .env("RUST_LOG", "error")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start maas-backend");
+            let mut line = String::new();
+            let stdout = child.stdout.take().unwrap();
+            let mut reader = BufReader::new(stdout);
+            let _ = reader.read_line(&mut line);
+            if let Some(addr) = line.trim().strip_prefix("maas-backend listening on ") {
+                std::thread::spawn(move || {
+                    let mut sink = Vec::new();
+                    let _ = reader.read_to_end(&mut sink);
+                });
+                return Backend {
+                    addr: addr.parse().unwrap(),
+                    child: Some(ChildGuard(child)),
+                    repo: repo.to_path_buf(),
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            assert!(
+                Instant::now() < deadline,
+                "maas-backend did not start on {listen}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILL, now.
+    fn kill(&mut self) {
+        self.child.take();
+    }
+
+    /// Start again on the same address.
+    fn restart(&mut self) {
+        let mut again = Backend::start_at(&self.repo, &self.addr.to_string());
+        self.child = again.child.take();
+    }
+}
+
+/// A gateway serving `pools_toml` (a TOML fragment of `[[pools]]` entries), with the admin API.
+struct Gateway {
+    _child: ChildGuard,
+    base: String,
+    admin: String,
+    dir: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_gateway(db_url: &str, pools_toml: &str) -> Gateway {
+    let listen = free_addr();
+    let admin = free_addr();
+    let dir = std::env::temp_dir().join(format!("maas-pools-gw-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{listen}\"\ngrace_period_s = 0\n[upstream]\nconnect_timeout_ms = 1000\n[admin]\nlisten = \"{admin}\"\n[metering]\nspool_dir = \"{}\"\nflush_interval_ms = 50\n{pools_toml}",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = gateway_command(db_url);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR)
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn maas-gateway");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("gateway printed no readiness line within 60 s");
+    assert_eq!(line, format!("maas-gateway listening on {listen}"));
+    Gateway {
+        _child: guard,
+        base: format!("http://{listen}"),
+        admin: format!("http://{admin}"),
+        dir,
+    }
+}
+
+fn infer_body() -> Value {
+    json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": vec![3.0f32; 64]}]})
+}
+
+async fn infer(client: &reqwest::Client, gw: &Gateway, key: &str, model: &str) -> (u16, Value) {
+    let resp = client
+        .post(format!("{}/v2/models/{model}/infer", gw.base))
+        .bearer_auth(key)
+        .json(&infer_body())
+        .send()
+        .await
+        .expect("infer through the gateway");
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn pools(client: &reqwest::Client, gw: &Gateway) -> Value {
+    let a = admin_request(
+        client,
+        &gw.admin,
+        reqwest::Method::GET,
+        "/admin/v1/pools",
+        Some(OPERATOR),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    a.json()
+}
+
+/// The snapshot of backend `addr` in pool `pool`.
+fn backend<'a>(snapshot: &'a Value, pool: &str, addr: SocketAddr) -> &'a Value {
+    snapshot
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == pool)
+        .and_then(|p| {
+            p["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["address"] == addr.to_string())
+        })
+        .unwrap_or_else(|| panic!("no backend {addr} in pool {pool}: {snapshot}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_pools_route_each_model_to_its_backends_and_list_what_a_key_may_call() {
+    let (pool, db_url) = fresh_database().await;
+    let (repo_a, repo_b) = (repo(&["digits"]), repo(&["digits_b"]));
+    let (a, b) = (Backend::start(&repo_a), Backend::start(&repo_b));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"a\"\nbackends = [\"{}\"]\n[[pools]]\nname = \"b\"\nbackends = [\"{}\"]\npolicy = \"round_robin\"\n",
+            a.addr, b.addr
+        ),
+    );
+    let any_key = create_key(&db_url, "pools-tenant", None);
+    let digits_key = create_key(&db_url, "pools-tenant", Some("digits"));
+    let client = reqwest::Client::new();
+
+    for _ in 0..3 {
+        assert_eq!(infer(&client, &gw, &any_key, "digits").await.0, 200);
+    }
+    let (status, body) = infer(&client, &gw, &any_key, "digits_b").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_name"], "digits_b");
+    // A model no pool serves: 404 naming only it, and no backend saw the request.
+    let (status, body) = infer(&client, &gw, &any_key, "nope").await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"error": "unknown model 'nope'"}))
+    );
+    // The allow-list applies before routing.
+    assert_eq!(infer(&client, &gw, &digits_key, "digits_b").await.0, 403);
+
+    let snap = pools(&client, &gw).await;
+    let (sa, sb) = (backend(&snap, "a", a.addr), backend(&snap, "b", b.addr));
+    assert_eq!(sa["models"], json!(["digits"]));
+    assert_eq!(sb["models"], json!(["digits_b"]));
+    assert_eq!(sa["requests"], 3);
+    assert_eq!(sb["requests"], 1);
+    assert_eq!(
+        (sa["healthy"].clone(), sa["in_flight"].clone()),
+        (json!(true), json!(0))
+    );
+    assert_eq!(sa["entry"], a.addr.to_string());
+    assert_eq!(snap[0]["policy"], "p2c");
+    assert_eq!(snap[1]["policy"], "round_robin");
+    let no_token = admin_request(
+        &client,
+        &gw.admin,
+        reqwest::Method::GET,
+        "/admin/v1/pools",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(no_token.status, 401);
+
+    // Server metadata and the repository index through the data path, with a key.
+    let meta: Value = client
+        .get(format!("{}/v2", gw.base))
+        .bearer_auth(&digits_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(meta["name"], "maas-gateway");
+    assert_eq!(meta["extensions"], json!(["model_repository"]));
+    let index = |key: String, body: Option<Value>| {
+        let client = client.clone();
+        let url = format!("{}/v2/repository/index", gw.base);
+        async move {
+            let mut req = client.post(url).bearer_auth(key);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        index(digits_key.clone(), None).await,
+        (
+            200,
+            json!([{"name": "digits", "state": "READY", "reason": ""}])
+        )
+    );
+    assert_eq!(
+        index(any_key.clone(), Some(json!({"ready": true}))).await,
+        (
+            200,
+            json!([
+                {"name": "digits", "state": "READY", "reason": ""},
+                {"name": "digits_b", "state": "READY", "reason": ""}
+            ])
+        )
+    );
+    let (status, body) = index(any_key.clone(), Some(json!({"ready": "yes"}))).await;
+    assert_eq!(status, 400, "{body}");
+    let unauthenticated = client
+        .post(format!("{}/v2/repository/index", gw.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+
+    // The OpenAPI document lists the route and its schema.
+    let doc = admin_request(
+        &client,
+        &gw.admin,
+        reqwest::Method::GET,
+        "/admin/v1/openapi.json",
+        None,
+        None,
+    )
+    .await
+    .json();
+    assert!(doc["paths"]["/admin/v1/pools"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["BackendSnapshot"].is_object());
+    drop(gw);
+    drop_database(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_loaded_or_unloaded_on_a_backend_is_routed_accordingly_within_the_discovery_interval(
+) {
+    let (pool, db_url) = fresh_database().await;
+    let repo = repo(&["digits", "digits_b"]);
+    let be = Backend::start(&repo);
+    // A DNS name: `localhost` is resolved by the gateway (every address it has).
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [\"localhost:{}\"]\ndiscovery_interval_ms = 200\n",
+            be.addr.port()
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    assert_eq!(infer(&client, &gw, &key, "digits_b").await.0, 200);
+    let snap = pools(&client, &gw).await;
+    assert_eq!(
+        backend(&snap, "p", be.addr)["entry"],
+        format!("localhost:{}", be.addr.port())
+    );
+
+    let control = |what: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{}/v2/repository/models/digits_b/{what}", be.addr);
+        async move {
+            let r = client.post(url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{what}");
+        }
+    };
+    // Unloaded at the backend (not through the gateway): gone from routing within the interval
+    // (three intervals allowed for scheduling on a loaded machine).
+    control("unload").await;
+    let t = Instant::now();
+    let mut status = 0;
+    while t.elapsed() < Duration::from_millis(600) {
+        status = infer(&client, &gw, &key, "digits_b").await.0;
+        if status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status,
+        404,
+        "still routed {:?} after the unload",
+        t.elapsed()
+    );
+    assert_eq!(infer(&client, &gw, &key, "digits").await.0, 200);
+    // Loaded again: routable again.
+    control("load").await;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(600) {
+        status = infer(&client, &gw, &key, "digits_b").await.0;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200, "not routed {:?} after the load", t.elapsed());
+    drop(gw);
+    drop_database(pool).await;
+}
+
+/// Counters of the load loop.
+#[derive(Default)]
+struct Load {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    stop: AtomicBool,
+}
+
+const CLIENTS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_under_load_leaves_rotation_and_comes_back() {
+    let (pool, db_url) = fresh_database().await;
+    let repo = repo(&["digits"]);
+    let a = Backend::start(&repo);
+    let mut b = Backend::start(&repo);
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [\"{}\", \"{}\"]\n[pools.health]\ninterval_ms = 200\ntimeout_ms = 200\nsuccesses = 2\nfailures = 2\n",
+            a.addr, b.addr
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    let load = Arc::new(Load::default());
+    let mut tasks = Vec::new();
+    for _ in 0..CLIENTS {
+        let (client, load, key, url) = (
+            client.clone(),
+            load.clone(),
+            key.clone(),
+            format!("{}/v2/models/digits/infer", gw.base),
+        );
+        tasks.push(tokio::spawn(async move {
+            // Bounded: at most 20 s of requests whatever happens.
+            let t = Instant::now();
+            while !load.stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(20) {
+                let r = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .json(&infer_body())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 && r.bytes().await.is_ok() => {
+                        load.ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => load.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = pools(&client, &gw).await;
+    let ok_before = load.ok.load(Ordering::Relaxed);
+    assert!(
+        ok_before >= 100,
+        "only {ok_before} requests in the first second"
+    );
+    assert!(backend(&before, "p", b.addr)["requests"].as_u64().unwrap() > 0);
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after_1s = backend(&pools(&client, &gw).await, "p", b.addr).clone();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after_2s = backend(&pools(&client, &gw).await, "p", b.addr).clone();
+    // Within a second of its death no request goes to it any more.
+    assert_eq!(
+        after_1s["requests"], after_2s["requests"],
+        "{after_1s} / {after_2s}"
+    );
+    assert_eq!(after_2s["healthy"], false);
+    assert_eq!(after_2s["in_flight"], 0);
+    assert!(after_2s["ejections"].as_u64().unwrap() >= 1, "{after_2s}");
+    assert!(after_2s["last_error"].is_string());
+    // Only requests being computed on it when it died may fail: at most one per client.
+    let failed = load.failed.load(Ordering::Relaxed);
+    assert!(failed <= CLIENTS as u64, "{failed} failed requests");
+
+    // Back on the same address: traffic again after the configured successes.
+    b.restart();
+    let t = Instant::now();
+    let mut back = Value::Null;
+    while t.elapsed() < Duration::from_secs(5) {
+        back = backend(&pools(&client, &gw).await, "p", b.addr).clone();
+        if back["requests"].as_u64() > after_2s["requests"].as_u64() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back["requests"].as_u64() > after_2s["requests"].as_u64(),
+        "no traffic after restart: {back}"
+    );
+    assert_eq!(back["healthy"], true);
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        load.failed.load(Ordering::Relaxed),
+        failed,
+        "failures after the restart"
+    );
+    drop(gw);
+    drop_database(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_backends_down_is_a_503_naming_the_model_within_the_connect_timeout() {
+    let (pool, db_url) = fresh_database().await;
+    let repo = repo(&["digits"]);
+    let (mut a, mut b) = (Backend::start(&repo), Backend::start(&repo));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [\"{}\", \"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    assert_eq!(infer(&client, &gw, &key, "digits").await.0, 200);
+    a.kill();
+    b.kill();
+    // Before any health check noticed, and after: the same answer, well within the 1 s connect
+    // timeout (refused connections fail at once on loopback).
+    for _ in 0..3 {
+        let t = Instant::now();
+        let resp = client
+            .post(format!("{}/v2/models/digits/infer", gw.base))
+            .bearer_auth(&key)
+            .json(&infer_body())
+            .send()
+            .await
+            .unwrap();
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "no healthy backend is available for model 'digits', retry later"})
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    // An unknown model is still a 404, not a 503.
+    assert_eq!(infer(&client, &gw, &key, "nope").await.0, 404);
+    drop(gw);
+    drop_database(pool).await;
+}
