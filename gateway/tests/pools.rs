@@ -476,12 +476,15 @@ async fn a_backend_killed_under_load_leaves_rotation_and_comes_back() {
                     .json(&infer_body())
                     .send()
                     .await;
-                match r {
-                    Ok(r) if r.status() == 200 && r.bytes().await.is_ok() => {
-                        load.ok.fetch_add(1, Ordering::Relaxed)
-                    }
-                    _ => load.failed.fetch_add(1, Ordering::Relaxed),
+                let ok = match r {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
                 };
+                if ok {
+                    load.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }));
     }

@@ -84,8 +84,10 @@ impl Default for HealthConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EjectionConfig {
-    /// Consecutive connect failures or 5xx answers after which the backend gets no requests
-    /// for a cool-down. Default 3.
+    /// Consecutive connect failures, resets or 5xx answers (503 excepted: a model that is not
+    /// ready, or a draining backend, is for discovery and the active check) after which the
+    /// backend gets no requests for a cool-down; a refused connection ejects at once.
+    /// Default 3.
     pub consecutive_errors: u32,
     /// First cool-down, milliseconds. Each ejection that follows another without a success in
     /// between doubles it. Default 1000.

@@ -105,9 +105,15 @@ pub(super) fn proxy_failed(
     }
 }
 
-/// `response_filter`: a 5xx counts towards passive ejection, anything else resets it.
+/// `response_filter`: a 5xx counts towards passive ejection, anything else resets it. A 503
+/// does neither: it is the backend saying that one model is not ready (unloaded, failed) or
+/// that it is draining, which discovery and the active check act on, and it must not take the
+/// backend's other models out of rotation.
 pub(super) fn answered(ctx: &RequestCtx, status: u16) {
     if let Some(lease) = &ctx.backend {
+        if status == 503 {
+            return;
+        }
         if status >= 500 {
             lease
                 .backend()
