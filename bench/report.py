@@ -6,7 +6,7 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split) is written on its own: a section
+Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -581,6 +581,63 @@ def split_section(res):
     return lines
 
 
+# --- section pools -------------------------------------------------------------------------------
+
+
+def pools_section(res):
+    cfg = load(res, "pools-config")
+    lines = [
+        "## 10. Backend pools",
+        "",
+        "a. The same upstream as figure 2 (nginx's fixed answer, which also answers the repository",
+        "index), closed loop: maas-gateway with the `[upstream] backends` shorthand (figure 2's setup:",
+        "one pool serving every model, no discovery) against a `[[pools]]` pool of that one backend",
+        "(discovery, health checks, P2C), side by side.",
+        "",
+        "| concurrency | shorthand req/s | shorthand p99 us | pool req/s | pool p99 us | pool / shorthand |",
+        "|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    def conc(path):
+        return int(os.path.basename(path)[len("pools-shorthand-c"):-len(".json")])
+
+    for path in sorted(glob.glob(os.path.join(res, "pools-shorthand-c*.json")), key=conc):
+        c = conc(path)
+        a, b = json.load(open(path)), load(res, f"pools-one-c{c}")
+        ratio = b["ok_throughput_rps"] / a["ok_throughput_rps"] if a["ok_throughput_rps"] else float("nan")
+        ratios.append(ratio)
+        lines.append(f"| {c} | {a['ok_throughput_rps']:.0f} | {a['latency_us']['p99']} | "
+                     f"{b['ok_throughput_rps']:.0f} | {b['latency_us']['p99']} | {ratio:.2f} |")
+    if ratios:
+        worst = min(ratios)
+        lines += ["", f"- Lowest throughput ratio pool / shorthand: **{worst:.2f}** "
+                      f"(target: no loss, >= 0.95: {verdict(worst >= 0.95)})", ""]
+
+    def slow_share(state):
+        backends = [b for p in state for b in p["backends"]]
+        total = sum(b["requests"] for b in backends)
+        slow = sum(b["requests"] for b in backends if b["address"].endswith(f":{cfg['slow_port']}"))
+        return slow / total if total else float("nan")
+
+    p2c, rr = load(res, "pools-p2c"), load(res, "pools-rr")
+    sp, sr = slow_share(load(res, "pools-p2c-state")), slow_share(load(res, "pools-rr-state"))
+    lines += [
+        f"b. A pool of two backends, one {cfg['slow_ms']} ms slower than the other (a thread-per-connection",
+        f"Python server beside nginx), closed loop at concurrency {cfg['concurrency']}: power of two choices on",
+        "requests in flight against round-robin.",
+        "",
+        "| policy | req/s | p50 us | p99 us | share sent to the slow backend |",
+        "|---|---|---|---|---|",
+        f"| p2c | {p2c['ok_throughput_rps']:.0f} | {p2c['latency_us']['p50']} | {p2c['latency_us']['p99']} | {sp:.3f} |",
+        f"| round_robin | {rr['ok_throughput_rps']:.0f} | {rr['latency_us']['p50']} | {rr['latency_us']['p99']} | {sr:.3f} |",
+        "",
+        f"- p99 round-robin / P2C: **{rr['latency_us']['p99'] / max(p2c['latency_us']['p99'], 1):.2f}**; "
+        f"throughput P2C / round-robin: {p2c['ok_throughput_rps'] / max(rr['ok_throughput_rps'], 1e-9):.2f}",
+        "",
+    ]
+    return lines
+
+
 SECTIONS = [
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
@@ -590,6 +647,7 @@ SECTIONS = [
     ("auth", "7. Authentication", auth_section),
     ("ingest", "8. Metering ingest", ingest_section),
     ("split", "9. Model split: pipeline stages (GPipe)", split_section),
+    ("pools", "10. Backend pools", pools_section),
 ]
 
 

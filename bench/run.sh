@@ -30,12 +30,16 @@
 #                  stages (front + serve-stage, 4 layers and 1 intra-op thread each) at the same
 #                  closed-loop load, and the measured bubble fraction against GPipe's
 #                  (stages - 1) / (micro_batches + stages - 1).
+#   pools      10. backend pools: (a) a [[pools]] pool of one backend (discovery, health checks,
+#                  P2C) against figure 2's [upstream] shorthand, same upstream, closed loop side
+#                  by side; (b) a pool of one fast and one 20 ms slower backend, P2C on in-flight
+#                  against round-robin: p99 of the pool and the slow backend's share.
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
-#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all six,
-#                                        gateway,backend,torchserve,auth,ingest,split)
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all seven,
+#                                        gateway,backend,torchserve,auth,ingest,split,pools)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
@@ -55,7 +59,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools}"
 TS_VENV=.data/bench-venv
 TS_VERSION="0.12.*"
 
@@ -102,6 +106,7 @@ section_files() {
         auth) echo "auth.json" ;;
         ingest) echo "ingest*" ;;
         split) echo "split-*" ;;
+        pools) echo "pools-*" ;;
     esac
 }
 
@@ -719,12 +724,146 @@ JSON
 }
 
 # ================================================================================================
+# Section pools (run inside scripts/with-services.sh: the gateways need PostgreSQL for keys).
+# ================================================================================================
+POOLS_SLOW_MS=20
+POOLS_CONCURRENCY=16
+
+# A gateway serving the TOML fragment $2 on port $1 (admin API on $3), log $4; appends its pid.
+start_pool_gateway() { # port pools_toml admin_port name
+    local port="$1" pools="$2" admin="$3" name="$4"
+    printf 'listen = "127.0.0.1:%s"\ngrace_period_s = 0\n[admin]\nlisten = "127.0.0.1:%s"\n[metering]\nspool_dir = "%s"\n%s\n' \
+        "$port" "$admin" "$PWD/$OUT/spool-$name" "$pools" > "$OUT/pools/$name.toml"
+    MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN=bench-operator RUST_LOG=warn \
+        "$BIN/maas-gateway" serve --config "$OUT/pools/$name.toml" >"$OUT/logs/gateway-$name.log" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$port/v2/health/live" 100 "$!" || fail "maas-gateway ($name) did not start (see $OUT/logs/gateway-$name.log)"
+}
+
+section_pools_inner() {
+    mkdir -p "$OUT/pools"
+    local FAST_PORT SLOW_PORT ANSWER INDEX KEY
+    FAST_PORT="$(free_port)"; SLOW_PORT="$(free_port)"
+    ANSWER='{"model_name":"digits","model_version":"1","outputs":[{"name":"probabilities","datatype":"FP32","shape":[1,10],"data":[0.01,0.01,0.01,0.01,0.01,0.01,0.01,0.91,0.01,0.01]}]}'
+    INDEX='[{"name":"digits","version":"1","state":"READY","reason":""}]'
+    # The fast backend: nginx with the fixed answer of figure 2, and a repository index.
+    cat > "$OUT/pools/nginx.conf" <<NGX
+worker_processes 1;
+daemon on;
+pid $PWD/$OUT/pools/nginx.pid;
+error_log $PWD/$OUT/pools/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $PWD/$OUT/pools/body;
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$FAST_PORT;
+        default_type application/json;
+        location = /v2/repository/index { return 200 '$INDEX'; }
+        location / {
+            add_header x-maas-inference-count 1 always;
+            add_header x-maas-compute-us 10 always;
+            return 200 '$ANSWER';
+        }
+    }
+}
+NGX
+    nginx -c "$PWD/$OUT/pools/nginx.conf" || fail "nginx did not start (see $OUT/pools/error.log)"
+    stop_pools_nginx() { [ -f "$OUT/pools/nginx.pid" ] && kill -QUIT "$(cat "$OUT/pools/nginx.pid")" 2>/dev/null || true; }
+    trap 'stop_servers; stop_pools_nginx' EXIT
+    # The slow backend: the same answers after POOLS_SLOW_MS ms (a thread per connection).
+    cat > "$OUT/pools/slow.py" <<'PY'
+import http.server, sys, time
+port, delay_ms, answer, index = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3].encode(), sys.argv[4].encode()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def answer(self, body, delay):
+        n = int(self.headers.get("content-length") or 0)
+        if n: self.rfile.read(n)
+        if delay: time.sleep(delay_ms / 1000)
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.send_header("x-maas-inference-count", "1")
+        self.send_header("x-maas-compute-us", "10")
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self): self.answer(answer, False)
+    def do_POST(self):
+        if self.path == "/v2/repository/index": self.answer(index, False)
+        else: self.answer(answer, True)
+http.server.ThreadingHTTPServer.daemon_threads = True
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+PY
+    python3 "$OUT/pools/slow.py" "$SLOW_PORT" "$POOLS_SLOW_MS" "$ANSWER" "$INDEX" >"$OUT/logs/pools-slow.log" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$FAST_PORT/v2/health/ready" || fail "nginx did not answer"
+    wait_http "http://127.0.0.1:$SLOW_PORT/v2/health/ready" 50 "$!" || fail "the slow backend did not start"
+
+    local P_SHORT P_ONE P_P2C P_RR A_SHORT A_ONE A_P2C A_RR
+    P_SHORT="$(free_port)"; P_ONE="$(free_port)"; P_P2C="$(free_port)"; P_RR="$(free_port)"
+    A_SHORT="$(free_port)"; A_ONE="$(free_port)"; A_P2C="$(free_port)"; A_RR="$(free_port)"
+    # a. Figure 2's setup ([upstream] backends: one pool serving every model, no discovery)
+    #    against a [[pools]] pool of the same one backend with discovery and P2C.
+    start_pool_gateway "$P_SHORT" "[upstream]
+backends = [\"127.0.0.1:$FAST_PORT\"]" "$A_SHORT" shorthand
+    start_pool_gateway "$P_ONE" "[[pools]]
+name = \"one\"
+backends = [\"127.0.0.1:$FAST_PORT\"]" "$A_ONE" one
+    # b. One fast and one slow backend, P2C against round-robin.
+    start_pool_gateway "$P_P2C" "[[pools]]
+name = \"two\"
+policy = \"p2c\"
+backends = [\"127.0.0.1:$FAST_PORT\", \"127.0.0.1:$SLOW_PORT\"]" "$A_P2C" p2c
+    start_pool_gateway "$P_RR" "[[pools]]
+name = \"two\"
+policy = \"round_robin\"
+backends = [\"127.0.0.1:$FAST_PORT\", \"127.0.0.1:$SLOW_PORT\"]" "$A_RR" rr
+    KEY="$("$BIN/maas-gateway" keys create --tenant bench-pools --name "bench-$(date +%s)")"
+    local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz)
+    local url="/v2/models/digits/infer" c d
+    d="$(half "$DURATION")"
+
+    echo "bench: 10a. one pool of one backend against the [upstream] shorthand (closed loop)"
+    for c in 8 16; do
+        "${LT[@]}" --url "http://127.0.0.1:$P_SHORT$url" --key "$KEY" --mode closed --concurrency "$c" \
+            --duration "$d" --name "pools-shorthand-c$c" --json "$RES/pools-shorthand-c$c.json"
+        "${LT[@]}" --url "http://127.0.0.1:$P_ONE$url" --key "$KEY" --mode closed --concurrency "$c" \
+            --duration "$d" --name "pools-one-c$c" --json "$RES/pools-one-c$c.json"
+    done
+    echo "bench: 10b. P2C against round-robin, one backend ${POOLS_SLOW_MS} ms slower (closed loop, concurrency $POOLS_CONCURRENCY)"
+    "${LT[@]}" --url "http://127.0.0.1:$P_P2C$url" --key "$KEY" --mode closed --concurrency "$POOLS_CONCURRENCY" \
+        --duration "$DURATION" --name pools-p2c --json "$RES/pools-p2c.json"
+    curl -sf -H 'authorization: Bearer bench-operator' "http://127.0.0.1:$A_P2C/admin/v1/pools" > "$RES/pools-p2c-state.json"
+    "${LT[@]}" --url "http://127.0.0.1:$P_RR$url" --key "$KEY" --mode closed --concurrency "$POOLS_CONCURRENCY" \
+        --duration "$DURATION" --name pools-rr --json "$RES/pools-rr.json"
+    curl -sf -H 'authorization: Bearer bench-operator' "http://127.0.0.1:$A_RR/admin/v1/pools" > "$RES/pools-rr-state.json"
+    printf '{"slow_ms": %s, "concurrency": %s, "slow_port": %s}\n' "$POOLS_SLOW_MS" "$POOLS_CONCURRENCY" "$SLOW_PORT" > "$RES/pools-config.json"
+}
+
+section_pools() {
+    [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
+    command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=pools "$0"
+}
+
+# ================================================================================================
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
     SECTION=ingest
     trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-ingest.log)" > "$RES/$SECTION.error"' ERR
     section_ingest_inner
+    exit 0
+fi
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = pools ]; then
+    # Second invocation, under scripts/with-services.sh: the pools section's body only.
+    set -E
+    SECTION=pools
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-pools.log)" > "$RES/$SECTION.error"' ERR
+    section_pools_inner
     exit 0
 fi
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
@@ -744,7 +883,7 @@ trap 'stop_servers' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if want gateway && ! command -v nginx >/dev/null; then
+if { want gateway || want pools; } && ! command -v nginx >/dev/null; then
     echo "bench: installing nginx"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; };
     else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
@@ -752,11 +891,11 @@ fi
 
 # The backend and the load generator are needed by every section but ingest; the gateway and
 # billing only by the gateway section, whose build failure must not stop the others.
-if want gateway || want backend || want torchserve || want split; then
+if want gateway || want backend || want torchserve || want split || want pools; then
     cargo build --release -p maas-backend -p maas-loadtest
 fi
 export GATEWAY_BUILD_FAILED=""
-if want gateway; then
+if want gateway || want pools; then
     # bare_proxy: pingora with no filters, the floor of figure 2 (gateway/examples/bare_proxy.rs).
     if ! cargo build --release -p maas-gateway -p maas-billing --bins --example bare_proxy 2>&1 | tee "$OUT/logs/build-gateway.log"; then
         GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
@@ -782,6 +921,7 @@ run_section torchserve section_torchserve
 run_section auth section_auth
 run_section ingest section_ingest
 run_section split section_split
+run_section pools section_pools
 
 {
     rustc --version

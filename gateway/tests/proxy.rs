@@ -326,7 +326,7 @@ async fn authenticates_forwards_and_meters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_backend_is_502_json_and_metered() {
+async fn unreachable_backend_is_503_json_and_metered() {
     let (pool, db_url) = fresh_database().await;
     // `migrate` on an up-to-date database is a no-op.
     let out = gateway_command(&db_url).arg("migrate").output().unwrap();
@@ -346,10 +346,16 @@ async fn unreachable_backend_is_502_json_and_metered() {
         &[("authorization", &format!("Bearer {key}"))],
     )
     .await;
-    assert_json_error(&r, 502);
+    // The refused connection ejects the pool's only backend: no healthy backend is left.
+    assert_json_error(&r, 503);
+    assert_eq!(
+        r.body["error"],
+        "no healthy backend is available for model 'dense', retry later"
+    );
+    assert_eq!(r.headers.get("retry-after").unwrap(), "1");
     wait_for_rows(&pool, 1).await;
     let row = usage_row(&pool, r.request_id()).await;
-    assert_eq!(row.http_status, 502);
+    assert_eq!(row.http_status, 503);
     assert_eq!(row.tenant_id, Some(tenant_id(&pool, "acme").await));
     assert_eq!(row.inference_count, 0);
     drop(gateway);
