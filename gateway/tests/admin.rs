@@ -278,13 +278,14 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         ("/admin/v1/tenants/{tenant_id}/usage", "get"),
         ("/admin/v1/tenants/{tenant_id}/usage/export", "get"),
         ("/admin/v1/tenants/{tenant_id}/invoices/{period}", "get"),
+        ("/admin/v1/pools", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 14);
+    assert_eq!(paths.len(), 15);
 
     // Unknown admin routes are JSON 404s.
     let (status, body) = admin.get("/admin/v1/nothing").await;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{
@@ -30,15 +30,8 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A workspace binary next to the gateway's (target/<profile>/).
 fn bin(name: &str) -> PathBuf {
-    let path = Path::new(common::BIN).with_file_name(name);
-    assert!(
-        path.exists(),
-        "{} not found: run `cargo build --workspace --bins` first (make test does)",
-        path.display()
-    );
-    path
+    common::workspace_bin(name)
 }
 
 /// A repository with `digits` (trained once per test binary), copied under `names`.
@@ -173,22 +166,8 @@ fn start_gateway(db_url: &str, pools_toml: &str) -> Gateway {
     let mut cmd = gateway_command(db_url);
     cmd.args(["serve", "--config"])
         .arg(&config)
-        .env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR)
-        .stdout(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn maas-gateway");
-    let stdout = child.stdout.take().unwrap();
-    let guard = ChildGuard(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("gateway printed no readiness line within 60 s");
-    assert_eq!(line, format!("maas-gateway listening on {listen}"));
+        .env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR);
+    let guard = common::spawn_until_ready(cmd, listen);
     Gateway {
         _child: guard,
         base: format!("http://{listen}"),
@@ -512,6 +491,11 @@ async fn a_backend_killed_under_load_leaves_rotation_and_comes_back() {
     assert!(after_2s["last_error"].is_string());
     // Only requests being computed on it when it died may fail: at most one per client.
     let failed = load.failed.load(Ordering::Relaxed);
+    println!(
+        "killed backend: {} ok, {failed} failed so far; {} requests to it before its death",
+        load.ok.load(Ordering::Relaxed),
+        after_1s["requests"]
+    );
     assert!(failed <= CLIENTS as u64, "{failed} failed requests");
 
     // Back on the same address: traffic again after the configured successes.

@@ -90,12 +90,14 @@ pub(super) fn proxy_failed(
     e: &mut Error,
     client_reused: bool,
 ) {
-    let connection_lost = e.esource() == &ErrorSource::Upstream
+    // Only the backend's side counts: a client that went away says nothing about it.
+    let upstream = e.esource() == &ErrorSource::Upstream;
+    let connection_lost = upstream
         && matches!(
             e.etype(),
             ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
         );
-    let retry_elsewhere = failed_try(pools, ctx, e) && connection_lost;
+    let retry_elsewhere = upstream && failed_try(pools, ctx, e) && connection_lost;
     if session.as_ref().retry_buffer_truncated() || session.response_written().is_some() {
         e.set_retry(false);
     } else if retry_elsewhere {

@@ -231,6 +231,18 @@ pub fn start_gateway(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    RunningGateway {
+        child: spawn_until_ready(cmd, listen),
+        listen,
+        admin,
+        spool,
+    }
+}
+
+/// Spawn `maas-gateway serve` as `cmd` and wait (60 s at most) for its readiness line
+/// `maas-gateway listening on <listen>`.
+pub fn spawn_until_ready(mut cmd: Command, listen: SocketAddr) -> ChildGuard {
+    cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn maas-gateway");
     let stdout = child.stdout.take().unwrap();
     let guard = ChildGuard(child);
@@ -245,12 +257,19 @@ pub fn start_gateway(
         .recv_timeout(Duration::from_secs(60))
         .expect("gateway printed no readiness line within 60 s");
     assert_eq!(line, format!("maas-gateway listening on {listen}"));
-    RunningGateway {
-        child: guard,
-        listen,
-        admin,
-        spool,
-    }
+    guard
+}
+
+/// A binary of the workspace beside the gateway's (target/<profile>/; `cargo build
+/// --workspace --bins`, which `make test` runs first, builds them all).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(BIN).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
 }
 
 /// `maas-gateway keys create`, returning the printed secret.
