@@ -136,3 +136,115 @@ impl Pools {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendEntry, PoolConfig};
+
+    fn config(pools: Vec<PoolConfig>) -> GatewayConfig {
+        GatewayConfig {
+            pools,
+            ..GatewayConfig::default()
+        }
+    }
+
+    fn pool(name: &str, ports: &[u16], models: Option<&[&str]>) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            backends: ports
+                .iter()
+                .map(|p| BackendEntry::Address(format!("127.0.0.1:{p}")))
+                .collect(),
+            models: models.map(|m| m.iter().map(|s| s.to_string()).collect()),
+            discover: false,
+            policy: crate::config::Policy::RoundRobin,
+            ..PoolConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_by_model_avoids_the_failed_backend_and_runs_out() {
+        let pools = Pools::from_config(&config(vec![
+            pool("a", &[1, 2], Some(&["m"])),
+            pool("b", &[3], Some(&["x"])),
+        ]))
+        .unwrap();
+        pools
+            .refresh_once(
+                &reqwest::Client::new(),
+                std::time::Duration::from_millis(10),
+            )
+            .await;
+        // "m" goes to pool a, "x" to pool b, anything else nowhere.
+        let first = pools.pick(Some("m"), None).unwrap();
+        assert!([1, 2].contains(&first.addr().port()));
+        assert_eq!(pools.pick(Some("x"), None).unwrap().addr().port(), 3);
+        assert_eq!(
+            pools.pick(Some("y"), None).err(),
+            Some(PickError::UnknownModel)
+        );
+        // The retry avoids the backend that failed, while another is eligible.
+        for _ in 0..4 {
+            let again = pools.pick(Some("m"), Some(first.addr())).unwrap();
+            assert_ne!(again.addr(), first.addr());
+        }
+        assert_eq!(first.backend().in_flight(), 1);
+        // Refused connections eject both backends of pool a: no healthy backend for "m",
+        // while pool b still takes other models.
+        let second = pools.pick(Some("m"), Some(first.addr())).unwrap();
+        assert!(pools.has_other(Some("m"), first.addr()));
+        first.backend().record_failure("refused".into(), true);
+        second.backend().record_failure("refused".into(), true);
+        assert_eq!(pools.check(Some("m")), Err(PickError::NoHealthyBackend));
+        assert_eq!(
+            pools.pick(Some("m"), None).err(),
+            Some(PickError::NoHealthyBackend)
+        );
+        assert_eq!(pools.check(Some("x")), Ok(()));
+        let snap = pools.snapshot();
+        assert_eq!(snap[0].backends.len(), 2);
+        assert!(snap[0]
+            .backends
+            .iter()
+            .all(|b| b.ejected_for_ms.is_some() && b.ejections == 1));
+        assert_eq!(snap[0].backends[0].last_error.as_deref(), Some("refused"));
+        drop((first, second));
+        assert!(pools.snapshot()[0]
+            .backends
+            .iter()
+            .all(|b| b.in_flight == 0));
+        // A static list with discovery off: its models are known to the index.
+        let names: Vec<_> = pools
+            .models()
+            .into_iter()
+            .map(|m| (m.name, m.ready))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("m".to_string(), false), ("x".to_string(), true)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_model_no_pool_serves_is_unknown() {
+        let mut p = pool("a", &[1], Some(&["m"]));
+        p.discover = true;
+        let pools = Pools::from_config(&config(vec![p])).unwrap();
+        pools
+            .refresh_once(
+                &reqwest::Client::new(),
+                std::time::Duration::from_millis(50),
+            )
+            .await;
+        // Nothing listens on port 1: no index, so even the listed model is not served.
+        assert_eq!(pools.check(Some("m")), Err(PickError::UnknownModel));
+        assert_eq!(pools.check(Some("x")), Err(PickError::UnknownModel));
+        let snap = pools.snapshot();
+        assert_eq!(snap[0].backends[0].models, None);
+        assert!(snap[0].backends[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("repository index")));
+    }
+}
