@@ -626,10 +626,12 @@ def pools_section(res):
         f"Python server beside nginx), closed loop at concurrency {cfg['concurrency']}: power of two choices on",
         "requests in flight against round-robin.",
         "",
-        "| policy | req/s | p50 us | p99 us | share sent to the slow backend |",
-        "|---|---|---|---|---|",
-        f"| p2c | {p2c['ok_throughput_rps']:.0f} | {p2c['latency_us']['p50']} | {p2c['latency_us']['p99']} | {sp:.3f} |",
-        f"| round_robin | {rr['ok_throughput_rps']:.0f} | {rr['latency_us']['p50']} | {rr['latency_us']['p99']} | {sr:.3f} |",
+        "| policy | req/s | p50 us | p90 us | p99 us | share sent to the slow backend |",
+        "|---|---|---|---|---|---|",
+        f"| p2c | {p2c['ok_throughput_rps']:.0f} | {p2c['latency_us']['p50']} | {p2c['latency_us']['p90']} | "
+        f"{p2c['latency_us']['p99']} | {sp:.3f} |",
+        f"| round_robin | {rr['ok_throughput_rps']:.0f} | {rr['latency_us']['p50']} | {rr['latency_us']['p90']} | "
+        f"{rr['latency_us']['p99']} | {sr:.3f} |",
         "",
         f"- p99 round-robin / P2C: **{rr['latency_us']['p99'] / max(p2c['latency_us']['p99'], 1):.2f}**; "
         f"throughput P2C / round-robin: {p2c['ok_throughput_rps'] / max(rr['ok_throughput_rps'], 1e-9):.2f}",

@@ -826,6 +826,12 @@ backends = [\"127.0.0.1:$FAST_PORT\", \"127.0.0.1:$SLOW_PORT\"]" "$A_RR" rr
     local url="/v2/models/digits/infer" c d
     d="$(half "$DURATION")"
 
+    echo "bench: warm-up"
+    local port
+    for port in "$P_SHORT" "$P_ONE" "$P_P2C" "$P_RR"; do
+        "${LT[@]}" --url "http://127.0.0.1:$port$url" --key "$KEY" --mode closed --concurrency 8 \
+            --duration 1 --name pools-warmup --json "$OUT/pools/warmup-$port.json" 2>/dev/null
+    done
     echo "bench: 10a. one pool of one backend against the [upstream] shorthand (closed loop)"
     for c in 8 16; do
         "${LT[@]}" --url "http://127.0.0.1:$P_SHORT$url" --key "$KEY" --mode closed --concurrency "$c" \
