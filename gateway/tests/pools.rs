@@ -378,11 +378,11 @@ async fn a_model_loaded_or_unloaded_on_a_backend_is_routed_accordingly_within_th
         }
     };
     // Unloaded at the backend (not through the gateway): gone from routing within the interval
-    // (three intervals allowed for scheduling on a loaded machine).
+    // (five intervals allowed for scheduling on a loaded machine).
     control("unload").await;
     let t = Instant::now();
     let mut status = 0;
-    while t.elapsed() < Duration::from_millis(600) {
+    while t.elapsed() < Duration::from_millis(1000) {
         status = infer(&client, &gw, &key, "digits_b").await.0;
         if status == 404 {
             break;
@@ -399,7 +399,7 @@ async fn a_model_loaded_or_unloaded_on_a_backend_is_routed_accordingly_within_th
     // Loaded again: routable again.
     control("load").await;
     let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(600) {
+    while t.elapsed() < Duration::from_millis(1000) {
         status = infer(&client, &gw, &key, "digits_b").await.0;
         if status == 200 {
             break;
