@@ -570,3 +570,343 @@ async fn all_backends_down_is_a_503_naming_the_model_within_the_connect_timeout(
     drop(gw);
     drop_database(pool).await;
 }
+
+/// What PyPI's `tritonclient[http]`, unmodified, sees through the gateway with `key`
+/// (`Authorization: Bearer` in its `headers`): the repository index, the server metadata,
+/// whether `allowed` and `other` are ready, and the status of an index asked without a key.
+const TRITONCLIENT_THROUGH_GATEWAY: &str = r#"
+import json, sys
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+url, key, allowed, other = sys.argv[1:5]
+headers = {"Authorization": "Bearer " + key}
+client = httpclient.InferenceServerClient(url=url)
+out = {
+    "index": client.get_model_repository_index(headers=headers),
+    "metadata": client.get_server_metadata(headers=headers),
+    "allowed_ready": client.is_model_ready(allowed, headers=headers),
+    "other_ready": client.is_model_ready(other, headers=headers),
+}
+try:
+    client.get_model_repository_index()
+    out["no_key"] = "200"
+except InferenceServerException as e:
+    out["no_key"] = str(e.status())
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tritonclient_lists_through_the_gateway_exactly_the_models_a_key_may_call() {
+    let python = workspace_root().join(".venv/bin/python");
+    let importable = Command::new(&python)
+        .args(["-c", "import tritonclient.http"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        importable,
+        "{} cannot import tritonclient.http; run `make setup` (scripts/setup.sh installs it)",
+        python.display()
+    );
+    let (pool, db_url) = fresh_database().await;
+    let (repo_a, repo_b) = (repo(&["digits", "digits_c"]), repo(&["digits_b"]));
+    let (a, b) = (Backend::start(&repo_a), Backend::start(&repo_b));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"a\"\nbackends = [\"{}\"]\n[[pools]]\nname = \"b\"\nbackends = [\"{}\"]\n",
+            a.addr, b.addr
+        ),
+    );
+    // Two of the three models served, one on each pool.
+    let key = create_key(&db_url, "pools-tenant", Some("digits,digits_b"));
+    let host = gw.base.trim_start_matches("http://").to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .args([
+                "-c",
+                TRITONCLIENT_THROUGH_GATEWAY,
+                &host,
+                &key,
+                "digits",
+                "digits_c",
+            ])
+            .output()
+            .expect("run .venv/bin/python")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "tritonclient failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        seen["index"],
+        json!([
+            {"name": "digits", "state": "READY", "reason": ""},
+            {"name": "digits_b", "state": "READY", "reason": ""}
+        ]),
+        "{seen}"
+    );
+    assert_eq!(seen["metadata"]["name"], "maas-gateway", "{seen}");
+    assert_eq!(seen["metadata"]["extensions"], json!(["model_repository"]));
+    assert_eq!(seen["allowed_ready"], true, "{seen}");
+    // Served by pool a, but not on the key's allow-list: not ready for this key.
+    assert_eq!(seen["other_ready"], false, "{seen}");
+    assert_eq!(seen["no_key"], "401", "{seen}");
+    drop(gw);
+    drop_database(pool).await;
+}
+
+/// `repo(&["digits"])` whose model holds each batch back `delay_ms` for more requests
+/// (`max_queue_delay_us`): every request on it takes about that long.
+fn slow_repo(delay_ms: u64) -> PathBuf {
+    let dir = repo(&["digits"]);
+    let config = dir.join("digits/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let slow = text.replace("max_batch_size = 0", "max_batch_size = 64")
+        + &format!(
+            "\n[dynamic_batching]\nmax_queue_delay_us = {}\n",
+            delay_ms * 1000
+        );
+    std::fs::write(&config, slow).unwrap();
+    dir
+}
+
+/// `n` concurrent infer requests through `gw`, each answering (status, body read, time taken);
+/// returns once backend `slow` of pool `p` holds half of them in flight (round-robin).
+async fn start_in_flight(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    key: &str,
+    n: usize,
+    slow: SocketAddr,
+) -> Vec<tokio::task::JoinHandle<(u16, bool, Duration)>> {
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (client, url, key) = (
+            client.clone(),
+            format!("{}/v2/models/digits/infer", gw.base),
+            key.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = client
+                .post(url)
+                .bearer_auth(key)
+                .json(&infer_body())
+                .send()
+                .await
+                .expect("infer");
+            let status = r.status().as_u16();
+            let ok = r.bytes().await.is_ok();
+            (status, ok, t.elapsed())
+        }));
+    }
+    let t = Instant::now();
+    let mut held = Value::Null;
+    while t.elapsed() < Duration::from_millis(1000) {
+        held = backend(&pools(client, gw).await, "p", slow).clone();
+        if held["in_flight"] == n as u64 / 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held["in_flight"], n as u64 / 2, "{held}");
+    tasks
+}
+
+/// Every task answered 200 with its body; `n` of them took at least `delay`.
+async fn assert_all_finish(
+    tasks: Vec<tokio::task::JoinHandle<(u16, bool, Duration)>>,
+    delay: Duration,
+    n: usize,
+) {
+    let mut slow = 0;
+    for task in tasks {
+        let (status, ok, took) = task.await.unwrap();
+        assert_eq!((status, ok), (200, true));
+        if took >= delay {
+            slow += 1;
+        }
+    }
+    assert_eq!(slow, n, "in-flight requests on the draining backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_draining_on_sigterm_finishes_its_in_flight_requests_and_gets_no_new_ones() {
+    let (pool, db_url) = fresh_database().await;
+    const DELAY_MS: u64 = 1500;
+    let draining = Backend::start(&slow_repo(DELAY_MS));
+    let other = Backend::start(&repo(&["digits"]));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [\"{}\", \"{}\"]\npolicy = \"round_robin\"\n[pools.health]\ninterval_ms = 200\ntimeout_ms = 200\nsuccesses = 2\nfailures = 2\n",
+            draining.addr, other.addr
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    // Round-robin: of 8 concurrent requests, 4 wait on the slow backend.
+    const IN_FLIGHT: usize = 8;
+    let slow = start_in_flight(&client, &gw, &key, IN_FLIGHT, draining.addr).await;
+    // SIGTERM: the backend stops being ready and drains.
+    let pid = draining.child.as_ref().unwrap().0.id().to_string();
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other_before = backend(&pools(&client, &gw).await, "p", other.addr)["requests"]
+        .as_u64()
+        .unwrap();
+    // New requests while it drains: every one answered, by the other backend.
+    const NEW: u64 = 40;
+    for _ in 0..NEW {
+        let (status, body) = infer(&client, &gw, &key, "digits").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let snap = pools(&client, &gw).await;
+    assert_eq!(
+        backend(&snap, "p", other.addr)["requests"]
+            .as_u64()
+            .unwrap()
+            - other_before,
+        NEW,
+        "{snap}"
+    );
+    // Its in-flight requests finish, each after the batching delay it was held for.
+    assert_all_finish(slow, Duration::from_millis(DELAY_MS), IN_FLIGHT / 2).await;
+    let after = backend(&pools(&client, &gw).await, "p", draining.addr).clone();
+    assert_eq!(after["in_flight"], 0, "{after}");
+    assert_eq!(after["healthy"], false, "{after}");
+    drop(gw);
+    drop_database(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_weighted_policy_sends_requests_in_the_configured_ratio() {
+    let (pool, db_url) = fresh_database().await;
+    let repo = repo(&["digits"]);
+    let (heavy, light) = (Backend::start(&repo), Backend::start(&repo));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [{{ address = \"{}\", weight = 3 }}, \"{}\"]\npolicy = \"weighted\"\n",
+            heavy.addr, light.addr
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    const N: u64 = 400;
+    for _ in 0..N {
+        let (status, body) = infer(&client, &gw, &key, "digits").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let snap = pools(&client, &gw).await;
+    let h = backend(&snap, "p", heavy.addr)["requests"]
+        .as_u64()
+        .unwrap();
+    let l = backend(&snap, "p", light.addr)["requests"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(h + l, N, "{snap}");
+    // Weights 3:1, so the heavy backend's share is 0.75. Each request is an independent draw:
+    // the count is Binomial(400, 0.75), standard deviation sqrt(400 * 0.75 * 0.25) = 8.7, and
+    // the tolerance is +-40 requests (0.65..0.85 of them, over 4.6 standard deviations; a
+    // false failure about once in 200 000 runs).
+    assert!(
+        (260..=340).contains(&h),
+        "heavy backend got {h} of {N} (light {l}), expected 300 +- 40"
+    );
+    drop(gw);
+    drop_database(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_not_ready_gets_no_new_requests_while_its_in_flight_ones_finish() {
+    let (pool, db_url) = fresh_database().await;
+    const DELAY_MS: u64 = 2500;
+    let unready_repo = slow_repo(DELAY_MS);
+    let unready = Backend::start(&unready_repo);
+    let other = Backend::start(&repo(&["digits"]));
+    let gw = start_gateway(
+        &db_url,
+        &format!(
+            "[[pools]]\nname = \"p\"\nbackends = [\"{}\", \"{}\"]\npolicy = \"round_robin\"\n[pools.health]\ninterval_ms = 200\ntimeout_ms = 200\nsuccesses = 2\nfailures = 2\n",
+            unready.addr, other.addr
+        ),
+    );
+    let key = create_key(&db_url, "pools-tenant", None);
+    let client = reqwest::Client::new();
+    const IN_FLIGHT: usize = 8;
+    let slow = start_in_flight(&client, &gw, &key, IN_FLIGHT, unready.addr).await;
+    // A model that fails to load makes the backend answer 503 on /v2/health/ready while it
+    // keeps accepting connections and serving `digits`.
+    let broken = unready_repo.join("broken");
+    std::fs::create_dir_all(broken.join("1")).unwrap();
+    std::fs::write(broken.join("config.toml"), "platform = \"nonsense\"\n").unwrap();
+    let load = client
+        .post(format!(
+            "http://{}/v2/repository/models/broken/load",
+            unready.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(load.status(), 200);
+    let ready = client
+        .get(format!("http://{}/v2/health/ready", unready.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    // Out of rotation after `failures` active checks (two intervals; a second allowed).
+    let t = Instant::now();
+    let mut seen = Value::Null;
+    while t.elapsed() < Duration::from_millis(1000) {
+        seen = backend(&pools(&client, &gw).await, "p", unready.addr).clone();
+        if seen["healthy"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen["healthy"], false, "{seen}");
+    assert_eq!(seen["in_flight"], IN_FLIGHT as u64 / 2, "{seen}");
+    let snap = pools(&client, &gw).await;
+    let (unready_before, other_before) = (
+        backend(&snap, "p", unready.addr)["requests"]
+            .as_u64()
+            .unwrap(),
+        backend(&snap, "p", other.addr)["requests"]
+            .as_u64()
+            .unwrap(),
+    );
+    const NEW: u64 = 40;
+    for _ in 0..NEW {
+        let (status, body) = infer(&client, &gw, &key, "digits").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let snap = pools(&client, &gw).await;
+    assert_eq!(
+        backend(&snap, "p", unready.addr)["requests"]
+            .as_u64()
+            .unwrap(),
+        unready_before,
+        "{snap}"
+    );
+    assert_eq!(
+        backend(&snap, "p", other.addr)["requests"]
+            .as_u64()
+            .unwrap()
+            - other_before,
+        NEW,
+        "{snap}"
+    );
+    assert_all_finish(slow, Duration::from_millis(DELAY_MS), IN_FLIGHT / 2).await;
+    let after = backend(&pools(&client, &gw).await, "p", unready.addr).clone();
+    assert_eq!(after["in_flight"], 0, "{after}");
+    drop(gw);
+    drop_database(pool).await;
+}
