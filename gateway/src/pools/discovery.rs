@@ -2,6 +2,13 @@
 //! (DNS names re-resolved with tokio's resolver, behind pingora-load-balancing's
 //! `ServiceDiscovery` trait), and the models each reports READY in its repository index
 //! (`POST /v2/repository/index`, the OIP model repository extension, Triton's format).
+//!
+//! The index is read on an interval only, never on an event: the gateway does not forward the
+//! repository's control calls (`POST /v2/repository/models/{m}/load` and `.../unload` through
+//! it are a 404, see `proxy::route`), so it sees no load or unload to react to. An operator
+//! loads and unloads on the backends themselves, and a pool's `discovery_interval_ms` bounds
+//! how long the gateway's routing lags behind: a model loaded becomes routable, and one
+//! unloaded stops being routed, at the next read of that backend's index.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
