@@ -718,6 +718,19 @@ async fn start_in_flight(
     tasks
 }
 
+/// Backend `addr` of pool `p` once it has no request in flight (a request's hold ends in the
+/// gateway's logging phase, just after its client has the response), or after 500 ms.
+async fn settled(client: &reqwest::Client, gw: &Gateway, addr: SocketAddr) -> Value {
+    let t = Instant::now();
+    loop {
+        let b = backend(&pools(client, gw).await, "p", addr).clone();
+        if b["in_flight"] == 0 || t.elapsed() > Duration::from_millis(500) {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Every task answered 200 with its body; `n` of them took at least `delay`.
 async fn assert_all_finish(
     tasks: Vec<tokio::task::JoinHandle<(u16, bool, Duration)>>,
@@ -778,7 +791,7 @@ async fn a_backend_draining_on_sigterm_finishes_its_in_flight_requests_and_gets_
     );
     // Its in-flight requests finish, each after the batching delay it was held for.
     assert_all_finish(slow, Duration::from_millis(DELAY_MS), IN_FLIGHT / 2).await;
-    let after = backend(&pools(&client, &gw).await, "p", draining.addr).clone();
+    let after = settled(&client, &gw, draining.addr).await;
     assert_eq!(after["in_flight"], 0, "{after}");
     assert_eq!(after["healthy"], false, "{after}");
     drop(gw);
@@ -905,7 +918,7 @@ async fn a_backend_answering_not_ready_gets_no_new_requests_while_its_in_flight_
         "{snap}"
     );
     assert_all_finish(slow, Duration::from_millis(DELAY_MS), IN_FLIGHT / 2).await;
-    let after = backend(&pools(&client, &gw).await, "p", unready.addr).clone();
+    let after = settled(&client, &gw, unready.addr).await;
     assert_eq!(after["in_flight"], 0, "{after}");
     drop(gw);
     drop_database(pool).await;
