@@ -187,7 +187,7 @@ NGX
 
     # --- the gateway in front of the same upstream ----------------------------------------------
     GW_PORT="$(free_port)"
-    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
         MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
         MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool" \
         "$BIN/maas-gateway" serve --config config/gateway.toml >"$OUT/logs/gateway.log" 2>&1 &
@@ -241,7 +241,7 @@ NGX
         SELECT gen_random_uuid(), k.id, 'key', $LIM_RATE, $LIM_BURST FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE t.name = 'bench-accuracy'"
     GW2_PORT="$(free_port)"
-    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW2_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW2_PORT" MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
         MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
         MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool-redis" MAAS_GATEWAY_LIMITS__BACKEND=redis \
         MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS="$LIM_REDIS_TIMEOUT_MS" \

@@ -14,12 +14,14 @@ mod admin;
 mod auth;
 mod limits;
 mod metering;
+mod metrics;
 mod upstream;
 
 pub use admin::AdminConfig;
 pub use auth::{AuthConfig, JwtConfig, JwtKeyConfig};
 pub use limits::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 pub use metering::{MeteringConfig, SpoolFullPolicy};
+pub use metrics::{AccessLogFormat, MetricsConfig};
 pub use upstream::UpstreamConfig;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -69,6 +71,8 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
     /// Rate limits, concurrency limits, quotas and budgets ((`limits::limiter`)).
     pub limits: LimitsConfig,
+    /// Prometheus metrics listener and access log.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -86,6 +90,7 @@ impl Default for GatewayConfig {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -145,6 +150,9 @@ impl GatewayConfig {
         if self.limits.gateway_instances == 0 {
             bail!("limits.gateway_instances must be at least 1");
         }
+        if self.metrics.enabled {
+            resolve_one(&self.metrics.listen).context("metrics.listen")?;
+        }
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
         }
@@ -186,6 +194,11 @@ impl GatewayConfig {
                 "no database_url: set it in the config file, or DATABASE_URL, or {ENV_PREFIX}DATABASE_URL"
             ),
         }
+    }
+
+    /// `metrics.listen` resolved to one socket address.
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        resolve_one(&self.metrics.listen).context("metrics.listen")
     }
 
     /// `admin.listen` resolved to one socket address.

@@ -25,7 +25,7 @@ pub use route::{parse_route, Route};
 pub use upstream::BackendPool;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -35,13 +35,17 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID};
+use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 
 use self::respond::{error_status, header_i64, insert_rate_headers, write_error};
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::error::GatewayError;
 use crate::limits::{self, LimitResolver, Limiter};
+use crate::access_log::AccessLogLine;
+use crate::config::AccessLogFormat;
 use crate::metering::{Admission, UsageSender};
+use crate::metrics::{Outcome, RequestMetrics};
+use crate::trace::TraceContext;
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
@@ -51,6 +55,8 @@ pub struct Gateway {
     backends: BackendPool,
     connect_timeout: Duration,
     usage: UsageSender,
+    metrics: Option<Arc<RequestMetrics>>,
+    access_log: AccessLogFormat,
 }
 
 impl Gateway {
@@ -71,7 +77,21 @@ impl Gateway {
             backends,
             connect_timeout,
             usage,
+            metrics: None,
+            access_log: AccessLogFormat::Off,
         }
+    }
+
+    /// The same, counting every request into `metrics` (`None`: metrics off) and writing the
+    /// access log in `access_log`'s format.
+    pub fn with_observability(
+        mut self,
+        metrics: Option<Arc<RequestMetrics>>,
+        access_log: AccessLogFormat,
+    ) -> Self {
+        self.metrics = metrics;
+        self.access_log = access_log;
+        self
     }
 
     /// Apply the rate limits, concurrency limits, quotas and budgets of `principal` for the
@@ -103,6 +123,7 @@ impl Gateway {
                 Ok(())
             }
             limits::Admission::Denied(denial) => {
+                ctx.denied_by = Some(denial.limit);
                 ctx.rate_headers = denial.headers;
                 ctx.retry_after_s = Some(denial.retry_after_s);
                 Err(GatewayError::RateLimited(denial.message))
@@ -122,6 +143,34 @@ impl Gateway {
         write_error(session, ctx, err).await?;
         Ok(true)
     }
+
+    /// Count the finished request in the metrics and write its access log line (each when on).
+    fn observe(&self, ctx: &RequestCtx, status: u16, trace_id: &str) {
+        if self.metrics.is_none() && self.access_log == AccessLogFormat::Off {
+            return;
+        }
+        let o = ctx.observation(status);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&o);
+        }
+        if self.access_log == AccessLogFormat::Json {
+            let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            AccessLogLine {
+                request_id: ctx.request_id,
+                trace_id,
+                tenant_id: ctx.principal.map(|p| p.tenant_id),
+                key_id: ctx.principal.and_then(|p| p.api_key_id),
+                model: ctx.model.as_deref(),
+                model_version: ctx.model_version.as_deref(),
+                status,
+                outcome: o.outcome.as_str(),
+                latency_us: us(o.total),
+                overhead_us: us(o.overhead),
+                upstream_us: o.upstream.map(us),
+            }
+            .write();
+        }
+    }
 }
 
 #[async_trait]
@@ -137,6 +186,10 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
+        let traceparent = session.req_header().headers.get(TRACEPARENT);
+        ctx.trace = Some(TraceContext::accept(
+            traceparent.and_then(|v| v.to_str().ok()),
+        ));
         let route = match parse_route(session.req_header().uri.path()) {
             Ok(route) => route,
             Err(e) => return self.reject(session, ctx, &e).await,
@@ -196,6 +249,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
         ctx.tries += 1;
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         let addr = self.backends.next();
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
@@ -248,6 +302,9 @@ impl ProxyHttp for Gateway {
         upstream_request.remove_header(&header::AUTHORIZATION);
         upstream_request.remove_header("x-api-key");
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
+        }
         Ok(())
     }
 
@@ -257,6 +314,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        let entered = Instant::now();
+        ctx.upstream_done = Some(entered);
         if let Some(n) = header_i64(upstream_response, INFERENCE_COUNT) {
             ctx.inference_count = n;
         }
@@ -282,6 +341,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        ctx.response_overhead += entered.elapsed();
         Ok(())
     }
 
@@ -289,11 +349,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.response_bytes += b.len() as u64;
+        }
+        if end_of_stream && ctx.upstream_done.is_some() {
+            ctx.upstream_done = Some(Instant::now());
         }
         Ok(None)
     }
@@ -321,6 +384,9 @@ impl ProxyHttp for Gateway {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
             }
         }
+        if is_connect_error(e.etype()) {
+            ctx.outcome = Some(Outcome::NoBackend);
+        }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -328,6 +394,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let entered = Instant::now();
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
@@ -342,8 +409,10 @@ impl ProxyHttp for Gateway {
                 &limits.prices,
             );
         }
+        let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
         tracing::debug!(
             request_id = %ctx.request_id,
+            trace_id,
             status,
             error_type = ctx.error_type,
             error = e.map(|e| e.to_string()),
@@ -351,7 +420,20 @@ impl ProxyHttp for Gateway {
             "request done"
         );
         self.usage.send(event, ctx.admission).await;
+        ctx.response_overhead += entered.elapsed();
+        self.observe(ctx, status, &trace_id);
     }
+}
+
+/// Whether `etype` says no connection to a backend could be made (nothing was sent).
+fn is_connect_error(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
 }
 
 #[cfg(test)]
