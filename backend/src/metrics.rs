@@ -126,7 +126,6 @@ impl VersionMetrics {
     }
 }
 
-
 /// The loaded versions at one scrape: `(model, version, metrics)`.
 #[derive(Debug)]
 struct Versions(Vec<(String, u64, Arc<VersionMetrics>)>);
@@ -226,7 +225,10 @@ const PIPELINE_COUNTERS: [(&str, &str, bool, PipelineRead); 4] = [
 
 impl Versions {
     fn labels(model: &str, version: u64) -> [(&'static str, String); 2] {
-        [("model", model.to_string()), ("version", version.to_string())]
+        [
+            ("model", model.to_string()),
+            ("version", version.to_string()),
+        ]
     }
 }
 
@@ -361,7 +363,9 @@ mod tests {
         );
         let scrape = parse(&text);
         let success = "maas_inference_request_success_total";
-        assert!(matches!(value(&scrape, success, "digits", "1"), Some(Value::Counter(v)) if v == 3.0));
+        assert!(
+            matches!(value(&scrape, success, "digits", "1"), Some(Value::Counter(v)) if v == 3.0)
+        );
         assert!(matches!(
             value(&scrape, "maas_inference_compute_duration_us_total", "digits", "1"),
             Some(Value::Counter(v)) if v == 2000.0
@@ -371,15 +375,25 @@ mod tests {
             Some(Value::Gauge(v)) if v == 2.0
         ));
         // Label values are escaped (the exposition format's rule for backslash, quote, newline).
-        assert!(text.contains("maas_inference_request_success_total{model=\"we\\\"ird\",version=\"2\"} 0\n"));
-        let Some(Value::Histogram(buckets)) =
-            value(&scrape, "maas_inference_request_duration_seconds", "digits", "1")
-        else {
+        assert!(text.contains(
+            "maas_inference_request_success_total{model=\"we\\\"ird\",version=\"2\"} 0\n"
+        ));
+        let Some(Value::Histogram(buckets)) = value(
+            &scrape,
+            "maas_inference_request_duration_seconds",
+            "digits",
+            "1",
+        ) else {
             panic!("no request histogram in\n{text}");
         };
         // 19 bounds and +Inf; cumulative: 0.3 ms is under 400 µs, 0.2 s under 0.2048 s.
         assert_eq!(buckets.len(), 20);
-        let at = |le: f64| buckets.iter().find(|b| (b.less_than - le).abs() < 1e-9).map(|b| b.count);
+        let at = |le: f64| {
+            buckets
+                .iter()
+                .find(|b| (b.less_than - le).abs() < 1e-9)
+                .map(|b| b.count)
+        };
         assert_eq!(at(0.0002), Some(0.0));
         assert_eq!(at(0.0004), Some(1.0));
         assert_eq!(at(0.2048), Some(2.0));
@@ -392,7 +406,10 @@ mod tests {
         stages.micro_batches.store(4, Ordering::Relaxed);
         let _ = split.pipeline.set(stages);
         let text = render(
-            [("digits".to_string(), 1, a), ("split".to_string(), 3, split)],
+            [
+                ("digits".to_string(), 1, a),
+                ("split".to_string(), 3, split),
+            ],
             Vec::new(),
         );
         let scrape = parse(&text);

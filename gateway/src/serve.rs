@@ -21,8 +21,8 @@ use crate::limits::LimitResolver;
 use crate::limits::Limiter;
 use crate::metering;
 use crate::metering::spool::{Spool, SpoolOptions};
-use crate::proxy::BackendPool;
 use crate::metrics::{GatewayState, RequestMetrics};
+use crate::proxy::BackendPool;
 use crate::proxy::Gateway;
 use prometheus_client::registry::Registry;
 

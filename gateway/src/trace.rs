@@ -17,7 +17,10 @@ pub struct TraceContext {
 }
 
 fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    if s.len() != 2 * N
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return None;
     }
@@ -116,7 +119,11 @@ mod tests {
         assert_eq!(forwarded.len(), 55);
         assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(forwarded.ends_with("-01"));
-        assert_ne!(&forwarded[36..52], "00f067aa0ba902b7", "the gateway's own span");
+        assert_ne!(
+            &forwarded[36..52],
+            "00f067aa0ba902b7",
+            "the gateway's own span"
+        );
         // A later version with an extra field is read as version 00.
         let later = TraceContext::accept(Some(
             "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-extra",
@@ -133,7 +140,11 @@ mod tests {
             "garbage",
         ] {
             let t = TraceContext::accept(Some(bad));
-            assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
+            assert_ne!(
+                t.trace_id_hex(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
             assert_eq!(t.flags, 1, "{bad}: a new sampled trace");
             assert_ne!(t.trace_id, [0; 16]);
         }

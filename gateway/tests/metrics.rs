@@ -25,9 +25,38 @@ async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> Scrape {
         .expect("scrape");
     assert_eq!(resp.status(), 200);
     let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     let text = resp.text().await.unwrap();
     Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+}
+
+/// Sum of `maas_gateway_requests_total` over every series.
+fn requests_counted(scrape: &Scrape) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == "maas_gateway_requests_total")
+        .map(|x| match x.value {
+            Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// A scrape once `requests` requests are counted: a request is counted in pingora's
+/// `logging` phase, after its response went out (bounded wait, 5 s).
+async fn scrape_after(client: &reqwest::Client, addr: SocketAddr, requests: f64) -> Scrape {
+    for _ in 0..100 {
+        let s = scrape(client, addr).await;
+        if requests_counted(&s) >= requests {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scrape(client, addr).await
 }
 
 /// The value of the counter or gauge `name` whose labels include `labels` (exactly one
@@ -38,7 +67,11 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .iter()
         .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .collect();
-    assert!(matching.len() <= 1, "{name} {labels:?}: {} series", matching.len());
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?}: {} series",
+        matching.len()
+    );
     matching.first().map(|s| match s.value {
         Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
         ref other => panic!("{name} is not a single value: {other:?}"),
@@ -129,15 +162,37 @@ async fn scrape_after_a_known_sequence_counts_every_outcome() {
     let (status, body, _) = infer(&client, gw.listen, "dense", Some(&good), Some(trace)).await;
     assert_eq!(status, 200);
     let forwarded = body["traceparent"].as_str().expect("traceparent forwarded");
-    assert!(forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{forwarded}");
+    assert!(
+        forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{forwarded}"
+    );
     assert_ne!(forwarded, trace, "the gateway's own span is the parent");
     let (status, body, _) = infer(&client, gw.listen, "dense", Some(&good), None).await;
     assert_eq!(status, 200);
-    assert_eq!(body["traceparent"].as_str().map(str::len), Some(55), "a trace made here");
+    assert_eq!(
+        body["traceparent"].as_str().map(str::len),
+        Some(55),
+        "a trace made here"
+    );
     assert_eq!(infer(&client, gw.listen, "dense", None, None).await.0, 401);
-    assert_eq!(infer(&client, gw.listen, "dense", Some(&elsewhere), None).await.0, 403);
-    assert_eq!(infer(&client, gw.listen, "dense", Some(&limited), None).await.0, 200);
-    assert_eq!(infer(&client, gw.listen, "dense", Some(&limited), None).await.0, 429);
+    assert_eq!(
+        infer(&client, gw.listen, "dense", Some(&elsewhere), None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        infer(&client, gw.listen, "dense", Some(&limited), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        infer(&client, gw.listen, "dense", Some(&limited), None)
+            .await
+            .0,
+        429
+    );
     let not_found = client
         .get(format!("http://{}/v1/chat", gw.listen))
         .send()
@@ -145,7 +200,7 @@ async fn scrape_after_a_known_sequence_counts_every_outcome() {
         .unwrap();
     assert_eq!(not_found.status(), 404);
 
-    let s = scrape(&client, gw.metrics).await;
+    let s = scrape_after(&client, gw.metrics, 7.0).await;
     let requests = |status_class: &str, outcome: &str, model: &str| {
         value(
             &s,
@@ -163,23 +218,18 @@ async fn scrape_after_a_known_sequence_counts_every_outcome() {
     assert_eq!(requests("4xx", "rate_limited", "dense"), Some(1.0));
     assert_eq!(requests("4xx", "bad_request", ""), Some(1.0));
     assert_eq!(requests("5xx", "no_backend", "dense"), None);
-    let total: f64 = s
-        .samples
-        .iter()
-        .filter(|x| x.metric == "maas_gateway_requests_total")
-        .map(|x| match x.value {
-            Value::Counter(v) => v,
-            _ => 0.0,
-        })
-        .sum();
-    assert_eq!(total, 7.0);
+    assert_eq!(requests_counted(&s), 7.0);
     let dense = [("model", "dense")];
     assert_eq!(
         histogram_count(&s, "maas_gateway_request_duration_seconds", &dense),
         Some(6.0)
     );
     assert_eq!(
-        histogram_count(&s, "maas_gateway_request_duration_seconds", &[("model", "")]),
+        histogram_count(
+            &s,
+            "maas_gateway_request_duration_seconds",
+            &[("model", "")]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -218,7 +268,8 @@ async fn scrape_after_a_known_sequence_counts_every_outcome() {
     assert!(lookups("hit") + lookups("miss") >= 5.0);
     assert_eq!(value(&s, "maas_gateway_jwks_fetches_total", &[]), Some(0.0));
 
-    // The writer drains the spool: every row in PostgreSQL is counted, nothing pending.
+    // The writer drains the spool (one event per request, refusals included): every row in
+    // PostgreSQL is counted, nothing pending.
     let mut rows: i64 = 0;
     let mut s = s;
     for _ in 0..100 {
@@ -227,20 +278,29 @@ async fn scrape_after_a_known_sequence_counts_every_outcome() {
             .await
             .unwrap();
         s = scrape(&client, gw.metrics).await;
-        if rows == 4 && value(&s, "maas_gateway_spool_pending_events", &[]) == Some(0.0) {
+        if rows == 7 && value(&s, "maas_gateway_spool_pending_events", &[]) == Some(0.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(rows, 4, "two good calls and the limited key's two");
+    assert_eq!(rows, 7, "one usage event per request, refusals included");
     assert_eq!(
         value(&s, "maas_gateway_usage_rows_written_total", &[]),
-        Some(4.0)
+        Some(7.0)
     );
-    assert_eq!(value(&s, "maas_gateway_spool_pending_events", &[]), Some(0.0));
+    assert_eq!(
+        value(&s, "maas_gateway_spool_pending_events", &[]),
+        Some(0.0)
+    );
     assert!(value(&s, "maas_gateway_usage_batches_total", &[]).unwrap() >= 1.0);
-    assert_eq!(value(&s, "maas_gateway_usage_write_errors_total", &[]), Some(0.0));
-    assert_eq!(value(&s, "maas_gateway_usage_events_dropped_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&s, "maas_gateway_usage_write_errors_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "maas_gateway_usage_events_dropped_total", &[]),
+        Some(0.0)
+    );
     assert_eq!(
         value(&s, "maas_gateway_spool_oldest_unwritten_age_seconds", &[]),
         Some(0.0)
@@ -274,7 +334,7 @@ async fn backend_down_is_no_backend_in_metrics_and_the_access_log() {
         infer(&client, gw.listen, "dense", Some(&key), Some(trace)).await;
     assert_eq!(status, 502, "{body}");
 
-    let s = scrape(&client, gw.metrics).await;
+    let s = scrape_after(&client, gw.metrics, 1.0).await;
     assert_eq!(
         value(
             &s,
@@ -288,7 +348,11 @@ async fn backend_down_is_no_backend_in_metrics_and_the_access_log() {
         Some(1.0)
     );
     assert_eq!(
-        histogram_count(&s, "maas_gateway_upstream_duration_seconds", &[("model", "dense")]),
+        histogram_count(
+            &s,
+            "maas_gateway_upstream_duration_seconds",
+            &[("model", "dense")]
+        ),
         Some(1.0)
     );
 
@@ -324,7 +388,10 @@ async fn metrics_off_serves_no_listener() {
     );
     let client = reqwest::Client::new();
     let key = create_key(&db_url, "acme", None);
-    assert_eq!(infer(&client, gw.listen, "dense", Some(&key), None).await.0, 200);
+    assert_eq!(
+        infer(&client, gw.listen, "dense", Some(&key), None).await.0,
+        200
+    );
     assert!(client
         .get(format!("http://{}/metrics", gw.metrics))
         .send()

@@ -184,7 +184,9 @@ impl UsageWriter {
                     .writing_oldest_unix_us
                     .store(oldest.unwrap_or(0), Ordering::Relaxed);
                 self.write(pool, &batch).await;
-                self.stats.writing_oldest_unix_us.store(0, Ordering::Relaxed);
+                self.stats
+                    .writing_oldest_unix_us
+                    .store(0, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .committed

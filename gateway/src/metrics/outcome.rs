@@ -87,9 +87,7 @@ impl Outcome {
             | GatewayError::InvalidToken(_)
             | GatewayError::RevokedApiKey
             | GatewayError::ExpiredApiKey => Outcome::Unauthenticated,
-            GatewayError::ModelNotAllowed(_) | GatewayError::TenantSuspended => {
-                Outcome::Forbidden
-            }
+            GatewayError::ModelNotAllowed(_) | GatewayError::TenantSuspended => Outcome::Forbidden,
             GatewayError::RateLimited(_) => match limit {
                 Some(LimitKind::Quota) => Outcome::Quota,
                 Some(LimitKind::Budget) => Outcome::Budget,
@@ -156,9 +154,18 @@ mod tests {
     #[test]
     fn outcomes_of_errors_and_statuses() {
         let rate = GatewayError::RateLimited("x".into());
-        assert_eq!(Outcome::of_error(&rate, Some(LimitKind::Rate)), Outcome::RateLimited);
-        assert_eq!(Outcome::of_error(&rate, Some(LimitKind::Quota)), Outcome::Quota);
-        assert_eq!(Outcome::of_error(&rate, Some(LimitKind::Budget)), Outcome::Budget);
+        assert_eq!(
+            Outcome::of_error(&rate, Some(LimitKind::Rate)),
+            Outcome::RateLimited
+        );
+        assert_eq!(
+            Outcome::of_error(&rate, Some(LimitKind::Quota)),
+            Outcome::Quota
+        );
+        assert_eq!(
+            Outcome::of_error(&rate, Some(LimitKind::Budget)),
+            Outcome::Budget
+        );
         assert_eq!(
             Outcome::of_error(&GatewayError::MissingApiKey, None),
             Outcome::Unauthenticated
@@ -172,7 +179,10 @@ mod tests {
             Outcome::BackendError
         );
         assert_eq!(
-            Outcome::of_error(&GatewayError::Http(http::StatusCode::SERVICE_UNAVAILABLE), None),
+            Outcome::of_error(
+                &GatewayError::Http(http::StatusCode::SERVICE_UNAVAILABLE),
+                None
+            ),
             Outcome::Unavailable
         );
         assert_eq!(Outcome::of_status(200), Outcome::Ok);

@@ -16,10 +16,18 @@ use prometheus_client::registry::Registry;
 async fn scrape(State(registry): State<Arc<Registry>>) -> Response {
     let mut body = String::new();
     match prometheus_text::encode(&mut body, &registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], body).into_response(),
+        Ok(()) => (
+            [(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)],
+            body,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "encoding metrics failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response()
         }
     }
 }

@@ -38,11 +38,11 @@ use pingora::{Error, ErrorSource, ErrorType};
 use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 
 use self::respond::{error_status, header_i64, insert_rate_headers, write_error};
+use crate::access_log::AccessLogLine;
 use crate::auth::{presented_key, Authenticator, Principal};
+use crate::config::AccessLogFormat;
 use crate::error::GatewayError;
 use crate::limits::{self, LimitResolver, Limiter};
-use crate::access_log::AccessLogLine;
-use crate::config::AccessLogFormat;
 use crate::metering::{Admission, UsageSender};
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::trace::TraceContext;

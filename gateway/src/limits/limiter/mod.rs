@@ -179,7 +179,10 @@ impl LimiterStats {
     /// Decisions so far by `backend` and `decision`.
     pub fn decisions(&self, backend: LimiterBackend, decision: Decision) -> u64 {
         let b = usize::from(backend == LimiterBackend::Redis);
-        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
+        let d = Decision::ALL
+            .iter()
+            .position(|x| *x == decision)
+            .unwrap_or(0);
         self.decisions[b][d].load(Ordering::Relaxed)
     }
 
