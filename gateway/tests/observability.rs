@@ -58,7 +58,8 @@ fn metric_names(expr: &str, out: &mut BTreeSet<String>) {
     let mut i = 0;
     while let Some(at) = expr[i..].find("maas_") {
         let start = i + at;
-        let boundary = start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start;
         while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
             end += 1;
@@ -81,7 +82,10 @@ fn dashboard_exprs() -> Vec<String> {
     let mut ids = BTreeSet::new();
     let mut exprs = Vec::new();
     for p in panels {
-        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate id");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate id"
+        );
         assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()));
         let targets = p["targets"].as_array().expect("targets");
         assert!(!targets.is_empty(), "{}: no query", p["title"]);
@@ -122,7 +126,9 @@ fn alert_exprs() -> Vec<String> {
 #[test]
 fn promtool_accepts_the_alert_rules() {
     let Some(promtool) = prometheus_tool("promtool") else {
-        eprintln!("SKIP: promtool is not installed (scripts/setup.sh installs Debian's prometheus)");
+        eprintln!(
+            "SKIP: promtool is not installed (scripts/setup.sh installs Debian's prometheus)"
+        );
         return;
     };
     let rules = workspace_root().join("deploy/prometheus/alerts.yml");
@@ -132,7 +138,11 @@ fn promtool_accepts_the_alert_rules() {
         .output()
         .expect("run promtool");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("SUCCESS: 5 rules found"), "{stdout}");
     assert_eq!(alert_exprs().len(), 5);
     let config = workspace_root().join("deploy/prometheus/prometheus.yml");
@@ -141,7 +151,11 @@ fn promtool_accepts_the_alert_rules() {
         .arg(&config)
         .output()
         .expect("run promtool");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A `maas-backend serve` on a free port with one small dense model `dense`.
@@ -152,7 +166,11 @@ fn start_real_backend(repo: &Path) -> (ChildGuard, String) {
         .args(["--model", "dense", "--dims", "4,8,2"])
         .output()
         .expect("run maas-backend init-dense");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut child = Command::new(workspace_bin("maas-backend"))
         .args(["serve", "--repo"])
         .arg(repo)
@@ -188,7 +206,10 @@ async fn query(client: &reqwest::Client, prom: &str, promql: &str) -> Vec<Value>
         .await
         .expect("a JSON answer");
     assert_eq!(resp["status"], "success", "{promql}: {resp}");
-    resp["data"]["result"].as_array().cloned().unwrap_or_default()
+    resp["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The single number of an instant vector's first sample.
@@ -244,7 +265,10 @@ async fn prometheus_scrapes_gateway_and_backend() {
     }
     assert!(named.len() >= 20, "{named:?}");
     let missing: Vec<_> = named.difference(&exposed).collect();
-    assert!(missing.is_empty(), "named in deploy/ but not exposed: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not exposed: {missing:?}"
+    );
 
     // Prometheus scraping both, every second.
     let prom_addr = free_addr().to_string();
@@ -262,7 +286,10 @@ async fn prometheus_scrapes_gateway_and_backend() {
     .unwrap();
     let server = Command::new(&prometheus)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", tmp.join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            tmp.join("data").display()
+        ))
         .arg(format!("--web.listen-address={prom_addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -274,7 +301,12 @@ async fn prometheus_scrapes_gateway_and_backend() {
     let (mut up, mut gateway_p50, mut backend_p50) = (Vec::new(), None, None);
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if client.get(format!("http://{prom_addr}/-/ready")).send().await.is_err() {
+        if client
+            .get(format!("http://{prom_addr}/-/ready"))
+            .send()
+            .await
+            .is_err()
+        {
             continue;
         }
         up = query(&client, &prom_addr, "up == 1").await;
@@ -310,8 +342,14 @@ async fn prometheus_scrapes_gateway_and_backend() {
     let gateway_p50 = gateway_p50.expect("histogram_quantile over the gateway's histogram");
     let backend_p50 = backend_p50.expect("histogram_quantile over the backend's histogram");
     // Five requests of a tiny model: their median lies inside the buckets (50 µs .. 13 s).
-    assert!(gateway_p50.is_finite() && gateway_p50 > 0.0 && gateway_p50 < 13.2, "{gateway_p50}");
-    assert!(backend_p50.is_finite() && backend_p50 > 0.0 && backend_p50 < 13.2, "{backend_p50}");
+    assert!(
+        gateway_p50.is_finite() && gateway_p50 > 0.0 && gateway_p50 < 13.2,
+        "{gateway_p50}"
+    );
+    assert!(
+        backend_p50.is_finite() && backend_p50 > 0.0 && backend_p50 < 13.2,
+        "{backend_p50}"
+    );
     let count = number(
         &query(
             &client,
