@@ -42,7 +42,7 @@ pub enum Outcome {
 impl Outcome {
     /// Every outcome, in label order.
     #[cfg(test)]
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::Ok,
         Outcome::BackendRefused,
         Outcome::Unauthenticated,
@@ -57,6 +57,14 @@ impl Outcome {
         Outcome::ClientGone,
         Outcome::Error,
     ];
+
+    /// How many outcomes there are.
+    pub const COUNT: usize = 13;
+
+    /// This outcome's position in declaration order (0 .. [`Outcome::COUNT`]).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -129,6 +137,14 @@ impl EncodeLabelValue for Outcome {
 pub struct StatusClass(u8);
 
 impl StatusClass {
+    /// How many classes there are (`none`, `1xx` ... `5xx`).
+    pub const COUNT: usize = 6;
+
+    /// This class's position: 0 for `none`, else the status's first digit.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+
     /// The class of `status` (0 or out of range: `none`).
     pub fn of(status: u16) -> StatusClass {
         StatusClass(match status {
@@ -191,5 +207,8 @@ mod tests {
         assert_eq!(Outcome::of_status(0), Outcome::ClientGone);
         let names: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(names.len(), Outcome::ALL.len());
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i);
+        }
     }
 }

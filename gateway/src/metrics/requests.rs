@@ -1,8 +1,8 @@
 //! Per-request series: requests by model, status class and outcome, and the latency
 //! histograms (total, the gateway's own time, upstream time).
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,6 +54,16 @@ pub struct RequestObservation<'a> {
     pub upstream: Option<Duration>,
 }
 
+/// One `model` label's series, resolved once (a handle shares its family's value): the request
+/// counters by outcome and status class, created on first use, and the two histograms.
+#[derive(Debug)]
+struct ModelSeries {
+    model: String,
+    requests: [[OnceLock<Counter>; StatusClass::COUNT]; Outcome::COUNT],
+    total: Histogram,
+    upstream: Histogram,
+}
+
 /// The per-request families, registered in the gateway's registry.
 #[derive(Debug)]
 pub struct RequestMetrics {
@@ -61,7 +71,8 @@ pub struct RequestMetrics {
     total: Family<ModelLabel, Histogram, fn() -> Histogram>,
     overhead: Histogram,
     upstream: Family<ModelLabel, Histogram, fn() -> Histogram>,
-    models: RwLock<HashSet<String>>,
+    /// The series of each `model` label seen, so a request costs one map lookup by `&str`.
+    series: RwLock<HashMap<String, Arc<ModelSeries>>>,
     max_models: usize,
 }
 
@@ -73,7 +84,7 @@ impl RequestMetrics {
             total: Family::new_with_constructor(new_latency_histogram),
             overhead: new_latency_histogram(),
             upstream: Family::new_with_constructor(new_latency_histogram),
-            models: RwLock::new(HashSet::new()),
+            series: RwLock::new(HashMap::new()),
             max_models,
         };
         registry.register(
@@ -99,47 +110,104 @@ impl RequestMetrics {
         m
     }
 
-    /// The `model` label for `model`: `""` without one, `"other"` past `max_models` names.
-    fn model_label(&self, model: Option<&str>) -> String {
-        let Some(model) = model else {
-            return String::new();
+    fn new_series(&self, model: &str) -> ModelSeries {
+        let label = ModelLabel {
+            model: model.to_string(),
         };
-        let known = self.models.read().unwrap_or_else(|p| p.into_inner());
-        if known.contains(model) {
-            return model.to_string();
+        ModelSeries {
+            model: model.to_string(),
+            requests: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            total: (*self.total.get_or_create(&label)).clone(),
+            upstream: (*self.upstream.get_or_create(&label)).clone(),
         }
-        let full = known.len() >= self.max_models;
+    }
+
+    /// The series of `model`'s label: `""` without one, `"other"` past `max_models` names.
+    fn model_series(&self, model: Option<&str>) -> Arc<ModelSeries> {
+        let model = model.unwrap_or("");
+        let known = self.series.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(series) = known.get(model) {
+            return series.clone();
+        }
+        // "" and "other" do not count against max_models.
+        let named = known
+            .keys()
+            .filter(|k| !k.is_empty() && *k != "other")
+            .count();
         drop(known);
-        if full {
-            return "other".to_string();
-        }
-        let mut known = self.models.write().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= self.max_models {
-            return "other".to_string();
-        }
-        known.insert(model.to_string());
-        model.to_string()
+        let model = if model.is_empty() || named < self.max_models {
+            model
+        } else {
+            "other"
+        };
+        let mut known = self.series.write().unwrap_or_else(|p| p.into_inner());
+        known
+            .entry(model.to_string())
+            .or_insert_with(|| Arc::new(self.new_series(model)))
+            .clone()
     }
 
     /// Count one finished request.
     pub fn observe(&self, o: &RequestObservation<'_>) {
-        let model = self.model_label(o.model);
-        self.requests
-            .get_or_create(&RequestLabels {
-                model: model.clone(),
-                status_class: StatusClass::of(o.status),
-                outcome: o.outcome,
+        let series = self.model_series(o.model);
+        let class = StatusClass::of(o.status);
+        series.requests[o.outcome.index()][class.index()]
+            .get_or_init(|| {
+                (*self.requests.get_or_create(&RequestLabels {
+                    model: series.model.clone(),
+                    status_class: class,
+                    outcome: o.outcome,
+                }))
+                .clone()
             })
             .inc();
-        let label = ModelLabel { model };
-        self.total
-            .get_or_create(&label)
-            .observe(o.total.as_secs_f64());
+        series.total.observe(o.total.as_secs_f64());
         self.overhead.observe(o.overhead.as_secs_f64());
         if let Some(upstream) = o.upstream {
-            self.upstream
-                .get_or_create(&label)
-                .observe(upstream.as_secs_f64());
+            series.upstream.observe(upstream.as_secs_f64());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_labels_are_capped() {
+        let mut registry = Registry::default();
+        let m = RequestMetrics::new(&mut registry, 2);
+        for model in [Some("a"), Some("b"), Some("c"), Some("d"), None, Some("a")] {
+            m.observe(&RequestObservation {
+                model,
+                status: 200,
+                outcome: Outcome::Ok,
+                total: Duration::from_micros(100),
+                overhead: Duration::from_micros(10),
+                upstream: Some(Duration::from_micros(90)),
+            });
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let count = |model: &str| {
+            scrape
+                .samples
+                .iter()
+                .find(|s| {
+                    s.metric == "maas_gateway_requests_total"
+                        && s.labels.get("model") == Some(model)
+                })
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    _ => f64::NAN,
+                })
+        };
+        assert_eq!(count("a"), Some(2.0));
+        assert_eq!(count("b"), Some(1.0));
+        assert_eq!(count("other"), Some(2.0));
+        assert_eq!(count(""), Some(1.0));
+        assert_eq!(count("c"), None);
     }
 }
