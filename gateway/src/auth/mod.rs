@@ -88,7 +88,7 @@ impl Authenticator {
     }
 
     /// Lookups of the API key and tenant caches: `[("api_key", (hits, misses)), ("tenant",
-    /// ...)]` (see [`TtlCache::lookups`]).
+    /// ...)]` (`TtlCache::lookups`).
     pub fn cache_lookups(&self) -> [(&'static str, (u64, u64)); 2] {
         [
             ("api_key", self.keys.lookups()),

@@ -3,17 +3,20 @@
 //!
 //! Phases (pingora `proxy_trait.rs`, lifecycle order):
 //! - `new_ctx`: request id (UUIDv7) and start time, once the request header has been read;
-//! - `request_filter`: route ([`route`]) → key ([`crate::auth`]) → allow-list;
+//! - `request_filter`: W3C `traceparent` accepted or made ([`crate::trace`]) → route
+//!   ([`route`]) → key ([`crate::auth`]) → allow-list;
 //!   refusals are answered here as JSON ([`crate::error`]);
 //! - `upstream_peer`: next backend, round-robin; `fail_to_connect` retries on the next one;
-//! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
+//! - `upstream_request_filter`: strip the client's credentials, set `x-request-id` and the
+//!   gateway's `traceparent`;
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
 //!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
 //!   event goes to the spool here, before the client sees the response header;
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
-//!   record; see `metering::spool`).
+//!   record; see `metering::spool`), then the request is counted in [`crate::metrics`] and
+//!   written to the access log (each when on).
 
 mod ctx;
 mod respond;
