@@ -34,12 +34,15 @@
 #                  P2C) against figure 2's [upstream] shorthand, same upstream, closed loop side
 #                  by side; (b) a pool of one fast and one 20 ms slower backend, P2C on in-flight
 #                  against round-robin: p99 of the pool and the slow backend's share.
+#   metrics    11. metrics overhead: the gateway's closed-loop throughput with Prometheus metrics
+#                  on against the same build with `[metrics] enabled = false`, alternating rounds.
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
-#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all seven,
-#                                        gateway,backend,torchserve,auth,ingest,split,pools)
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all eight,
+#                                        gateway,backend,torchserve,auth,ingest,split,pools,metrics)
+#   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
@@ -59,7 +62,10 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics}"
+MET_DURATION="${MAAS_BENCH_METRICS_DURATION:-5}"
+MET_ROUNDS=3
+MET_CONCURRENCY=32
 TS_VENV=.data/bench-venv
 TS_VERSION="0.12.*"
 
@@ -101,6 +107,7 @@ fail() { echo "$*" > "$RES/$SECTION.failed"; echo "bench: $SECTION: $*" >&2; exi
 section_files() {
     case "$1" in
         gateway) echo "overhead-* gw-* peak-* lim-* metering-rows.txt" ;;
+        metrics) echo "met-*" ;;
         backend) echo "be-*" ;;
         torchserve) echo "ts-*" ;;
         auth) echo "auth.json" ;;
@@ -144,9 +151,12 @@ run_section() {
 # ================================================================================================
 # Section gateway (run inside scripts/with-services.sh: needs PostgreSQL and Redis).
 # ================================================================================================
-section_gateway_inner() {
+# nginx on two free ports: UP_PORT answers every request with a fixed OIP answer and the
+# backend's usage headers (the trivially fast upstream), NGX_PROXY_PORT is nginx as a plain
+# reverse proxy to it (the peer). Sets UP_PORT and NGX_PROXY_PORT (declare them local first).
+start_fixed_upstream() {
     mkdir -p "$OUT/nginx"
-    local UP_PORT NGX_PROXY_PORT GW_PORT KEY ANSWER
+    local ANSWER
     UP_PORT="$(free_port)"; NGX_PROXY_PORT="$(free_port)"
     ANSWER='{"model_name":"digits","model_version":"1","outputs":[{"name":"probabilities","datatype":"FP32","shape":[1,10],"data":[0.01,0.01,0.01,0.01,0.01,0.01,0.01,0.91,0.01,0.01]}]}'
     cat > "$OUT/nginx/nginx.conf" <<NGX
@@ -189,10 +199,15 @@ NGX
     stop_nginx() { [ -f "$OUT/nginx/nginx.pid" ] && kill -QUIT "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true; }
     trap 'stop_servers; stop_nginx' EXIT
     wait_http "http://127.0.0.1:$UP_PORT/" || fail "nginx did not answer"
+}
+
+section_gateway_inner() {
+    local UP_PORT NGX_PROXY_PORT GW_PORT KEY
+    start_fixed_upstream
 
     # --- the gateway in front of the same upstream ----------------------------------------------
     GW_PORT="$(free_port)"
-    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW_PORT" MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
         MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
         MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool" \
         "$BIN/maas-gateway" serve --config config/gateway.toml >"$OUT/logs/gateway.log" 2>&1 &
@@ -246,7 +261,7 @@ NGX
         SELECT gen_random_uuid(), k.id, 'key', $LIM_RATE, $LIM_BURST FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
         WHERE t.name = 'bench-accuracy'"
     GW2_PORT="$(free_port)"
-    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW2_PORT" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+    MAAS_GATEWAY_LISTEN="127.0.0.1:$GW2_PORT" MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
         MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
         MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool-redis" MAAS_GATEWAY_LIMITS__BACKEND=redis \
         MAAS_GATEWAY_LIMITS__REDIS_TIMEOUT_MS="$LIM_REDIS_TIMEOUT_MS" \
@@ -856,6 +871,54 @@ section_pools() {
 }
 
 # ================================================================================================
+# Section metrics: the gateway's throughput with Prometheus metrics on against the same build
+# with `[metrics] enabled = false`, side by side on the same upstream (run inside
+# scripts/with-services.sh: needs PostgreSQL).
+# ================================================================================================
+start_bench_gateway() { # port-variable name extra-env... : sets port-variable to its port
+    local var="$1" name="$2" port; shift 2
+    port="$(free_port)"
+    env MAAS_GATEWAY_LISTEN="127.0.0.1:$port" MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 \
+        MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"127.0.0.1:$UP_PORT\"]" \
+        MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=5 RUST_LOG=warn \
+        MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/$OUT/spool-$name" "$@" \
+        "$BIN/maas-gateway" serve --config config/gateway.toml >"$OUT/logs/gateway-$name.log" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$port/v2/health/live" 300 "$!" || fail "maas-gateway ($name) did not start (see $OUT/logs/gateway-$name.log)"
+    printf -v "$var" '%s' "$port"
+}
+
+section_metrics_inner() {
+    local UP_PORT NGX_PROXY_PORT ON_PORT OFF_PORT KEY round
+    start_fixed_upstream
+    start_bench_gateway ON_PORT metrics-on
+    start_bench_gateway OFF_PORT metrics-off MAAS_GATEWAY_METRICS__ENABLED=false
+    KEY="$("$BIN/maas-gateway" keys create --tenant bench-metrics --name "bench-$(date +%s)")"
+    local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz --key "$KEY"
+        --mode closed --concurrency "$MET_CONCURRENCY")
+    echo "bench: metrics: warm-up"
+    for port in "$ON_PORT" "$OFF_PORT"; do
+        "${LT[@]}" --url "http://127.0.0.1:$port/v2/models/digits/infer" --duration 2 \
+            --name met-warmup --json "$OUT/met-warmup.json" 2>/dev/null
+    done
+    # Alternating rounds, so that a drift of the machine affects both alike.
+    for round in $(seq 1 "$MET_ROUNDS"); do
+        echo "bench: metrics: round $round, on then off (closed loop, $MET_CONCURRENCY connections, ${MET_DURATION} s each)"
+        "${LT[@]}" --url "http://127.0.0.1:$ON_PORT/v2/models/digits/infer" --duration "$MET_DURATION" \
+            --name "met-on.$round" --json "$RES/met-on.$round.json"
+        "${LT[@]}" --url "http://127.0.0.1:$OFF_PORT/v2/models/digits/infer" --duration "$MET_DURATION" \
+            --name "met-off.$round" --json "$RES/met-off.$round.json"
+    done
+    echo "{\"concurrency\": $MET_CONCURRENCY, \"rounds\": $MET_ROUNDS, \"duration_s\": $MET_DURATION}" > "$RES/met-config.json"
+}
+
+section_metrics() {
+    [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
+    command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=metrics "$0"
+}
+
+# ================================================================================================
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
@@ -870,6 +933,14 @@ if [ "${MAAS_BENCH_SECTION_INNER:-}" = pools ]; then
     SECTION=pools
     trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-pools.log)" > "$RES/$SECTION.error"' ERR
     section_pools_inner
+    exit 0
+fi
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = metrics ]; then
+    # Second invocation, under scripts/with-services.sh: the metrics section's body only.
+    set -E
+    SECTION=metrics
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-metrics.log)" > "$RES/$SECTION.error"' ERR
+    section_metrics_inner
     exit 0
 fi
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = gateway ]; then
@@ -889,7 +960,7 @@ trap 'stop_servers' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if { want gateway || want pools; } && ! command -v nginx >/dev/null; then
+if { want gateway || want pools || want metrics; } && ! command -v nginx >/dev/null; then
     echo "bench: installing nginx"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; };
     else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
@@ -897,11 +968,11 @@ fi
 
 # The backend and the load generator are needed by every section but ingest; the gateway and
 # billing only by the gateway section, whose build failure must not stop the others.
-if want gateway || want backend || want torchserve || want split || want pools; then
+if want gateway || want backend || want torchserve || want split || want pools || want metrics; then
     cargo build --release -p maas-backend -p maas-loadtest
 fi
 export GATEWAY_BUILD_FAILED=""
-if want gateway || want pools; then
+if want gateway || want pools || want metrics; then
     # bare_proxy: pingora with no filters, the floor of figure 2 (gateway/examples/bare_proxy.rs).
     if ! cargo build --release -p maas-gateway -p maas-billing --bins --example bare_proxy 2>&1 | tee "$OUT/logs/build-gateway.log"; then
         GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
@@ -928,6 +999,7 @@ run_section auth section_auth
 run_section ingest section_ingest
 run_section split section_split
 run_section pools section_pools
+run_section metrics section_metrics
 
 {
     rustc --version

@@ -109,6 +109,9 @@ Its "probabilities" match Keras's own (data/seed-keras/probe_outputs.csv, row 1)
 
 (Each make run creates a new key; keys from earlier runs stay valid.)
 
+Prometheus metrics (README "Observability"): curl -s http://${MAAS_GATEWAY_METRICS__LISTEN:-127.0.0.1:9464}/metrics
+  and curl -s http://$backend_addr/metrics
+
 Usage recorded so far for the tenant 'demo' (this month, as JSON):
   DATABASE_URL=$DATABASE_URL $bin/maas-billing usage --tenant demo
 

@@ -4,7 +4,8 @@
 # 1. Installs the system packages the build and the tests need, when missing:
 #    cmake (pingora's zlib-ng), postgresql and redis-server (real services for tests and
 #    `make run`), pkg-config and libssl-dev, libhdf5-dev (the backend's Keras HDF5 import;
-#    hdf5-metno finds it through pkg-config).
+#    hdf5-metno finds it through pkg-config), prometheus (its server and promtool, for the
+#    observability tests; its service is not started).
 # 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
 #    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
 #    link, so a plain `cargo build` / `cargo test` works afterwards.
@@ -26,6 +27,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 [ -e /usr/include/hdf5/serial/hdf5.h ] || [ -e /usr/include/hdf5.h ] || need+=(libhdf5-dev)
+# The observability tests run a real Prometheus server and `promtool check rules`.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     as_root apt-get update -qq

@@ -527,6 +527,54 @@ async fn batches_form_and_metrics_count_them() {
     assert!((1..=32).contains(&executions), "{executions}");
     assert_eq!(value("maas_inference_pending_request_count"), 0);
     assert!(text.contains("maas_inference_request_success_total{model=\"digits\",version=\"1\"} 0"));
+
+    // The histograms, read with a Prometheus text parser: 33 requests reached the version
+    // (32 answered, 1 refused), 32 waited in the queue, one batch size and one compute time
+    // per forward pass.
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let count = |name: &str| -> f64 {
+        let series = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name
+                    && s.labels.get("model") == Some("digits_batched")
+                    && s.labels.get("version") == Some("1")
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        let prometheus_parse::Value::Histogram(buckets) = &series.value else {
+            panic!("{name} is not a histogram");
+        };
+        buckets
+            .iter()
+            .find(|b| b.less_than.is_infinite())
+            .map(|b| b.count)
+            .unwrap()
+    };
+    assert_eq!(count("maas_inference_request_duration_seconds"), 33.0);
+    assert_eq!(count("maas_inference_queue_duration_seconds"), 32.0);
+    assert_eq!(count("maas_inference_batch_size"), executions as f64);
+    assert_eq!(
+        count("maas_inference_compute_duration_seconds"),
+        executions as f64
+    );
+    let rows_sum = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "maas_inference_batch_size_sum"
+                && s.labels.get("model") == Some("digits_batched")
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Untyped(v) => v,
+            ref v => panic!("{v:?}"),
+        });
+    assert_eq!(
+        rows_sum,
+        Some(32.0),
+        "every row in exactly one forward pass"
+    );
     eprintln!("32 concurrent one-row requests ran in {executions} forward passes");
 }
 

@@ -1,6 +1,7 @@
 //! A small TTL cache shared by the authenticator and the limit resolver.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ pub struct TtlCache<T> {
     map: Mutex<HashMap<String, CacheEntry<T>>>,
     ttl: Duration,
     capacity: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl<T> TtlCache<T> {
@@ -24,6 +27,8 @@ impl<T> TtlCache<T> {
             map: Mutex::new(HashMap::new()),
             ttl,
             capacity: capacity.max(1),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -33,10 +38,27 @@ impl<T> TtlCache<T> {
 
     /// `Some(verdict)` while a fresh entry exists under `key`.
     pub fn get(&self, key: &str) -> Option<Option<Arc<T>>> {
-        self.lock()
+        let found = self
+            .lock()
             .get(key)
             .filter(|e| e.at.elapsed() < self.ttl)
-            .map(|e| e.record.clone())
+            .map(|e| e.record.clone());
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Lookups so far: `(hits, misses)` ([`TtlCache::get`] calls that found a fresh entry, and
+    /// those that did not).
+    pub fn lookups(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// Remember `record` (`None`: known not to exist) under `key`.

@@ -10,9 +10,12 @@
 //!   PostgreSQL; `invalidation`: admin changes reach every gateway's caches over Redis pub/sub.
 //! - `admin`: the admin API for operators and tenant admins (axum, its own listener);
 //!   `store`: every SQL statement on the gateway's tables.
+//! - `metrics`: Prometheus metrics (`prometheus-client`) on their own listener; `trace`: W3C
+//!   `traceparent`; `access_log`: one JSON line per request.
 //! - [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; `error` maps
 //!   every refusal to its status and JSON body.
 
+mod access_log;
 mod admin;
 mod auth;
 mod cache;
@@ -21,10 +24,12 @@ mod error;
 mod invalidation;
 mod limits;
 mod metering;
+mod metrics;
 mod pools;
 mod proxy;
 mod serve;
 mod store;
+mod trace;
 
 pub use admin::create_key;
 pub use auth::{hash_key, Authenticator, JwtError, JwtVerifier};

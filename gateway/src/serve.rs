@@ -1,5 +1,5 @@
 //! Assemble and run the pingora server: the proxy service, the usage spool with its writer and
-//! fsync services, and a readiness announcement on stdout.
+//! fsync services, the metrics listener, and a readiness announcement on stdout.
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -21,8 +21,10 @@ use crate::limits::LimitResolver;
 use crate::limits::Limiter;
 use crate::metering;
 use crate::metering::spool::{Spool, SpoolOptions};
+use crate::metrics::{GatewayState, PoolState, RequestMetrics};
 use crate::pools::{PoolRefresher, Pools};
 use crate::proxy::Gateway;
+use prometheus_client::registry::Registry;
 
 /// Connect a small pool for one-off commands (migrations, key management), on the current
 /// runtime.
@@ -99,7 +101,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         max_bytes: config.metering.spool_max_bytes,
     })
     .with_context(|| format!("opening the usage spool {}", spool_dir.display()))?;
-    let (usage, writer, syncer) = metering::pipeline(spool, &database_url, &config.metering);
+    let (usage, writer, syncer) =
+        metering::pipeline(spool.clone(), &database_url, &config.metering);
     let limits = Arc::new(LimitResolver::new(
         Duration::from_millis(config.auth.cache_ttl_ms),
         config.auth.cache_capacity,
@@ -109,6 +112,27 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         vec![auth.clone(), limits.clone(), Arc::new(limiter.clone())];
     let limiter_for_maintenance = limiter.clone();
     let auth_for_maintenance = auth.clone();
+    let request_metrics = if config.metrics.enabled {
+        let mut registry = Registry::default();
+        let requests = Arc::new(RequestMetrics::new(
+            &mut registry,
+            config.metrics.max_models,
+        ));
+        registry.register_collector(Box::new(GatewayState {
+            limiter: limiter.clone(),
+            spool,
+            metering: writer.stats().clone(),
+            auth: auth.clone(),
+        }));
+        registry.register_collector(Box::new(PoolState {
+            pools: pools.clone(),
+        }));
+        // Its own thread and runtime; bound before the readiness line.
+        crate::metrics::spawn(config.metrics_addr()?, registry)?;
+        Some(requests)
+    } else {
+        None
+    };
     let gateway = Gateway::new(
         auth,
         limits,
@@ -116,7 +140,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         pools.clone(),
         Duration::from_millis(config.upstream.connect_timeout_ms),
         usage,
-    );
+    )
+    .with_observability(request_metrics, config.metrics.access_log);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
 
@@ -133,7 +158,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         AuthMaintenance {
             auth: auth_for_maintenance,
             limiter: limiter_for_maintenance,
-            last_stats: std::sync::Mutex::new([0; 4]),
+            last_counts: std::sync::Mutex::new(LimiterCounts::default()),
             invalidate,
             redis,
             last_used_flush: Duration::from_millis(config.auth.last_used_flush_ms.max(1)),
@@ -153,34 +178,49 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 /// Keeps the authenticator's caches honest: applies invalidations announced on Redis
 /// ((`invalidation`)) and writes `api_keys.last_used_at` every `last_used_flush`
 /// (and once more at shutdown); logs the rate limiter's counters (fail-open decisions, Redis
-/// errors) on the same interval when they moved.
+/// errors) on the same interval when they moved (they are also in the metrics).
 struct AuthMaintenance {
     auth: Arc<Authenticator>,
     limiter: Limiter,
-    last_stats: std::sync::Mutex<[u64; 4]>,
+    last_counts: std::sync::Mutex<LimiterCounts>,
     invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>>,
     redis: Option<redis::Client>,
     last_used_flush: Duration,
 }
 
+/// The limiter's fallback counters at one instant, for the log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct LimiterCounts {
+    fail_open: u64,
+    fail_closed: u64,
+    redis_errors: u64,
+    cached_denials: u64,
+}
+
+impl LimiterCounts {
+    fn of(limiter: &Limiter) -> LimiterCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = limiter.stats();
+        LimiterCounts {
+            fail_open: s.fail_open.load(Relaxed),
+            fail_closed: s.fail_closed.load(Relaxed),
+            redis_errors: s.redis_errors.load(Relaxed),
+            cached_denials: s.cached_denials.load(Relaxed),
+        }
+    }
+}
+
 impl AuthMaintenance {
     /// One log line with the limiter's counters when any moved since the last one.
     fn log_limiter_stats(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let s = self.limiter.stats();
-        let now = [
-            s.fail_open.load(Relaxed),
-            s.fail_closed.load(Relaxed),
-            s.redis_errors.load(Relaxed),
-            s.cached_denials.load(Relaxed),
-        ];
-        let mut last = self.last_stats.lock().unwrap_or_else(|p| p.into_inner());
+        let now = LimiterCounts::of(&self.limiter);
+        let mut last = self.last_counts.lock().unwrap_or_else(|p| p.into_inner());
         if now != *last {
             tracing::info!(
-                fail_open_total = now[0],
-                fail_closed_total = now[1],
-                redis_errors_total = now[2],
-                cached_denials_total = now[3],
+                fail_open_total = now.fail_open,
+                fail_closed_total = now.fail_closed,
+                redis_errors_total = now.redis_errors,
+                cached_denials_total = now.cached_denials,
                 "rate limiter counters"
             );
             *last = now;

@@ -180,6 +180,7 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         .arg(workspace_root().join("config/gateway.toml"))
         .env("DATABASE_URL", &db_url)
         .env("MAAS_GATEWAY_LISTEN", &gateway_addr)
+        .env("MAAS_GATEWAY_METRICS__LISTEN", "127.0.0.1:0")
         .env(
             "MAAS_GATEWAY_UPSTREAM__BACKENDS",
             format!("[\"{backend_addr}\"]"),

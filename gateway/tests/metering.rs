@@ -166,6 +166,7 @@ fn gateway_command(db_url: &str) -> Command {
     cmd.current_dir(std::env::temp_dir())
         .env_remove("MAAS_GATEWAY_CONFIG")
         .env("MAAS_GATEWAY_DATABASE_URL", db_url)
+        .env("MAAS_GATEWAY_METRICS__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn,maas_gateway::metering=error");
     cmd
 }

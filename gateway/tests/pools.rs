@@ -140,6 +140,7 @@ struct Gateway {
     _child: ChildGuard,
     base: String,
     admin: String,
+    metrics: SocketAddr,
     dir: PathBuf,
 }
 
@@ -152,6 +153,7 @@ impl Drop for Gateway {
 fn start_gateway(db_url: &str, pools_toml: &str) -> Gateway {
     let listen = free_addr();
     let admin = free_addr();
+    let metrics = free_addr();
     let dir = std::env::temp_dir().join(format!("maas-pools-gw-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("gateway.toml");
@@ -166,12 +168,14 @@ fn start_gateway(db_url: &str, pools_toml: &str) -> Gateway {
     let mut cmd = gateway_command(db_url);
     cmd.args(["serve", "--config"])
         .arg(&config)
-        .env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR);
-    let guard = common::spawn_until_ready(cmd, listen);
+        .env("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR)
+        .env("MAAS_GATEWAY_METRICS__LISTEN", metrics.to_string());
+    let (guard, _stdout) = common::spawn_until_ready(cmd, listen);
     Gateway {
         _child: guard,
         base: format!("http://{listen}"),
         admin: format!("http://{admin}"),
+        metrics,
         dir,
     }
 }
@@ -191,6 +195,49 @@ async fn infer(client: &reqwest::Client, gw: &Gateway, key: &str, model: &str) -
     let status = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(Value::Null);
     (status, body)
+}
+
+/// The value of the `maas_gateway_backend_*` series `name` for `backend` of pool `pool`, from
+/// the gateway's `GET /metrics` (parsed with a Prometheus text parser).
+async fn backend_metric(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    name: &str,
+    pool: &str,
+    backend: SocketAddr,
+) -> f64 {
+    let text = client
+        .get(format!("http://{}/metrics", gw.metrics))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus text format");
+    let addr = backend.to_string();
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == name
+                && x.labels.get("pool") == Some(pool)
+                && x.labels.get("backend") == Some(addr.as_str())
+        })
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{name}{{pool={pool},backend={addr}}} in\n{text}"
+    );
+    found[0]
 }
 
 async fn pools(client: &reqwest::Client, gw: &Gateway) -> Value {
@@ -489,6 +536,16 @@ async fn a_backend_killed_under_load_leaves_rotation_and_comes_back() {
     assert_eq!(after_2s["in_flight"], 0);
     assert!(after_2s["ejections"].as_u64().unwrap() >= 1, "{after_2s}");
     assert!(after_2s["last_error"].is_string());
+    // The same state in the gateway's Prometheus metrics.
+    let metric = |name: &'static str, addr| backend_metric(&client, &gw, name, "p", addr);
+    assert_eq!(metric("maas_gateway_backend_healthy", b.addr).await, 0.0);
+    assert_eq!(metric("maas_gateway_backend_healthy", a.addr).await, 1.0);
+    assert_eq!(metric("maas_gateway_backend_in_flight", b.addr).await, 0.0);
+    assert_eq!(
+        metric("maas_gateway_backend_requests_total", b.addr).await,
+        after_2s["requests"].as_u64().unwrap() as f64
+    );
+    assert!(metric("maas_gateway_backend_ejections_total", b.addr).await >= 1.0);
     // Only requests being computed on it when it died may fail: at most one per client.
     let failed = load.failed.load(Ordering::Relaxed);
     println!(

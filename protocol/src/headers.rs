@@ -16,3 +16,9 @@ pub const COMPUTE_US: &str = "x-maas-compute-us";
 /// Backend response header: the model version that served the request (the version folder's
 /// number), so the gateway can meter it even when the request named no version.
 pub const MODEL_VERSION: &str = "x-maas-model-version";
+
+/// W3C Trace Context (<https://www.w3.org/TR/trace-context/>): `version-traceid-parentid-flags`,
+/// e.g. `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`. The gateway accepts it from
+/// the client (or makes one) and forwards it to the backend with its own span as the parent;
+/// both write the trace id in their request log lines.
+pub const TRACEPARENT: &str = "traceparent";

@@ -25,7 +25,7 @@ pub use binary::{
     BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, HEADER_CONTENT_LENGTH,
 };
 pub use datatype::{Datatype, UnknownDatatype};
-pub use headers::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID};
+pub use headers::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 pub use rest::{
     ErrorBody, InferRequest, InferResponse, ModelMetadata, ModelReady, RequestInput, RequestOutput,
     ResponseOutput, ServerLive, ServerMetadata, ServerReady, TensorMetadata,

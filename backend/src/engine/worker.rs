@@ -232,6 +232,8 @@ impl Instance {
         let compute = ended.saturating_duration_since(started);
         self.metrics.execution_count.fetch_add(1, Ordering::Relaxed);
         VersionMetrics::add_us(&self.metrics.compute_us, compute);
+        self.metrics.compute_duration.observe(compute.as_secs_f64());
+        self.metrics.batch_size.observe(rows as f64);
         let out_features = self.model.out_features();
         let result = match result {
             Ok(Ok(data)) if Some(data.len()) == to_len(rows, out_features) => Ok(data),
@@ -256,6 +258,7 @@ impl Instance {
                     offset += len;
                     let queue = started.saturating_duration_since(job.enqueued);
                     VersionMetrics::add_us(&self.metrics.queue_us, queue);
+                    self.metrics.queue_duration.observe(queue.as_secs_f64());
                     let share = share_of(compute, job.rows, rows);
                     // The receiver may be gone (client disconnected); nothing to do then.
                     let _ = job.reply.send(Ok(ForwardOutput {

@@ -3,6 +3,7 @@
 //! outputs (JSON, or Triton's binary tensor data as asked) and the usage headers.
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -46,12 +47,17 @@ async fn run_infer(
 ) -> Result<Response, Error> {
     let model = state.repository.model(model_name)?;
     let (number, worker) = model.version(version)?;
+    let started = Instant::now();
     let result = infer_version(&model, number, worker, headers, body).await;
+    let metrics = worker.metrics();
     let counter = match &result {
-        Ok(_) => &worker.metrics().success,
-        Err(_) => &worker.metrics().failure,
+        Ok(_) => &metrics.success,
+        Err(_) => &metrics.failure,
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    metrics
+        .request_duration
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
@@ -121,7 +127,10 @@ async fn infer_version(
         compute: forward.compute,
         model_version: number,
     };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     tracing::debug!(
+        request_id = header(maas_protocol::REQUEST_ID),
+        traceparent = header(maas_protocol::TRACEPARENT),
         model = model_name,
         version = number,
         rows,

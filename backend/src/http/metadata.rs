@@ -131,16 +131,16 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     for (name, model) in &models {
         if let ModelState::Loaded(model) = model {
             for (number, worker) in model.ready_workers() {
-                versions.push((name.as_str(), number, worker.metrics().as_ref()));
+                versions.push((name.clone(), number, worker.metrics().clone()));
             }
         }
     }
     (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         )],
-        crate::metrics::render(versions),
+        crate::metrics::render(versions, Vec::new()),
     )
         .into_response()
 }

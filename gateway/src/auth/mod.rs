@@ -87,6 +87,15 @@ impl Authenticator {
         Ok(Self::new(database_url, config).with_jwt(jwt.map(Arc::new)))
     }
 
+    /// Lookups of the API key and tenant caches: `[("api_key", (hits, misses)), ("tenant",
+    /// ...)]` (`TtlCache::lookups`).
+    pub fn cache_lookups(&self) -> [(&'static str, (u64, u64)); 2] {
+        [
+            ("api_key", self.keys.lookups()),
+            ("tenant", self.tenants.lookups()),
+        ]
+    }
+
     /// The JWT verifier, when JWTs are accepted.
     pub fn jwt(&self) -> Option<&Arc<JwtVerifier>> {
         self.jwt.as_ref()

@@ -14,6 +14,7 @@ mod admin;
 mod auth;
 mod limits;
 mod metering;
+mod metrics;
 mod pools;
 mod upstream;
 
@@ -21,6 +22,7 @@ pub use admin::AdminConfig;
 pub use auth::{AuthConfig, JwtConfig, JwtKeyConfig};
 pub use limits::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 pub use metering::{MeteringConfig, SpoolFullPolicy};
+pub use metrics::{AccessLogFormat, MetricsConfig};
 pub use pools::{BackendEntry, EjectionConfig, HealthConfig, Policy, PoolConfig};
 pub use upstream::UpstreamConfig;
 
@@ -74,6 +76,8 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
     /// Rate limits, concurrency limits, quotas and budgets ((`limits::limiter`)).
     pub limits: LimitsConfig,
+    /// Prometheus metrics listener and access log.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for GatewayConfig {
@@ -92,6 +96,7 @@ impl Default for GatewayConfig {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -160,6 +165,9 @@ impl GatewayConfig {
         if self.limits.gateway_instances == 0 {
             bail!("limits.gateway_instances must be at least 1");
         }
+        if self.metrics.enabled {
+            resolve_one(&self.metrics.listen).context("metrics.listen")?;
+        }
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
         }
@@ -202,6 +210,11 @@ impl GatewayConfig {
                 "no database_url: set it in the config file, or DATABASE_URL, or {ENV_PREFIX}DATABASE_URL"
             ),
         }
+    }
+
+    /// `metrics.listen` resolved to one socket address.
+    pub fn metrics_addr(&self) -> anyhow::Result<SocketAddr> {
+        resolve_one(&self.metrics.listen).context("metrics.listen")
     }
 
     /// `admin.listen` resolved to one socket address.

@@ -29,7 +29,7 @@ mod sender;
 pub mod spool;
 mod writer;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,14 @@ pub struct MeteringStats {
     pub dropped: AtomicU64,
     /// Requests answered 503 because the spool was full (`spool_full = "reject"`).
     pub refused: AtomicU64,
+    /// Batches the writer committed (or skipped row by row) in PostgreSQL.
+    pub batches: AtomicU64,
+    /// Events in those batches (inserted, duplicates and rejected alike): `sent - committed`
+    /// is what this process spooled and has not yet written.
+    pub committed: AtomicU64,
+    /// `started_at` (Unix microseconds) of the oldest event of the batch being written; 0
+    /// while the writer waits for events.
+    pub writing_oldest_unix_us: AtomicI64,
 }
 
 /// Build the pipeline over an open spool: the sender for the proxy, the writer service that

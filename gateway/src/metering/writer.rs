@@ -179,7 +179,18 @@ impl UsageWriter {
         };
         let consume = async {
             while let Some((batch, frontier)) = rx.recv().await {
+                let oldest = batch.iter().map(|e| e.started_at.timestamp_micros()).min();
+                self.stats
+                    .writing_oldest_unix_us
+                    .store(oldest.unwrap_or(0), Ordering::Relaxed);
                 self.write(pool, &batch).await;
+                self.stats
+                    .writing_oldest_unix_us
+                    .store(0, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .committed
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 if let Err(e) = self.spool.trim_below(frontier) {
                     tracing::error!(error = %e, "trimming the usage spool failed");
                 }

@@ -2,16 +2,18 @@
 //! usage event it becomes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use maas_billing::UsageEvent;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::limits::{Permit, RequestLimits};
+use crate::limits::{LimitKind, Permit, RequestLimits};
 use crate::metering::Admission;
+use crate::metrics::{Outcome, RequestObservation};
 use crate::pools::Lease;
+use crate::trace::TraceContext;
 
 /// Per-request state shared by the phases.
 #[derive(Debug)]
@@ -57,6 +59,19 @@ pub struct RequestCtx {
     pub rate_headers: Option<(String, String)>,
     /// `Retry-After` seconds of a 429.
     pub retry_after_s: Option<u64>,
+    /// The kind of limit that refused the request (a 429).
+    pub denied_by: Option<LimitKind>,
+    /// The outcome of a request the gateway answered itself.
+    pub outcome: Option<Outcome>,
+    /// The W3C trace context (accepted from the client or made in `request_filter`).
+    pub trace: Option<TraceContext>,
+    /// Time spent in the gateway's own phases on the response side (`response_filter`,
+    /// metering in `logging`); the request side is `upstream_started - started`.
+    pub response_overhead: Duration,
+    /// When the first backend was chosen (`upstream_peer`).
+    pub upstream_started: Option<Instant>,
+    /// When the backend's response ended (its header, then the end of its body).
+    pub upstream_done: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -91,6 +106,12 @@ impl RequestCtx {
             limits: None,
             rate_headers: None,
             retry_after_s: None,
+            denied_by: None,
+            outcome: None,
+            trace: None,
+            response_overhead: Duration::ZERO,
+            upstream_started: None,
+            upstream_done: None,
         }
     }
 
@@ -110,6 +131,32 @@ impl RequestCtx {
             request_bytes: i64::try_from(self.request_bytes).unwrap_or(i64::MAX),
             response_bytes: i64::try_from(self.response_bytes).unwrap_or(i64::MAX),
             latency_us: i64::try_from(self.started.elapsed().as_micros()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// What this request contributes to the metrics, answered with `status`.
+    pub fn observation(&self, status: u16) -> RequestObservation<'_> {
+        let now = Instant::now();
+        let total = now.saturating_duration_since(self.started);
+        let (overhead, upstream) = match self.upstream_started {
+            Some(up) => (
+                up.saturating_duration_since(self.started) + self.response_overhead,
+                Some(
+                    self.upstream_done
+                        .unwrap_or(now)
+                        .saturating_duration_since(up),
+                ),
+            ),
+            // Answered by the gateway itself: all of it is the gateway's time.
+            None => (total, None),
+        };
+        RequestObservation {
+            model: self.model.as_deref(),
+            status,
+            outcome: self.outcome.unwrap_or_else(|| Outcome::of_status(status)),
+            total,
+            overhead,
+            upstream,
         }
     }
 }

@@ -3,21 +3,24 @@
 //!
 //! Phases (pingora `proxy_trait.rs`, lifecycle order):
 //! - `new_ctx`: request id (UUIDv7) and start time, once the request header has been read;
-//! - `request_filter`: route ([`route`]) → key ([`crate::auth`]) → allow-list → a pool serves
-//!   the model with a healthy backend ([`crate::pools`]; 404 / 503 otherwise) → limits;
+//! - `request_filter`: W3C `traceparent` accepted or made ([`crate::trace`]) → route
+//!   ([`route`]) → key ([`crate::auth`]) → allow-list → a pool serves the model with a
+//!   healthy backend ([`crate::pools`]; 404 / 503 otherwise) → limits;
 //!   refusals are answered here as JSON ([`crate::error`]); `GET /v2` and
 //!   `POST /v2/repository/index` are answered here too (`local`);
 //! - `upstream_peer`: a backend of the pools chosen by the pool's policy (`upstream`);
 //!   `fail_to_connect`, and `error_while_proxy` for a reset before any response byte, retry
 //!   once on another backend, and count towards its passive ejection;
-//! - `upstream_request_filter`: strip the client's credentials, set `x-request-id`;
+//! - `upstream_request_filter`: strip the client's credentials, set `x-request-id` and the
+//!   gateway's `traceparent`;
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
 //!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
 //!   event goes to the spool here, before the client sees the response header;
 //! - body filters: request and response body bytes;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers, 503 when none is healthy);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
-//!   record; see `metering::spool`).
+//!   record; see `metering::spool`), then the request is counted in [`crate::metrics`] and
+//!   written to the access log (each when on).
 
 mod ctx;
 mod local;
@@ -29,7 +32,7 @@ pub use ctx::RequestCtx;
 pub use route::{parse_route, Route};
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -39,14 +42,18 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID};
+use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 
 use self::respond::{error_status, header_i64, insert_rate_headers, write_error};
+use crate::access_log::AccessLogLine;
 use crate::auth::{presented_key, Authenticator, Principal};
+use crate::config::AccessLogFormat;
 use crate::error::GatewayError;
 use crate::limits::{self, LimitResolver, Limiter};
 use crate::metering::{Admission, UsageSender};
+use crate::metrics::{Outcome, RequestMetrics};
 use crate::pools::Pools;
+use crate::trace::TraceContext;
 
 /// The gateway's `ProxyHttp` implementation.
 pub struct Gateway {
@@ -56,6 +63,8 @@ pub struct Gateway {
     pools: Arc<Pools>,
     connect_timeout: Duration,
     usage: UsageSender,
+    metrics: Option<Arc<RequestMetrics>>,
+    access_log: AccessLogFormat,
 }
 
 impl Gateway {
@@ -76,7 +85,21 @@ impl Gateway {
             pools,
             connect_timeout,
             usage,
+            metrics: None,
+            access_log: AccessLogFormat::Off,
         }
+    }
+
+    /// The same, counting every request into `metrics` (`None`: metrics off) and writing the
+    /// access log in `access_log`'s format.
+    pub fn with_observability(
+        mut self,
+        metrics: Option<Arc<RequestMetrics>>,
+        access_log: AccessLogFormat,
+    ) -> Self {
+        self.metrics = metrics;
+        self.access_log = access_log;
+        self
     }
 
     /// Apply the rate limits, concurrency limits, quotas and budgets of `principal` for the
@@ -108,6 +131,7 @@ impl Gateway {
                 Ok(())
             }
             limits::Admission::Denied(denial) => {
+                ctx.denied_by = Some(denial.limit);
                 ctx.rate_headers = denial.headers;
                 ctx.retry_after_s = Some(denial.retry_after_s);
                 Err(GatewayError::RateLimited(denial.message))
@@ -127,6 +151,34 @@ impl Gateway {
         write_error(session, ctx, err).await?;
         Ok(true)
     }
+
+    /// Count the finished request in the metrics and write its access log line (each when on).
+    fn observe(&self, ctx: &RequestCtx, status: u16, trace_id: &str) {
+        if self.metrics.is_none() && self.access_log == AccessLogFormat::Off {
+            return;
+        }
+        let o = ctx.observation(status);
+        if let Some(metrics) = &self.metrics {
+            metrics.observe(&o);
+        }
+        if self.access_log == AccessLogFormat::Json {
+            let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            AccessLogLine {
+                request_id: ctx.request_id,
+                trace_id,
+                tenant_id: ctx.principal.map(|p| p.tenant_id),
+                key_id: ctx.principal.and_then(|p| p.api_key_id),
+                model: ctx.model.as_deref(),
+                model_version: ctx.model_version.as_deref(),
+                status,
+                outcome: o.outcome.as_str(),
+                latency_us: us(o.total),
+                overhead_us: us(o.overhead),
+                upstream_us: o.upstream.map(us),
+            }
+            .write();
+        }
+    }
 }
 
 #[async_trait]
@@ -142,6 +194,10 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
+        let traceparent = session.req_header().headers.get(TRACEPARENT);
+        ctx.trace = Some(TraceContext::accept(
+            traceparent.and_then(|v| v.to_str().ok()),
+        ));
         let route = match parse_route(session.req_header().uri.path()) {
             Ok(route) => route,
             Err(e) => return self.reject(session, ctx, &e).await,
@@ -220,6 +276,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
+        ctx.upstream_started.get_or_insert_with(Instant::now);
         upstream::next_peer(&self.pools, ctx, self.connect_timeout)
     }
 
@@ -264,6 +321,9 @@ impl ProxyHttp for Gateway {
         upstream_request.remove_header(&header::AUTHORIZATION);
         upstream_request.remove_header("x-api-key");
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+        if let Some(trace) = &ctx.trace {
+            upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
+        }
         Ok(())
     }
 
@@ -273,6 +333,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        let entered = Instant::now();
+        ctx.upstream_done = Some(entered);
         upstream::answered(ctx, upstream_response.status.as_u16());
         if let Some(n) = header_i64(upstream_response, INFERENCE_COUNT) {
             ctx.inference_count = n;
@@ -299,6 +361,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        ctx.response_overhead += entered.elapsed();
         Ok(())
     }
 
@@ -306,11 +369,14 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.response_bytes += b.len() as u64;
+        }
+        if end_of_stream && ctx.upstream_done.is_some() {
+            ctx.upstream_done = Some(Instant::now());
         }
         Ok(None)
     }
@@ -345,6 +411,9 @@ impl ProxyHttp for Gateway {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
             }
         }
+        if is_connect_error(e.etype()) {
+            ctx.outcome = Some(Outcome::NoBackend);
+        }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -352,6 +421,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let entered = Instant::now();
         let status = session
             .response_written()
             .map_or(0, |resp| resp.status.as_u16());
@@ -366,8 +436,10 @@ impl ProxyHttp for Gateway {
                 &limits.prices,
             );
         }
+        let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
         tracing::debug!(
             request_id = %ctx.request_id,
+            trace_id,
             status,
             error_type = ctx.error_type,
             error = e.map(|e| e.to_string()),
@@ -375,7 +447,20 @@ impl ProxyHttp for Gateway {
             "request done"
         );
         self.usage.send(event, ctx.admission).await;
+        ctx.response_overhead += entered.elapsed();
+        self.observe(ctx, status, &trace_id);
     }
+}
+
+/// Whether `etype` says no connection to a backend could be made (nothing was sent).
+fn is_connect_error(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
 }
 
 #[cfg(test)]

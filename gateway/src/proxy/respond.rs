@@ -9,6 +9,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use super::ctx::RequestCtx;
 use crate::error::GatewayError;
+use crate::metrics::Outcome;
 
 /// Write `err` to the client: status, `content-type: application/json`, `x-request-id`,
 /// `WWW-Authenticate: Bearer` on 401, body `{"error": "..."}`.
@@ -18,6 +19,7 @@ pub(super) async fn write_error(
     err: &GatewayError,
 ) -> pingora::Result<()> {
     ctx.error_type = Some(err.error_type());
+    ctx.outcome = Some(Outcome::of_error(err, ctx.denied_by));
     let body = err.body();
     let mut resp = ResponseHeader::build(err.status(), Some(5))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;

@@ -139,6 +139,7 @@ pub async fn fake_backend(req: Request) -> impl IntoResponse {
         "saw_authorization": h.contains_key("authorization"),
         "saw_api_key": h.contains_key("x-api-key"),
         "request_id": h.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "traceparent": h.get("traceparent").and_then(|v| v.to_str().ok()),
         "body_bytes": body_bytes,
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [0.5]}],
     });
@@ -179,6 +180,8 @@ pub fn gateway_command(db_url: &str) -> Command {
         .env_remove("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN")
         .env_remove("REDIS_URL")
         .env("MAAS_GATEWAY_DATABASE_URL", db_url)
+        // Any free port: tests run gateways side by side (start_gateway picks a known one).
+        .env("MAAS_GATEWAY_METRICS__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
     cmd
 }
@@ -191,8 +194,12 @@ pub struct RunningGateway {
     pub listen: SocketAddr,
     /// The admin API address (listening only when an operator token was given).
     pub admin: SocketAddr,
+    /// The metrics listener's address (`GET /metrics`).
+    pub metrics: SocketAddr,
     /// Its spool directory (removed on drop).
     pub spool: std::path::PathBuf,
+    /// The lines it printed on stdout after the readiness line (the JSON access log).
+    pub stdout: mpsc::Receiver<String>,
 }
 
 impl Drop for RunningGateway {
@@ -213,12 +220,14 @@ pub fn start_gateway(
 ) -> RunningGateway {
     let listen = free_addr();
     let admin = free_addr();
+    let metrics = free_addr();
     let spool = std::env::temp_dir().join(format!("maas-test-spool-{}", Uuid::new_v4().simple()));
     let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     let mut cmd = gateway_command(db_url);
     cmd.arg("serve")
         .env("MAAS_GATEWAY_LISTEN", listen.to_string())
         .env("MAAS_GATEWAY_ADMIN__LISTEN", admin.to_string())
+        .env("MAAS_GATEWAY_METRICS__LISTEN", metrics.to_string())
         .env(
             "MAAS_GATEWAY_UPSTREAM__BACKENDS",
             format!("[{}]", backends.join(",")),
@@ -231,17 +240,24 @@ pub fn start_gateway(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let (child, stdout) = spawn_until_ready(cmd, listen);
     RunningGateway {
-        child: spawn_until_ready(cmd, listen),
+        child,
         listen,
         admin,
+        metrics,
         spool,
+        stdout,
     }
 }
 
 /// Spawn `maas-gateway serve` as `cmd` and wait (60 s at most) for its readiness line
-/// `maas-gateway listening on <listen>`.
-pub fn spawn_until_ready(mut cmd: Command, listen: SocketAddr) -> ChildGuard {
+/// `maas-gateway listening on <listen>`; returns the child and the lines it prints on stdout
+/// after that one.
+pub fn spawn_until_ready(
+    mut cmd: Command,
+    listen: SocketAddr,
+) -> (ChildGuard, mpsc::Receiver<String>) {
     cmd.stdout(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn maas-gateway");
     let stdout = child.stdout.take().unwrap();
@@ -257,7 +273,7 @@ pub fn spawn_until_ready(mut cmd: Command, listen: SocketAddr) -> ChildGuard {
         .recv_timeout(Duration::from_secs(60))
         .expect("gateway printed no readiness line within 60 s");
     assert_eq!(line, format!("maas-gateway listening on {listen}"));
-    guard
+    (guard, rx)
 }
 
 /// A binary of the workspace beside the gateway's (target/<profile>/; `cargo build

@@ -33,6 +33,7 @@ pub(super) struct JwkSetKeys {
     /// Held while re-reading the JWK Set; holds the instant of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
     fetches: AtomicU64,
+    failures: AtomicU64,
     refresh_after: Duration,
     min_interval: Duration,
 }
@@ -79,6 +80,7 @@ impl JwkSetKeys {
             state: RwLock::new(state),
             refresh: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             refresh_after: Duration::from_secs(config.jwks_refresh_s),
             min_interval: Duration::from_millis(config.jwks_min_refresh_interval_ms),
         }))
@@ -88,6 +90,11 @@ impl JwkSetKeys {
     /// construction not counted).
     pub(super) fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// How many of those fetches or reads failed (the previous keys were kept).
+    pub(super) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// The keys as last read.
@@ -144,6 +151,7 @@ impl JwkSetKeys {
                 state.loaded_at = Some(Instant::now());
             }
             Err(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "JWK Set could not be read; keeping the previous keys")
             }
         }

@@ -87,6 +87,11 @@ impl JwtVerifier {
         self.jwks.as_ref().map_or(0, JwkSetKeys::fetches)
     }
 
+    /// How many of those fetches or reads failed (the previous keys were kept).
+    pub fn jwks_failures(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, JwkSetKeys::failures)
+    }
+
     /// Whether `token` looks like a JWS compact serialization (three dot-separated parts).
     pub fn looks_like_jwt(token: &str) -> bool {
         token.bytes().filter(|b| *b == b'.').count() == 2

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use maas_billing::Period;
 
 use super::plan::{Item, Kind};
-use super::Denial;
+use super::{Denial, LimitKind};
 
 /// Whole seconds of `us` microseconds, rounded up (negative counts as 0).
 pub(super) fn secs_ceil(us: i64) -> i64 {
@@ -107,7 +107,14 @@ pub(super) fn denial(item: &Item, wait_us: i64, now: DateTime<Utc>) -> Denial {
             to_month_end,
         ),
     };
+    let limit = match item.kind {
+        Kind::Gcra { .. } => LimitKind::Rate,
+        Kind::Concurrency { .. } => LimitKind::Concurrency,
+        Kind::Quota { .. } => LimitKind::Quota,
+        Kind::Budget { .. } => LimitKind::Budget,
+    };
     Denial {
+        limit,
         message,
         retry_after_s: u64::try_from(retry_after_s.max(1)).unwrap_or(1),
         headers: Some((

@@ -55,6 +55,46 @@ pub struct Denial {
     pub retry_after_s: u64,
     /// `RateLimit-Policy` and `RateLimit` values for the refusing limit.
     pub headers: Option<(String, String)>,
+    /// Which kind of limit refused.
+    pub limit: LimitKind,
+}
+
+/// The kind of limit that refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// A request rate (GCRA).
+    Rate,
+    /// Requests in flight.
+    Concurrency,
+    /// Inference units per calendar month.
+    Quota,
+    /// List-price value per calendar month.
+    Budget,
+}
+
+/// A decision of [`Limiter::admit`] as its counters see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Admitted.
+    Admitted,
+    /// Refused (429).
+    Denied,
+    /// Redis failed under fail-closed (503).
+    Unavailable,
+}
+
+impl Decision {
+    /// Every decision, in the order of [`LimiterStats::decisions`].
+    pub const ALL: [Decision; 3] = [Decision::Admitted, Decision::Denied, Decision::Unavailable];
+
+    /// The label value: `admitted`, `denied`, `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Admitted => "admitted",
+            Decision::Denied => "denied",
+            Decision::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// The outcome of [`Limiter::admit`].
@@ -100,9 +140,15 @@ impl Drop for Permit {
     }
 }
 
-/// Counters kept by the limiter for logs and tests.
-#[derive(Debug, Default)]
+/// Counters kept by the limiter for metrics, logs and tests.
+#[derive(Debug)]
 pub struct LimiterStats {
+    /// Decisions by backend (0: local, 1: Redis) and [`Decision`] (in [`Decision::ALL`]
+    /// order). A fail-open decision counts as local.
+    pub decisions: [[AtomicU64; 3]; 2],
+    /// Seconds of each admission script call to Redis (`EVALSHA`, round trip), failed ones
+    /// included.
+    pub redis_call_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Decisions made by the local limiter because Redis failed (fail-open).
     pub fail_open: AtomicU64,
     /// Requests answered 503 because Redis failed (fail-closed).
@@ -111,6 +157,45 @@ pub struct LimiterStats {
     pub redis_errors: AtomicU64,
     /// Requests refused from the local cache of refusing counters, without a Redis call.
     pub cached_denials: AtomicU64,
+}
+
+impl Default for LimiterStats {
+    fn default() -> Self {
+        LimiterStats {
+            decisions: Default::default(),
+            // 25 µs doubling to 0.8 s: a loopback round trip is about 55 µs, the timeout 20 ms.
+            redis_call_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(25e-6, 2.0, 16),
+            ),
+            fail_open: AtomicU64::new(0),
+            fail_closed: AtomicU64::new(0),
+            redis_errors: AtomicU64::new(0),
+            cached_denials: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LimiterStats {
+    /// Decisions so far by `backend` and `decision`.
+    pub fn decisions(&self, backend: LimiterBackend, decision: Decision) -> u64 {
+        let b = usize::from(backend == LimiterBackend::Redis);
+        let d = Decision::ALL
+            .iter()
+            .position(|x| *x == decision)
+            .unwrap_or(0);
+        self.decisions[b][d].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, backend: LimiterBackend, admission: &Admission) {
+        let d = match admission {
+            Admission::Unlimited => return,
+            Admission::Admitted(_) => 0,
+            Admission::Denied(_) => 1,
+            Admission::Unavailable => 2,
+        };
+        let b = usize::from(backend == LimiterBackend::Redis);
+        self.decisions[b][d].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 struct Inner {
@@ -181,6 +266,12 @@ impl Limiter {
         &self.inner.stats
     }
 
+    /// Whether Redis is configured and currently not tried after a failure (the limiter is in
+    /// its fallback: fail-open or fail-closed).
+    pub fn redis_down(&self) -> bool {
+        self.inner.redis.is_some() && !self.inner.redis_available()
+    }
+
     /// Forget the cached refusals of `tenant_id`'s counters (its limits changed), its keys'
     /// own counters included.
     pub fn invalidate_tenant(&self, tenant_id: Uuid) {
@@ -200,20 +291,34 @@ impl Limiter {
         request_id: Uuid,
         limits: &RequestLimits,
     ) -> Admission {
+        let (admission, backend) = self.decide(pool, request_id, limits).await;
+        self.inner.stats.count(backend, &admission);
+        admission
+    }
+
+    /// [`Limiter::admit`]'s decision and the backend that made it.
+    async fn decide(
+        &self,
+        pool: &PgPool,
+        request_id: Uuid,
+        limits: &RequestLimits,
+    ) -> (Admission, LimiterBackend) {
+        use LimiterBackend::{Local, Redis};
         if limits.is_empty() {
-            return Admission::Unlimited;
+            return (Admission::Unlimited, Local);
         }
         let now = Utc::now();
         let items = plan(limits, &self.inner.config, Period::of(now));
         if items.is_empty() {
-            return Admission::Unlimited;
+            return (Admission::Unlimited, Local);
         }
         let request_id = request_id.to_string();
         if self.inner.redis.is_none() {
-            return self
+            let admission = self
                 .inner
                 .admit_local(pool, request_id, items, 1, true)
                 .await;
+            return (admission, Local);
         }
         // A counter that Redis refused, until its reset: refused here, without Redis.
         if let Some(denial) = self.inner.cached_refusal(&items) {
@@ -221,9 +326,9 @@ impl Limiter {
                 .stats
                 .cached_denials
                 .fetch_add(1, Ordering::Relaxed);
-            return Admission::Denied(denial);
+            return (Admission::Denied(denial), Redis);
         }
-        match self.inner.admit_redis(pool, &request_id, &items).await {
+        let admission = match self.inner.admit_redis(pool, &request_id, &items).await {
             Ok(RedisOutcome::Admitted(values)) => {
                 let headers = rate_limit_headers(&items, &values, now);
                 Admission::Admitted(Permit {
@@ -255,16 +360,19 @@ impl Limiter {
                 RedisFailurePolicy::Open => {
                     self.inner.stats.fail_open.fetch_add(1, Ordering::Relaxed);
                     let instances = i64::from(self.inner.config.gateway_instances.max(1));
-                    self.inner
+                    let admission = self
+                        .inner
                         .admit_local(pool, request_id, items, instances, false)
-                        .await
+                        .await;
+                    return (admission, Local);
                 }
                 RedisFailurePolicy::Closed => {
                     self.inner.stats.fail_closed.fetch_add(1, Ordering::Relaxed);
                     Admission::Unavailable
                 }
             },
-        }
+        };
+        (admission, Redis)
     }
 
     /// The request is done: release its concurrency slots and settle its quota and budget

@@ -157,8 +157,12 @@ impl Inner {
                     } => inv.arg("q").arg(*limit_milli).arg(*estimate_milli),
                 };
             }
+            let call = Instant::now();
             let reply =
                 tokio::time::timeout(timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
+            self.stats
+                .redis_call_seconds
+                .observe(call.elapsed().as_secs_f64());
             let reply = match reply {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
