@@ -749,7 +749,7 @@ start_pool_gateway() { # port pools_toml admin_port name
     local port="$1" pools="$2" admin="$3" name="$4"
     printf 'listen = "127.0.0.1:%s"\ngrace_period_s = 0\n[admin]\nlisten = "127.0.0.1:%s"\n[metering]\nspool_dir = "%s"\n%s\n' \
         "$port" "$admin" "$PWD/$OUT/spool-$name" "$pools" > "$OUT/pools/$name.toml"
-    MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN=bench-operator RUST_LOG=warn \
+    MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN=bench-operator MAAS_GATEWAY_METRICS__LISTEN=127.0.0.1:0 RUST_LOG=warn \
         "$BIN/maas-gateway" serve --config "$OUT/pools/$name.toml" >"$OUT/logs/gateway-$name.log" 2>&1 &
     pids+=("$!")
     wait_http "http://127.0.0.1:$port/v2/health/live" 100 "$!" || fail "maas-gateway ($name) did not start (see $OUT/logs/gateway-$name.log)"
