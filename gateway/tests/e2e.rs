@@ -244,6 +244,31 @@ async fn digits_through_gateway_is_classified_authenticated_and_metered() {
         request_ids.push(uuid::Uuid::parse_str(&request_id).expect("request id is a uuid"));
     }
 
+    // The `[upstream] backends` shorthand routes every model, and still lists what its backend
+    // serves: the repository index through the gateway names the trained model, READY.
+    let index: serde_json::Value = client
+        .post(format!("http://{gateway_addr}/v2/repository/index"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("repository index through the gateway")
+        .json()
+        .await
+        .expect("index json");
+    let listed: Vec<(&str, &str)> = index
+        .as_array()
+        .expect("the index is an array")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or(""),
+                m["state"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(listed, vec![("digits", "READY")], "{index}");
+
     // No key: 401 with a JSON error and a challenge; the backend is not reached.
     let body = serde_json::json!({
         "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": rows[0].0}]

@@ -153,7 +153,8 @@ impl Default for PoolConfig {
 
 impl PoolConfig {
     /// The pool `[upstream] backends` stands for when no `[[pools]]` is given: named
-    /// `default`, serving every model (no discovery), default health checks.
+    /// `default`, routing every model (no discovery for routing: the indexes are read only to
+    /// list the models), default health checks.
     pub fn legacy(backends: &[String]) -> Self {
         PoolConfig {
             name: "default".into(),

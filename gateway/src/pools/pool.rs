@@ -171,8 +171,14 @@ impl Pool {
 
     /// Read every backend's repository index (concurrently); a backend whose read fails keeps
     /// the models it last reported, and the failure becomes its last error.
+    ///
+    /// A pool without discovery and without a static model list (the `[upstream] backends`
+    /// shorthand: it routes every model) still reads the indexes, only so that `GET /v2` and
+    /// `POST /v2/repository/index` can list what its backends serve; there a failed read is no
+    /// error (a backend need not implement the model-repository extension).
     pub(super) async fn discover_models(&self, client: &reqwest::Client, timeout: Duration) {
-        if !self.config.discover {
+        let list_only = !self.config.discover;
+        if list_only && self.config.models.is_some() {
             return;
         }
         let members = self.members();
@@ -184,6 +190,9 @@ impl Pool {
                     }
                     b.set_models(models);
                 }
+                Err(e) if list_only => {
+                    tracing::debug!(pool = %self.config.name, backend = %b.addr, error = %e, "no repository index to list");
+                }
                 Err(e) => b.set_error(e),
             }
         });
@@ -191,11 +200,12 @@ impl Pool {
     }
 
     /// Every model some backend reports READY (within the static list, when there is one),
-    /// and the static list itself; `ready`: some eligible backend serves it now.
+    /// or the static list itself without discovery; `ready`: some eligible backend serves it
+    /// now.
     pub(super) fn models(&self) -> Vec<(String, bool)> {
         let mut names: BTreeSet<String> = BTreeSet::new();
         let members = self.members();
-        if self.config.discover {
+        if self.config.discover || self.config.models.is_none() {
             for b in members.iter() {
                 if let Some(m) = b.models() {
                     names.extend(
