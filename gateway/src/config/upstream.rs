@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UpstreamConfig {
-    /// `host:port` of each backend, plain HTTP; requests go round-robin over them, and a
-    /// connection failure is retried on the next one. Default `["127.0.0.1:8001"]`.
+    /// `host:port` of each backend, plain HTTP: the pool `default`, which routes every model to
+    /// every backend (policy p2c, default health checks and ejection), when no `[[pools]]` is
+    /// given; a connection failure is retried once on another backend. Default
+    /// `["127.0.0.1:8001"]`.
     pub backends: Vec<String>,
     /// TCP connect timeout to a backend, milliseconds. Default 1000.
     pub connect_timeout_ms: u64,
