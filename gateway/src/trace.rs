@@ -3,8 +3,6 @@
 //! gateway forwards to the backend (same trace id and flags, the gateway's own span as the
 //! parent).
 
-use std::fmt::Write as _;
-
 /// The trace a request belongs to and the gateway's span in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
@@ -16,18 +14,17 @@ pub struct TraceContext {
     pub flags: u8,
 }
 
+/// Exactly `2 * N` lower-case hex digits (the spec's `HEXDIGLC`) as `N` bytes.
 fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
+    // Fails on any other length.
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
@@ -84,24 +81,17 @@ impl TraceContext {
 
     /// The trace id as 32 lower-case hex digits.
     pub fn trace_id_hex(&self) -> String {
-        let mut s = String::with_capacity(32);
-        for b in self.trace_id {
-            let _ = write!(s, "{b:02x}");
-        }
-        s
+        hex::encode(self.trace_id)
     }
 
     /// The `traceparent` to forward: `00-<trace id>-<gateway span id>-<flags>`.
     pub fn traceparent(&self) -> String {
-        let mut s = String::with_capacity(55);
-        s.push_str("00-");
-        s.push_str(&self.trace_id_hex());
-        s.push('-');
-        for b in self.span_id {
-            let _ = write!(s, "{b:02x}");
-        }
-        let _ = write!(s, "-{:02x}", self.flags);
-        s
+        format!(
+            "00-{}-{}-{:02x}",
+            hex::encode(self.trace_id),
+            hex::encode(self.span_id),
+            self.flags
+        )
     }
 }
 

@@ -57,23 +57,26 @@ impl Pools {
     /// [`PickError::UnknownModel`] when no pool serves it; [`PickError::NoHealthyBackend`] when
     /// pools do but none of their backends is eligible.
     pub fn check(&self, model: Option<&str>) -> Result<(), PickError> {
-        let serving = self.serving(model);
-        if serving.is_empty() {
+        let mut serving = self.serving(model).peekable();
+        if serving.peek().is_none() {
             return Err(PickError::UnknownModel);
         }
-        if serving.iter().any(|p| p.has_eligible(model, None)) {
+        if serving.any(|p| p.has_eligible(model, None)) {
             Ok(())
         } else {
             Err(PickError::NoHealthyBackend)
         }
     }
 
-    /// The pools serving `model` (every pool for `None`).
-    fn serving(&self, model: Option<&str>) -> Vec<&Arc<Pool>> {
+    /// The pools serving `model` (every pool for `None`), in configuration order; no
+    /// allocation (this runs on every request).
+    fn serving<'a>(
+        &'a self,
+        model: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Pool>> + Clone + 'a {
         self.pools
             .iter()
-            .filter(|p| model.is_none_or(|m| p.serves(m) == Serves::Yes))
-            .collect()
+            .filter(move |p| model.is_none_or(|m| p.serves(m) == Serves::Yes))
     }
 
     /// A backend for `model` (`None`: any, for health routes), other than `exclude` (the one
@@ -87,14 +90,14 @@ impl Pools {
         model: Option<&str>,
         exclude: Option<SocketAddr>,
     ) -> Result<Lease, PickError> {
-        let serving = self.serving(model);
-        if serving.is_empty() {
+        let mut serving = self.serving(model).peekable();
+        if serving.peek().is_none() {
             return Err(PickError::UnknownModel);
         }
         let with_other = serving
-            .iter()
+            .clone()
             .find(|p| p.has_eligible(model, exclude))
-            .or_else(|| serving.iter().find(|p| p.has_eligible(model, None)));
+            .or_else(|| serving.find(|p| p.has_eligible(model, None)));
         with_other
             .and_then(|p| p.pick(model, exclude))
             .ok_or(PickError::NoHealthyBackend)
@@ -104,7 +107,6 @@ impl Pools {
     /// to go).
     pub fn has_other(&self, model: Option<&str>, exclude: SocketAddr) -> bool {
         self.serving(model)
-            .iter()
             .any(|p| p.has_eligible(model, Some(exclude)))
     }
 

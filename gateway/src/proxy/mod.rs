@@ -153,7 +153,7 @@ impl Gateway {
     }
 
     /// Count the finished request in the metrics and write its access log line (each when on).
-    fn observe(&self, ctx: &RequestCtx, status: u16, trace_id: &str) {
+    fn observe(&self, ctx: &RequestCtx, status: u16) {
         if self.metrics.is_none() && self.access_log == AccessLogFormat::Off {
             return;
         }
@@ -162,10 +162,11 @@ impl Gateway {
             metrics.observe(&o);
         }
         if self.access_log == AccessLogFormat::Json {
+            let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
             let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             AccessLogLine {
                 request_id: ctx.request_id,
-                trace_id,
+                trace_id: &trace_id,
                 tenant_id: ctx.principal.map(|p| p.tenant_id),
                 key_id: ctx.principal.and_then(|p| p.api_key_id),
                 model: ctx.model.as_deref(),
@@ -234,10 +235,7 @@ impl ProxyHttp for Gateway {
                     None => {}
                 }
                 if let Err(e) = self.pools.check(ctx.model.as_deref()) {
-                    if e == crate::pools::PickError::NoHealthyBackend {
-                        ctx.retry_after_s = Some(upstream::RETRY_AFTER_S);
-                    }
-                    let err = upstream::unroutable(&e, ctx.model.as_deref());
+                    let err = upstream::unroutable(&e, ctx);
                     return self.reject(session, ctx, &err).await;
                 }
                 let admission = self.usage.admit();
@@ -395,9 +393,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map_or_else(|| error_status(e), |u| u.status().as_u16());
         if code > 0 && session.response_written().is_none() {
-            let err = match code {
-                _ if unroutable.is_some() => unroutable.unwrap_or(GatewayError::Internal),
-                502 => GatewayError::BadGateway(match e.etype() {
+            let err = match (unroutable, code) {
+                (Some(err), _) => err,
+                (None, 502) => GatewayError::BadGateway(match e.etype() {
                     ErrorType::ConnectTimedout => "connecting to the backend timed out".into(),
                     ErrorType::ConnectRefused => "the backend refused the connection".into(),
                     _ if e.esource() == &ErrorSource::Upstream => {
@@ -405,13 +403,13 @@ impl ProxyHttp for Gateway {
                     }
                     _ => "the backend failed".into(),
                 }),
-                code => GatewayError::from_status(code),
+                (None, code) => GatewayError::from_status(code),
             };
             if let Err(write_err) = write_error(session, ctx, &err).await {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send the error response");
             }
         }
-        if is_connect_error(e.etype()) {
+        if upstream::is_connect_error(e.etype()) {
             ctx.outcome = Some(Outcome::NoBackend);
         }
         FailToProxy {
@@ -436,10 +434,9 @@ impl ProxyHttp for Gateway {
                 &limits.prices,
             );
         }
-        let trace_id = ctx.trace.map(|t| t.trace_id_hex()).unwrap_or_default();
         tracing::debug!(
             request_id = %ctx.request_id,
-            trace_id,
+            trace_id = ctx.trace.map(|t| t.trace_id_hex()),
             status,
             error_type = ctx.error_type,
             error = e.map(|e| e.to_string()),
@@ -448,19 +445,8 @@ impl ProxyHttp for Gateway {
         );
         self.usage.send(event, ctx.admission).await;
         ctx.response_overhead += entered.elapsed();
-        self.observe(ctx, status, &trace_id);
+        self.observe(ctx, status);
     }
-}
-
-/// Whether `etype` says no connection to a backend could be made (nothing was sent).
-fn is_connect_error(etype: &ErrorType) -> bool {
-    matches!(
-        etype,
-        ErrorType::ConnectTimedout
-            | ErrorType::ConnectRefused
-            | ErrorType::ConnectNoRoute
-            | ErrorType::ConnectError
-    )
 }
 
 #[cfg(test)]

@@ -16,14 +16,31 @@ use crate::pools::{PickError, Pools};
 const MAX_TRIES: usize = 2;
 
 /// `Retry-After` seconds of a 503 for a model without a healthy backend.
-pub(super) const RETRY_AFTER_S: u64 = 1;
+const RETRY_AFTER_S: u64 = 1;
 
-/// The error a request for `model` is answered with when `err` kept it from a backend.
-pub(super) fn unroutable(err: &PickError, model: Option<&str>) -> GatewayError {
+/// The error the request is answered with when `err` kept it from a backend; a 503 for a model
+/// without a healthy backend sets its `Retry-After` in `ctx`.
+pub(super) fn unroutable(err: &PickError, ctx: &mut RequestCtx) -> GatewayError {
     match err {
-        PickError::UnknownModel => GatewayError::UnknownModel(model.unwrap_or_default().into()),
-        PickError::NoHealthyBackend => GatewayError::NoHealthyBackend(model.map(Into::into)),
+        PickError::UnknownModel => {
+            GatewayError::UnknownModel(ctx.model.clone().unwrap_or_default())
+        }
+        PickError::NoHealthyBackend => {
+            ctx.retry_after_s = Some(RETRY_AFTER_S);
+            GatewayError::NoHealthyBackend(ctx.model.clone())
+        }
     }
+}
+
+/// Whether `etype` says no connection to a backend could be made (nothing was sent).
+pub(super) fn is_connect_error(etype: &ErrorType) -> bool {
+    matches!(
+        etype,
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+    )
 }
 
 /// The peer of the next try: a backend chosen by the pools for the request's model, other than
@@ -48,10 +65,7 @@ pub(super) fn next_peer(
             Ok(Box::new(peer))
         }
         Err(e) => {
-            let err = unroutable(&e, ctx.model.as_deref());
-            if matches!(e, PickError::NoHealthyBackend) {
-                ctx.retry_after_s = Some(RETRY_AFTER_S);
-            }
+            let err = unroutable(&e, ctx);
             let status = err.status().as_u16();
             let message = err.to_string();
             ctx.unroutable = Some(err);
@@ -129,16 +143,8 @@ pub(super) fn answered(ctx: &RequestCtx, status: u16) {
 /// `fail_to_proxy`: the error for a request whose tries all failed to connect when no
 /// healthy backend is left for its model (the 503 with `Retry-After`), else `None`.
 pub(super) fn exhausted(pools: &Pools, ctx: &mut RequestCtx, e: &Error) -> Option<GatewayError> {
-    let connect = matches!(
-        e.etype(),
-        ErrorType::ConnectRefused
-            | ErrorType::ConnectTimedout
-            | ErrorType::ConnectError
-            | ErrorType::ConnectNoRoute
-    );
-    if connect && pools.check(ctx.model.as_deref()).is_err() {
-        ctx.retry_after_s = Some(RETRY_AFTER_S);
-        return Some(GatewayError::NoHealthyBackend(ctx.model.clone()));
+    if is_connect_error(e.etype()) && pools.check(ctx.model.as_deref()).is_err() {
+        return Some(unroutable(&PickError::NoHealthyBackend, ctx));
     }
     None
 }
