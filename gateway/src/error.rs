@@ -19,8 +19,10 @@ pub enum GatewayError {
     /// The key is not one the gateway issued (unknown hash or wrong format).
     #[error("invalid API key")]
     InvalidApiKey,
-    /// `Authorization: Bearer` and `x-api-key` carry different credentials.
-    #[error("two different credentials: send either Authorization: Bearer or x-api-key, not both")]
+    /// More than one credential header: a repeated `Authorization` or `x-api-key`, or both.
+    #[error(
+        "more than one credential: send exactly one Authorization: Bearer or x-api-key header"
+    )]
     ConflictingCredentials,
     /// A JWT bearer token was refused (see [`crate::auth::jwt::JwtError`] for the messages), or it
     /// names a tenant that does not exist.

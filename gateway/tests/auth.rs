@@ -221,6 +221,27 @@ async fn jwts_are_verified_scoped_and_metered() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400);
+    // Two Authorization headers, even with the same valid token: 400, not the first one served.
+    let good = token(Algorithm::HS256, None, json!({}));
+    for second in [
+        good.clone(),
+        token(Algorithm::HS256, None, json!({"sub": "svc-2"})),
+    ] {
+        let resp = client
+            .post(format!("http://{gw_addr}/v2/models/dense/infer"))
+            .header("authorization", format!("Bearer {good}"))
+            .header("authorization", format!("Bearer {second}"))
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["error"],
+            "more than one credential: send exactly one Authorization: Bearer or x-api-key header"
+        );
+    }
 
     // Unknown kids: the JWK Set is re-read at most once per interval, and a key rotated in is
     // picked up on its first token once the interval has passed.

@@ -182,6 +182,28 @@ async fn authenticates_forwards_and_meters() {
     assert_eq!(ok2.body["request_id"], ok2.request_id().to_string());
     assert_ne!(ok2.request_id(), ok_id);
 
+    // More than one credential, even the same valid key twice: 400, none of them served.
+    for headers in [
+        [("x-api-key", key.as_str()), ("x-api-key", key.as_str())],
+        [("x-api-key", key.as_str()), ("x-api-key", "maas_other")],
+        [
+            ("authorization", bearer.as_str()),
+            ("authorization", bearer.as_str()),
+        ],
+        [
+            ("authorization", bearer.as_str()),
+            ("x-api-key", key.as_str()),
+        ],
+    ] {
+        let two = call(&client, gw, "/v2/models/dense/infer", &headers).await;
+        expected_rows += 1;
+        assert_json_error(&two, 400);
+        assert_eq!(
+            two.body,
+            json!({"error": "more than one credential: send exactly one Authorization: Bearer or x-api-key header"})
+        );
+    }
+
     // Missing key.
     let missing = call(&client, gw, "/v2/models/dense/infer", &[]).await;
     expected_rows += 1;

@@ -5,17 +5,31 @@ use pingora::http::RequestHeader;
 
 use crate::error::GatewayError;
 
-/// Extract the presented key from the request headers.
+/// Extract the one credential presented in the request headers.
 ///
-/// `Authorization: Bearer <key>` (scheme case-insensitive) or `x-api-key: <key>`; both may be
-/// sent only with the same key.
+/// Exactly one `Authorization: Bearer <credential>` (scheme case-insensitive) or one
+/// `x-api-key: <credential>` header. A request carrying more than one credential header is
+/// ambiguous and refused whatever the values: a repeated `Authorization`, a repeated
+/// `x-api-key`, or both kinds (RFC 6750 section 2: a client must not use more than one method
+/// to transmit the token in each request).
 ///
 /// # Errors
-/// [`GatewayError::MissingApiKey`] when neither header is present;
+/// [`GatewayError::MissingApiKey`] when neither header is present (or the credential is empty);
 /// [`GatewayError::MalformedAuthorization`] for another scheme or non-text header;
-/// [`GatewayError::ConflictingCredentials`] when the two headers carry different values.
+/// [`GatewayError::InvalidApiKey`] for an `x-api-key` that is not text;
+/// [`GatewayError::ConflictingCredentials`] when more than one credential header is present.
 pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
-    if let Some(value) = req.headers.get(http::header::AUTHORIZATION) {
+    let mut authorization = req.headers.get_all(http::header::AUTHORIZATION).iter();
+    let mut api_key = req.headers.get_all(API_KEY).iter();
+    let (first_auth, first_key) = (authorization.next(), api_key.next());
+    let presented = usize::from(first_auth.is_some())
+        + usize::from(first_key.is_some())
+        + authorization.count()
+        + api_key.count();
+    if presented > 1 {
+        return Err(GatewayError::ConflictingCredentials);
+    }
+    if let Some(value) = first_auth {
         let value = value
             .to_str()
             .map_err(|_| GatewayError::MalformedAuthorization)?
@@ -26,28 +40,24 @@ pub fn presented_key(req: &RequestHeader) -> Result<String, GatewayError> {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(GatewayError::MalformedAuthorization);
         }
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(GatewayError::MissingApiKey);
-        }
-        if let Some(other) = req.headers.get("x-api-key") {
-            if other.to_str().ok().map(str::trim) != Some(token) {
-                return Err(GatewayError::ConflictingCredentials);
-            }
-        }
-        return Ok(token.to_string());
+        return non_empty(token);
     }
-    if let Some(value) = req.headers.get("x-api-key") {
-        let token = value
-            .to_str()
-            .map_err(|_| GatewayError::InvalidApiKey)?
-            .trim();
-        if token.is_empty() {
-            return Err(GatewayError::MissingApiKey);
-        }
-        return Ok(token.to_string());
+    if let Some(value) = first_key {
+        let token = value.to_str().map_err(|_| GatewayError::InvalidApiKey)?;
+        return non_empty(token);
     }
     Err(GatewayError::MissingApiKey)
+}
+
+/// The header that carries an API key without a scheme.
+const API_KEY: &str = "x-api-key";
+
+fn non_empty(token: &str) -> Result<String, GatewayError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(GatewayError::MissingApiKey);
+    }
+    Ok(token.to_string())
 }
 
 #[cfg(test)]
@@ -57,7 +67,7 @@ mod tests {
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("POST", b"/v2/models/m/infer", None).unwrap();
         for (k, v) in headers {
-            r.insert_header(k.to_string(), *v).unwrap();
+            r.append_header(k.to_string(), *v).unwrap();
         }
         r
     }
@@ -83,19 +93,37 @@ mod tests {
             Err(GatewayError::MalformedAuthorization)
         );
         assert_eq!(
-            presented_key(&req(&[
-                ("authorization", "Bearer abc"),
-                ("x-api-key", "xyz")
-            ])),
-            Err(GatewayError::ConflictingCredentials)
+            presented_key(&req(&[("x-api-key", " ")])),
+            Err(GatewayError::MissingApiKey)
         );
-        assert_eq!(
-            presented_key(&req(&[
+    }
+
+    #[test]
+    fn more_than_one_credential_is_refused_whatever_the_values() {
+        for headers in [
+            &[("authorization", "Bearer abc"), ("x-api-key", "xyz")][..],
+            &[("authorization", "Bearer abc"), ("x-api-key", " abc")],
+            &[
                 ("authorization", "Bearer abc"),
-                ("x-api-key", " abc")
-            ]))
-            .unwrap(),
-            "abc"
-        );
+                ("authorization", "Bearer xyz"),
+            ],
+            &[
+                ("authorization", "Bearer abc"),
+                ("authorization", "Bearer abc"),
+            ],
+            &[
+                ("authorization", "Bearer abc"),
+                ("authorization", "Basic eA=="),
+            ],
+            &[("x-api-key", "abc"), ("x-api-key", "xyz")],
+            &[("x-api-key", "abc"), ("x-api-key", "abc")],
+            &[("x-api-key", "abc"), ("x-api-key", "")],
+        ] {
+            assert_eq!(
+                presented_key(&req(headers)),
+                Err(GatewayError::ConflictingCredentials),
+                "{headers:?}"
+            );
+        }
     }
 }
