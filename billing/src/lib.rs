@@ -7,6 +7,7 @@
 //! - [`plans`]: per-model prices (integer micro-USD) and included units.
 //! - [`Period`]: the billing period, one calendar month (UTC).
 //! - [`rollup_totals`]: billable usage summed from the hourly rollups.
+//! - [`add_refused`]: requests the gateway refused, counted per tenant, outcome and minute.
 //! - [`invoice`]: monthly invoices from the rollups (rounding rule documented there).
 //! - [`report`]: usage per hour or day in any IANA time zone, by model and/or key.
 //! - [`export`]: CSV, JSON lines and CloudEvents 1.0 exports of the raw events.
@@ -17,13 +18,15 @@ pub mod export;
 pub mod invoice;
 mod period;
 pub mod plans;
+mod refused;
 pub mod report;
 mod usage;
 
 pub use period::Period;
+pub use refused::{add_refused, refused_by_outcome, RefusedCount};
 pub use usage::{
     create_usage_partition, ensure_usage_partitions, insert_usage_events, rollup_totals,
-    usage_summary, RollupFilter, RollupTotals, UsageEvent, UsageSummary,
+    usage_summary, CallKind, RollupFilter, RollupTotals, UsageEvent, UsageSummary,
 };
 
 /// All sqlx migrations of the project, from the workspace's `migrations/` folder.

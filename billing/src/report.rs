@@ -111,13 +111,20 @@ const FROM_EVENTS: &str = "\
 SELECT date_trunc($4, started_at AT TIME ZONE $5) AT TIME ZONE $5 AS bucket_start, \
     to_char(date_trunc($4, started_at AT TIME ZONE $5), 'YYYY-MM-DD\"T\"HH24:MI:SS') AS local_start, \
     CASE WHEN $6 THEN model END AS model, CASE WHEN $7 THEN api_key_id END AS api_key_id, \
-    count(*) AS requests, \
-    count(*) FILTER (WHERE http_status BETWEEN 200 AND 299) AS billable_requests, \
-    count(*) FILTER (WHERE http_status >= 400 OR http_status < 100) AS error_requests, \
-    coalesce(sum(inference_count) FILTER (WHERE http_status BETWEEN 200 AND 299), 0)::bigint AS inference_count, \
-    coalesce(sum(compute_us) FILTER (WHERE http_status BETWEEN 200 AND 299), 0)::bigint AS compute_us, \
+    sum(n)::bigint AS requests, \
+    count(*) FILTER (WHERE http_status BETWEEN 200 AND 299 AND call = 'inference') AS billable_requests, \
+    coalesce(sum(n) FILTER (WHERE http_status >= 400 OR http_status < 100), 0)::bigint AS error_requests, \
+    coalesce(sum(inference_count) FILTER (WHERE http_status BETWEEN 200 AND 299 AND call = 'inference'), 0)::bigint AS inference_count, \
+    coalesce(sum(compute_us) FILTER (WHERE http_status BETWEEN 200 AND 299 AND call = 'inference'), 0)::bigint AS compute_us, \
     sum(request_bytes)::bigint AS request_bytes, sum(response_bytes)::bigint AS response_bytes \
-FROM usage_events WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 \
+FROM ( \
+    SELECT started_at, model, api_key_id, http_status, call, inference_count, compute_us, \
+        request_bytes, response_bytes, 1::bigint AS n \
+    FROM usage_events WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 \
+    UNION ALL \
+    SELECT minute, NULL, NULL, 0::smallint, 'other', 0, 0, 0, 0, requests \
+    FROM refused_requests WHERE tenant_id = $1 AND minute >= $2 AND minute < $3 \
+) AS e \
 GROUP BY 1, 2, 3, 4 ORDER BY 1, 3 NULLS FIRST, 4 NULLS FIRST";
 
 /// Whether `tz` is a whole number of hours from UTC at every hour of `[from, to)`.

@@ -9,7 +9,8 @@ use crate::period::Period;
 /// One request as seen by the gateway (the row of `usage_events`).
 ///
 /// Rejected requests (401, 403, 404, ...) are usage events too, with `tenant_id` / `api_key_id`
-/// `None` when the caller could not be identified; only 2xx events are billable.
+/// `None` when the caller could not be identified; only 2xx inference calls are billable
+/// ([`CallKind::Inference`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
     /// Request id (UUIDv7), also returned to the client as `x-request-id`; the dedup key.
@@ -26,6 +27,8 @@ pub struct UsageEvent {
     pub model_version: Option<String>,
     /// HTTP status sent to the client.
     pub http_status: i16,
+    /// What kind of call it was; only [`CallKind::Inference`] is billable.
+    pub call: CallKind,
     /// Rows processed (the batch dimension summed over the request), from the backend's
     /// `x-maas-inference-count` header; 0 when the backend did not run.
     pub inference_count: i64,
@@ -39,6 +42,69 @@ pub struct UsageEvent {
     pub latency_us: i64,
 }
 
+/// The kind of an Open Inference Protocol v2 call (KServe `rest.md`), stored in
+/// `usage_events.call`. Only inference calls are billable: a 2xx inference call counts as a
+/// billable request with its rows and compute; every other kind is recorded and never priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CallKind {
+    /// `POST /v2/models/{model}[/versions/{version}]/infer`.
+    #[default]
+    Inference,
+    /// Model metadata (`GET /v2/models/{model}[/versions/{version}]`) or server metadata
+    /// (`GET /v2`).
+    Metadata,
+    /// Model readiness (`GET /v2/models/{model}[/versions/{version}]/ready`).
+    Readiness,
+    /// The model repository index (`POST /v2/repository/index`).
+    Index,
+    /// Anything else (a path the gateway does not route).
+    Other,
+}
+
+impl CallKind {
+    /// Every kind, in the order of [`CallKind::code`].
+    pub const ALL: [CallKind; 5] = [
+        CallKind::Inference,
+        CallKind::Metadata,
+        CallKind::Readiness,
+        CallKind::Index,
+        CallKind::Other,
+    ];
+
+    /// The value stored in `usage_events.call`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Inference => "inference",
+            CallKind::Metadata => "metadata",
+            CallKind::Readiness => "readiness",
+            CallKind::Index => "index",
+            CallKind::Other => "other",
+        }
+    }
+
+    /// A small stable number for compact encodings (0: inference, then in [`CallKind::ALL`]
+    /// order).
+    pub fn code(self) -> u8 {
+        match self {
+            CallKind::Inference => 0,
+            CallKind::Metadata => 1,
+            CallKind::Readiness => 2,
+            CallKind::Index => 3,
+            CallKind::Other => 4,
+        }
+    }
+
+    /// The kind of [`CallKind::code`] `code`, `None` for an unknown one.
+    pub fn from_code(code: u8) -> Option<CallKind> {
+        CallKind::ALL.get(usize::from(code)).copied()
+    }
+
+    /// Whether a call of this kind answered 2xx is billable (only inference calls are).
+    pub fn is_billable(self) -> bool {
+        self == CallKind::Inference
+    }
+}
+
 /// The statement behind [`insert_usage_events`]: the batch as UNNEST arrays, inserted with
 /// `ON CONFLICT (request_id, started_at) DO NOTHING`, and `usage_hourly` upserted in the same
 /// statement from exactly the rows the insert returned (so a duplicate adds nothing anywhere).
@@ -47,22 +113,23 @@ const INSERT_USAGE_SQL: &str = "\
 WITH ins AS ( \
     INSERT INTO usage_events (request_id, started_at, tenant_id, api_key_id, model, \
         model_version, http_status, inference_count, compute_us, request_bytes, \
-        response_bytes, latency_us) \
+        response_bytes, latency_us, call) \
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], \
         $6::text[], $7::smallint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-        $12::bigint[]) \
+        $12::bigint[], $13::text[]) \
     ON CONFLICT (request_id, started_at) DO NOTHING \
     RETURNING tenant_id, api_key_id, model, started_at, http_status, inference_count, \
-        compute_us, request_bytes, response_bytes \
+        compute_us, request_bytes, response_bytes, \
+        (http_status BETWEEN 200 AND 299 AND call = 'inference') AS billable \
 ), up AS ( \
     INSERT INTO usage_hourly AS h (tenant_id, api_key_id, model, hour, requests, \
         billable_requests, error_requests, inference_count, compute_us, request_bytes, \
         response_bytes) \
     SELECT tenant_id, api_key_id, model, date_trunc('hour', started_at, 'UTC'), count(*), \
-        count(*) FILTER (WHERE http_status BETWEEN 200 AND 299), \
+        count(*) FILTER (WHERE billable), \
         count(*) FILTER (WHERE http_status >= 400 OR http_status < 100), \
-        coalesce(sum(inference_count) FILTER (WHERE http_status BETWEEN 200 AND 299), 0), \
-        coalesce(sum(compute_us) FILTER (WHERE http_status BETWEEN 200 AND 299), 0), \
+        coalesce(sum(inference_count) FILTER (WHERE billable), 0), \
+        coalesce(sum(compute_us) FILTER (WHERE billable), 0), \
         sum(request_bytes), sum(response_bytes) \
     FROM ins GROUP BY 1, 2, 3, 4 \
     ON CONFLICT ON CONSTRAINT usage_hourly_key DO UPDATE SET \
@@ -122,6 +189,7 @@ async fn insert_once(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::
     let mut request_bytes = Vec::with_capacity(n);
     let mut response_bytes = Vec::with_capacity(n);
     let mut latency_us = Vec::with_capacity(n);
+    let mut call = Vec::with_capacity(n);
     for e in events {
         request_id.push(e.request_id);
         started_at.push(e.started_at);
@@ -135,6 +203,7 @@ async fn insert_once(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::
         request_bytes.push(e.request_bytes);
         response_bytes.push(e.response_bytes);
         latency_us.push(e.latency_us);
+        call.push(e.call.as_str());
     }
     let (inserted,): (i64,) = sqlx::query_as(INSERT_USAGE_SQL)
         .bind(&request_id)
@@ -149,6 +218,7 @@ async fn insert_once(pool: &PgPool, events: &[UsageEvent]) -> Result<u64, sqlx::
         .bind(&request_bytes)
         .bind(&response_bytes)
         .bind(&latency_us)
+        .bind(&call)
         .fetch_one(pool)
         .await?;
     Ok(u64::try_from(inserted).unwrap_or(0))
@@ -203,12 +273,14 @@ pub async fn ensure_usage_partitions(
 pub struct UsageSummary {
     /// Requests recorded (all statuses).
     pub requests: i64,
-    /// Requests answered 2xx (the billable ones).
+    /// Inference calls answered 2xx (the billable ones).
     pub successful_requests: i64,
-    /// Rows processed by successful requests.
+    /// Rows processed by successful inference calls.
     pub inference_count: i64,
-    /// Backend compute microseconds of successful requests.
+    /// Backend compute microseconds of successful inference calls.
     pub compute_us: i64,
+    /// Requests the gateway refused itself (counted in `refused_requests`, not in `requests`).
+    pub refused_requests: i64,
 }
 
 /// Sums the usage of tenant `tenant_name` with `from <= started_at < to` (UTC).
@@ -221,11 +293,14 @@ pub async fn usage_summary(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<UsageSummary, sqlx::Error> {
-    let row: (i64, i64, i64, i64) = sqlx::query_as(
+    let row: (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT count(*), \
-                count(*) FILTER (WHERE u.http_status BETWEEN 200 AND 299), \
-                coalesce(sum(u.inference_count) FILTER (WHERE u.http_status BETWEEN 200 AND 299), 0)::bigint, \
-                coalesce(sum(u.compute_us) FILTER (WHERE u.http_status BETWEEN 200 AND 299), 0)::bigint \
+                count(*) FILTER (WHERE u.http_status BETWEEN 200 AND 299 AND u.call = 'inference'), \
+                coalesce(sum(u.inference_count) FILTER (WHERE u.http_status BETWEEN 200 AND 299 AND u.call = 'inference'), 0)::bigint, \
+                coalesce(sum(u.compute_us) FILTER (WHERE u.http_status BETWEEN 200 AND 299 AND u.call = 'inference'), 0)::bigint, \
+                (SELECT coalesce(sum(r.requests), 0)::bigint FROM refused_requests r \
+                 JOIN tenants t ON t.id = r.tenant_id \
+                 WHERE t.name = $1 AND r.minute >= $2 AND r.minute < $3) \
          FROM usage_events u JOIN tenants t ON t.id = u.tenant_id \
          WHERE t.name = $1 AND u.started_at >= $2 AND u.started_at < $3",
     )
@@ -239,6 +314,7 @@ pub async fn usage_summary(
         successful_requests: row.1,
         inference_count: row.2,
         compute_us: row.3,
+        refused_requests: row.4,
     })
 }
 

@@ -72,6 +72,7 @@ fn ev(
         model: Some(model.to_string()),
         model_version: None,
         http_status: status,
+        call: maas_billing::CallKind::Inference,
         inference_count: inferences,
         compute_us,
         request_bytes: 100,

@@ -62,6 +62,7 @@ async fn plans_invoice_export_and_report_from_the_command_line() {
             model: Some("digits".into()),
             model_version: None,
             http_status: if i % 10 == 0 { 500 } else { 200 },
+            call: maas_billing::CallKind::Inference,
             inference_count: 4,
             compute_us: 1200,
             request_bytes: 600,

@@ -44,6 +44,7 @@ fn event(tenant: Option<Uuid>, status: i16, inferences: i64, second: u32) -> Usa
         model: Some("digits".into()),
         model_version: None,
         http_status: status,
+        call: maas_billing::CallKind::Inference,
         inference_count: inferences,
         compute_us: 100 * inferences,
         request_bytes: 300,

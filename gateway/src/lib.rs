@@ -25,6 +25,7 @@ mod invalidation;
 mod limits;
 mod metering;
 mod metrics;
+mod oip;
 mod pools;
 mod proxy;
 mod serve;

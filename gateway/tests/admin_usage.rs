@@ -107,6 +107,7 @@ fn event(
         model: Some(model.into()),
         model_version: Some("1".into()),
         http_status,
+        call: maas_billing::CallKind::Inference,
         inference_count,
         compute_us,
         request_bytes: 100,

@@ -91,26 +91,6 @@ struct Row {
     latency_us: i64,
 }
 
-/// Wait until `usage_events` holds `n` rows (the writer flushes every 50 ms here).
-async fn wait_for_rows(pool: &PgPool, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        if count >= n {
-            assert_eq!(count, n, "more usage rows than requests");
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {count} of {n} usage rows written"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn usage_row(pool: &PgPool, id: Uuid) -> Row {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT tenant_id, api_key_id, model, model_version, http_status, inference_count, \

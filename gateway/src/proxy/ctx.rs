@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use maas_billing::UsageEvent;
+use maas_billing::{CallKind, UsageEvent};
 use uuid::Uuid;
 
 use crate::auth::Principal;
@@ -29,6 +29,13 @@ pub struct RequestCtx {
     pub model: Option<String>,
     /// Model version from the path.
     pub model_version: Option<String>,
+    /// What kind of call the path names (only inference calls are billable).
+    pub call: CallKind,
+    /// Rows the request declares (the first dimension of its first input's shape), when read
+    /// before admission; reserved from quotas and budgets.
+    pub declared_rows: Option<u64>,
+    /// The status of the backend's response header, once it arrived.
+    pub upstream_status: Option<u16>,
     /// Authenticated (or at least identified) caller.
     pub principal: Option<Principal>,
     /// From the backend's `x-maas-inference-count`.
@@ -91,6 +98,9 @@ impl RequestCtx {
             started: Instant::now(),
             model: None,
             model_version: None,
+            call: CallKind::Other,
+            declared_rows: None,
+            upstream_status: None,
             principal: None,
             inference_count: 0,
             compute_us: 0,
@@ -126,6 +136,7 @@ impl RequestCtx {
             model: self.model.clone(),
             model_version: self.model_version.clone(),
             http_status: i16::try_from(http_status).unwrap_or(i16::MAX),
+            call: self.call,
             inference_count: self.inference_count,
             compute_us: self.compute_us,
             request_bytes: i64::try_from(self.request_bytes).unwrap_or(i64::MAX),

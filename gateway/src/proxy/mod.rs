@@ -23,6 +23,7 @@
 //!   written to the access log (each when on).
 
 mod ctx;
+mod declared;
 mod local;
 mod respond;
 mod route;
@@ -42,6 +43,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use maas_billing::CallKind;
 use maas_protocol::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 
 use self::respond::{error_status, header_i64, insert_rate_headers, write_error};
@@ -49,7 +51,7 @@ use crate::access_log::AccessLogLine;
 use crate::auth::{presented_key, Authenticator, Principal};
 use crate::config::AccessLogFormat;
 use crate::error::GatewayError;
-use crate::limits::{self, LimitResolver, Limiter};
+use crate::limits::{self, Demand, LimitResolver, Limiter};
 use crate::metering::{Admission, UsageSender};
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::pools::Pools;
@@ -122,7 +124,17 @@ impl Gateway {
                 tracing::error!(error = %e, "limit lookup failed");
                 GatewayError::AuthUnavailable
             })?;
-        match self.limiter.admit(pool, ctx.request_id, &limits).await {
+        let demand = match ctx.call {
+            CallKind::Inference => Demand::Inference {
+                rows: ctx.declared_rows,
+            },
+            _ => Demand::Unbilled,
+        };
+        match self
+            .limiter
+            .admit(pool, ctx.request_id, &limits, demand)
+            .await
+        {
             limits::Admission::Unlimited => Ok(()),
             limits::Admission::Admitted(permit) => {
                 ctx.rate_headers = permit.headers.clone();
@@ -199,10 +211,12 @@ impl ProxyHttp for Gateway {
         ctx.trace = Some(TraceContext::accept(
             traceparent.and_then(|v| v.to_str().ok()),
         ));
-        let route = match parse_route(session.req_header().uri.path()) {
+        let path = session.req_header().uri.path();
+        let route = match parse_route(path) {
             Ok(route) => route,
             Err(e) => return self.reject(session, ctx, &e).await,
         };
+        ctx.call = route::call_kind(&route, path);
         if let Route::Model { model, version } = &route {
             ctx.model = Some(model.clone());
             ctx.model_version = version.clone();
@@ -244,6 +258,12 @@ impl ProxyHttp for Gateway {
                     let full = GatewayError::Http(http::StatusCode::SERVICE_UNAVAILABLE);
                     return self.reject(session, ctx, &full).await;
                 }
+                if ctx.call == CallKind::Inference {
+                    ctx.declared_rows = declared::read_declared_rows(session).await?;
+                }
+                // A client that leaves after sending its request does not abort the backend's
+                // work: the response is read to its end, metered and the limits held until then.
+                session.as_mut().set_abort_on_close(false);
                 match self.admit(principal, ctx).await {
                     Ok(()) => Ok(false),
                     Err(e) => self.reject(session, ctx, &e).await,
@@ -333,6 +353,7 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         let entered = Instant::now();
         ctx.upstream_done = Some(entered);
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         upstream::answered(ctx, upstream_response.status.as_u16());
         if let Some(n) = header_i64(upstream_response, INFERENCE_COUNT) {
             ctx.inference_count = n;
@@ -420,12 +441,15 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         let entered = Instant::now();
+        // A client gone before the response header reached it: what the backend answered.
         let status = session
             .response_written()
-            .map_or(0, |resp| resp.status.as_u16());
+            .map(|resp| resp.status.as_u16())
+            .or(ctx.upstream_status)
+            .unwrap_or(0);
         let event = ctx.usage_event(status);
         if let (Some(permit), Some(limits)) = (ctx.permit.take(), ctx.limits.take()) {
-            let success = (200..300).contains(&status);
+            let success = (200..300).contains(&status) && ctx.call.is_billable();
             self.limiter.finish(
                 permit,
                 success,

@@ -10,6 +10,8 @@
 //!
 //! Everything else is a 404 from the gateway itself.
 
+use maas_billing::CallKind;
+
 use crate::error::GatewayError;
 
 /// What a request path addresses.
@@ -83,6 +85,36 @@ pub fn parse_route(path: &str) -> Result<Route, GatewayError> {
     })
 }
 
+/// The kind of call `path` (already parsed as `route`) is, for metering: only
+/// `.../infer` is an inference (billable) call; `.../ready` is readiness; a model path with
+/// nothing after its name (and version) and `/v2` are metadata; `/v2/repository/index` is the
+/// index; anything else under a model (and the health routes, never metered) is `Other`.
+pub fn call_kind(route: &Route, path: &str) -> CallKind {
+    match route {
+        Route::ServerMetadata => CallKind::Metadata,
+        Route::RepositoryIndex => CallKind::Index,
+        Route::Health => CallKind::Other,
+        Route::Model { model, version } => {
+            let mut tail = path
+                .strip_prefix("/v2/models/")
+                .and_then(|r| r.strip_prefix(model.as_str()))
+                .unwrap_or_default();
+            if let Some(v) = version {
+                tail = tail
+                    .strip_prefix("/versions/")
+                    .and_then(|r| r.strip_prefix(v.as_str()))
+                    .unwrap_or_default();
+            }
+            match tail.trim_end_matches('/') {
+                "" => CallKind::Metadata,
+                "/infer" => CallKind::Inference,
+                "/ready" => CallKind::Readiness,
+                _ => CallKind::Other,
+            }
+        }
+    }
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 256
@@ -144,6 +176,29 @@ mod tests {
         );
         assert_eq!(parse_route("/v2/models/m/infer/"), Ok(model("m", None)));
         assert!(model("m", None).needs_auth());
+    }
+
+    #[test]
+    fn only_infer_paths_are_inference_calls() {
+        for (path, kind) in [
+            ("/v2/models/m/infer", CallKind::Inference),
+            ("/v2/models/m/infer/", CallKind::Inference),
+            ("/v2/models/m/versions/2/infer", CallKind::Inference),
+            ("/v2/models/m", CallKind::Metadata),
+            ("/v2/models/m/versions/2", CallKind::Metadata),
+            ("/v2/models/m/versions/2/", CallKind::Metadata),
+            ("/v2/models/m/ready", CallKind::Readiness),
+            ("/v2/models/m/versions/2/ready", CallKind::Readiness),
+            ("/v2/models/m/generate", CallKind::Other),
+            ("/v2/models/infer/ready", CallKind::Readiness),
+            ("/v2/models/infer", CallKind::Metadata),
+            ("/v2", CallKind::Metadata),
+            ("/v2/repository/index", CallKind::Index),
+            ("/v2/health/ready", CallKind::Other),
+        ] {
+            let route = parse_route(path).unwrap();
+            assert_eq!(call_kind(&route, path), kind, "{path}");
+        }
     }
 
     #[test]

@@ -351,3 +351,23 @@ pub async fn admin_request(
         body: resp.bytes().await.expect("admin API body").to_vec(),
     }
 }
+
+/// Wait until `usage_events` holds `n` rows (the writer flushes every 50 ms here).
+pub async fn wait_for_rows(pool: &PgPool, n: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_events")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if count >= n {
+            assert_eq!(count, n, "more usage rows than requests");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {count} of {n} usage rows written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -97,6 +97,21 @@ impl Decision {
     }
 }
 
+/// What a request takes from monthly quotas and budgets, reserved at admission and settled
+/// with the real usage in [`Limiter::finish`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// An inference call declaring `rows` rows (the first dimension of its inputs' shapes;
+    /// `None`: not known before it runs, `limits.quota_estimate_units` is reserved).
+    Inference {
+        /// Declared rows.
+        rows: Option<u64>,
+    },
+    /// A call that is never billed (metadata, readiness, index): rates and concurrency apply,
+    /// nothing is reserved from quotas and budgets.
+    Unbilled,
+}
+
 /// The outcome of [`Limiter::admit`].
 #[derive(Debug)]
 pub enum Admission {
@@ -283,15 +298,17 @@ impl Limiter {
         lock(&self.inner.refused).clear();
     }
 
-    /// Decide whether request `request_id` under `limits` may go ahead, consuming from every
-    /// limit only if all allow it. `pool` rebuilds missing monthly counters.
+    /// Decide whether request `request_id` under `limits`, taking `demand` from quotas and
+    /// budgets, may go ahead, consuming from every limit only if all allow it (one decision:
+    /// one Redis script call). `pool` rebuilds missing monthly counters.
     pub async fn admit(
         &self,
         pool: &PgPool,
         request_id: Uuid,
         limits: &RequestLimits,
+        demand: Demand,
     ) -> Admission {
-        let (admission, backend) = self.decide(pool, request_id, limits).await;
+        let (admission, backend) = self.decide(pool, request_id, limits, demand).await;
         self.inner.stats.count(backend, &admission);
         admission
     }
@@ -302,13 +319,14 @@ impl Limiter {
         pool: &PgPool,
         request_id: Uuid,
         limits: &RequestLimits,
+        demand: Demand,
     ) -> (Admission, LimiterBackend) {
         use LimiterBackend::{Local, Redis};
         if limits.is_empty() {
             return (Admission::Unlimited, Local);
         }
         let now = Utc::now();
-        let items = plan(limits, &self.inner.config, Period::of(now));
+        let items = plan(limits, &self.inner.config, Period::of(now), demand);
         if items.is_empty() {
             return (Admission::Unlimited, Local);
         }

@@ -4,6 +4,7 @@
 
 use maas_billing::Period;
 
+use super::Demand;
 use crate::config::LimitsConfig;
 use crate::limits::rules::{CounterId, RequestLimits};
 
@@ -45,9 +46,34 @@ pub(super) struct Item {
     pub(super) kind: Kind,
 }
 
+impl Item {
+    /// What the item reserves for its request: quota units, budget thousandths of micro-USD,
+    /// 0 for rates and concurrency.
+    pub(super) fn reserved(&self) -> i64 {
+        match self.kind {
+            Kind::Quota { estimate, .. } => estimate,
+            Kind::Budget { estimate_milli, .. } => estimate_milli,
+            Kind::Gcra { .. } | Kind::Concurrency { .. } => 0,
+        }
+    }
+}
+
 /// The items of a request under `limits`: one per limit of each governed counter, in the order
-/// the admission script checks them; monthly counters are keyed by `period`.
-pub(super) fn plan(limits: &RequestLimits, config: &LimitsConfig, period: Period) -> Vec<Item> {
+/// the admission script checks them; monthly counters are keyed by `period`. Quotas and
+/// budgets reserve what `demand` declares: an inference call's rows (or
+/// `quota_estimate_units` when unknown) and their list price; nothing for an unbilled call.
+pub(super) fn plan(
+    limits: &RequestLimits,
+    config: &LimitsConfig,
+    period: Period,
+    demand: Demand,
+) -> Vec<Item> {
+    let units = match demand {
+        Demand::Inference { rows: Some(rows) } => i64::try_from(rows).unwrap_or(i64::MAX),
+        Demand::Inference { rows: None } => config.quota_estimate_units,
+        Demand::Unbilled => 0,
+    };
+    let requests = i64::from(demand != Demand::Unbilled);
     let mut out = Vec::new();
     for (counter, rule) in &limits.rules {
         let base = format!("{KEY_PREFIX}{counter}");
@@ -90,7 +116,7 @@ pub(super) fn plan(limits: &RequestLimits, config: &LimitsConfig, period: Period
                 "quota",
                 Kind::Quota {
                     limit,
-                    estimate: config.quota_estimate_units,
+                    estimate: units,
                 },
             ));
         }
@@ -100,11 +126,7 @@ pub(super) fn plan(limits: &RequestLimits, config: &LimitsConfig, period: Period
                 "budget",
                 Kind::Budget {
                     limit_milli: limit.saturating_mul(1000),
-                    estimate_milli: limits.prices.list_cost_milli(
-                        1,
-                        config.quota_estimate_units,
-                        0,
-                    ),
+                    estimate_milli: limits.prices.list_cost_milli(requests, units, 0),
                 },
             ));
         }

@@ -33,6 +33,9 @@ pub(super) struct Refusal {
     pub(super) denial: Denial,
     /// The counter's tenant (invalidation by tenant drops it).
     pub(super) tenant: uuid::Uuid,
+    /// What the refused request would have reserved (quota units, budget thousandths of
+    /// micro-USD; 0 for rates and concurrency): a request reserving less is asked of Redis.
+    pub(super) reserved: i64,
 }
 
 /// What the admission script answered.
@@ -48,7 +51,8 @@ impl Inner {
         let now = Instant::now();
         refused.retain(|_, r| r.until > now);
         items.iter().find_map(|i| {
-            refused.get(&i.key).map(|r| Denial {
+            let r = refused.get(&i.key)?;
+            (i.reserved() >= r.reserved).then(|| Denial {
                 retry_after_s: r
                     .until
                     .saturating_duration_since(now)
@@ -69,6 +73,7 @@ impl Inner {
                 until,
                 denial,
                 tenant: item.counter.tenant(),
+                reserved: item.reserved(),
             },
         );
     }

@@ -8,10 +8,13 @@ use uuid::Uuid;
 
 use super::headers::{denial, rate_limit_headers};
 use super::plan::{plan, Kind};
-use super::{Admission, Limiter};
+use super::{Admission, Demand, Limiter};
 use crate::config::LimitsConfig;
 use crate::limits::rules::{CounterId, RequestLimits};
 use crate::store::{Level, LimitRule};
+
+/// An inference call whose rows are not known before it runs.
+const UNKNOWN_ROWS: Demand = Demand::Inference { rows: None };
 
 fn limits(rule: LimitRule) -> RequestLimits {
     let t = Uuid::now_v7();
@@ -48,7 +51,7 @@ fn items_and_headers() {
         monthly_inference_quota: Some(1000),
         ..rule()
     });
-    let items = plan(&l, &config, Period::parse("2026-11").unwrap());
+    let items = plan(&l, &config, Period::parse("2026-11").unwrap(), UNKNOWN_ROWS);
     assert_eq!(items.len(), 3);
     // T rounded up: 3 per second is one per 333,334 us.
     assert_eq!(
@@ -95,6 +98,39 @@ fn items_and_headers() {
     );
 }
 
+#[test]
+fn quotas_and_budgets_reserve_the_declared_rows() {
+    let config = LimitsConfig::default();
+    let mut l = limits(LimitRule {
+        monthly_inference_quota: Some(100),
+        monthly_budget_micro_usd: Some(1_000_000),
+        ..rule()
+    });
+    l.prices.per_request_micro_usd = 10;
+    l.prices.per_1k_inferences_micro_usd = 2_000;
+    let period = Period::parse("2026-11").unwrap();
+    let reserved = |demand| {
+        let items = plan(&l, &config, period, demand);
+        match (&items[0].kind, &items[1].kind) {
+            (Kind::Quota { estimate, .. }, Kind::Budget { estimate_milli, .. }) => {
+                (*estimate, *estimate_milli)
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    // 8 rows: 8 units, and 10 µUSD for the request + 8 x 2 µUSD (in thousandths).
+    assert_eq!(reserved(Demand::Inference { rows: Some(8) }), (8, 26_000));
+    assert_eq!(
+        reserved(UNKNOWN_ROWS),
+        (
+            config.quota_estimate_units,
+            10_000 + 2_000 * config.quota_estimate_units
+        )
+    );
+    // A metadata call reserves nothing (it is never billed).
+    assert_eq!(reserved(Demand::Unbilled), (0, 0));
+}
+
 #[tokio::test]
 async fn local_backend_is_all_or_nothing_and_releases() {
     let config = LimitsConfig::default();
@@ -111,14 +147,14 @@ async fn local_backend_is_all_or_nothing_and_releases() {
     let counter = l.rules[0].0.clone();
     let mut permits = vec![];
     for _ in 0..2 {
-        match limiter.admit(&pool, Uuid::now_v7(), &l).await {
+        match limiter.admit(&pool, Uuid::now_v7(), &l, UNKNOWN_ROWS).await {
             Admission::Admitted(p) => permits.push(p),
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(limiter.concurrency_in_use(&counter).await.unwrap(), 2);
     // The third is refused by concurrency, before the rate is consumed ...
-    match limiter.admit(&pool, Uuid::now_v7(), &l).await {
+    match limiter.admit(&pool, Uuid::now_v7(), &l, UNKNOWN_ROWS).await {
         Admission::Denied(d) => assert!(d.message.starts_with("concurrency limit reached")),
         other => panic!("{other:?}"),
     }
@@ -127,7 +163,7 @@ async fn local_backend_is_all_or_nothing_and_releases() {
     limiter.finish(p, true, 1, 0, &l.prices);
     drop(permits.pop());
     assert_eq!(limiter.concurrency_in_use(&counter).await.unwrap(), 0);
-    let p = match limiter.admit(&pool, Uuid::now_v7(), &l).await {
+    let p = match limiter.admit(&pool, Uuid::now_v7(), &l, UNKNOWN_ROWS).await {
         Admission::Admitted(p) => p,
         other => panic!("{other:?}"),
     };
@@ -135,7 +171,7 @@ async fn local_backend_is_all_or_nothing_and_releases() {
         p.headers.as_ref().unwrap().1,
         "\"tenant-rps\";r=0;t=3, \"tenant-concurrency\";r=1"
     );
-    match limiter.admit(&pool, Uuid::now_v7(), &l).await {
+    match limiter.admit(&pool, Uuid::now_v7(), &l, UNKNOWN_ROWS).await {
         Admission::Denied(d) => {
             assert!(
                 d.message.starts_with("rate limit exceeded: tenant-rps"),
@@ -179,7 +215,7 @@ async fn invalidating_a_tenant_forgets_its_key_counters_refusals() {
     let until = Instant::now() + Duration::from_secs(60);
     let mut refused = Vec::new();
     for l in [&mine, &theirs] {
-        let items = plan(l, &config, period);
+        let items = plan(l, &config, period, UNKNOWN_ROWS);
         let d = denial(&items[0], 1_000_000, Utc::now());
         limiter.inner.remember_refusal(&items[0], until, d);
         refused.push(items);

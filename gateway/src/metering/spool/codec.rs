@@ -2,7 +2,7 @@
 //! append, decoding on read, with a CRC-32 (IEEE 802.3) over each payload.
 
 use chrono::{DateTime, Utc};
-use maas_billing::UsageEvent;
+use maas_billing::{CallKind, UsageEvent};
 use uuid::Uuid;
 
 use super::RecordKind;
@@ -29,7 +29,8 @@ pub(super) fn encode(kind: RecordKind, e: &UsageEvent, out: &mut Vec<u8>) {
     let flags = u8::from(e.tenant_id.is_some())
         | u8::from(e.api_key_id.is_some()) << 1
         | u8::from(e.model.is_some()) << 2
-        | u8::from(e.model_version.is_some()) << 3;
+        | u8::from(e.model_version.is_some()) << 3
+        | e.call.code() << 4;
     out.push(flags);
     for id in [e.tenant_id, e.api_key_id].into_iter().flatten() {
         out.extend_from_slice(id.as_bytes());
@@ -123,6 +124,8 @@ fn decode_payload(payload: &[u8]) -> Option<(RecordKind, UsageEvent)> {
     let request_id = c.uuid()?;
     let started_at = DateTime::<Utc>::from_timestamp_micros(c.i64()?)?;
     let flags = c.u8()?;
+    // Bits 4..7: the call kind (0, inference, in records written before it was recorded).
+    let call = CallKind::from_code(flags >> 4)?;
     let tenant_id = if flags & 1 != 0 {
         Some(c.uuid()?)
     } else {
@@ -162,6 +165,7 @@ fn decode_payload(payload: &[u8]) -> Option<(RecordKind, UsageEvent)> {
             model,
             model_version,
             http_status,
+            call,
             inference_count,
             compute_us,
             request_bytes,

@@ -9,7 +9,7 @@
 //! ```text
 //! u32 LE payload length | u32 LE CRC-32 (IEEE) of the payload | payload
 //! payload: u8 kind (1 billable, 2 final) | 16 request id | i64 started_at (µs since the epoch)
-//!          | u8 presence bits (tenant, key, model, version) | [16 tenant] | [16 key]
+//!          | u8 presence bits (tenant, key, model, version; bits 4..7: the call kind) | [16 tenant] | [16 key]
 //!          | i16 status | i64 inference count | i64 compute µs | i64 request bytes
 //!          | i64 response bytes | i64 latency µs | [u16 len, model] | [u16 len, version]
 //! ```
