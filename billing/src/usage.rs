@@ -6,11 +6,11 @@ use uuid::Uuid;
 
 use crate::period::Period;
 
-/// One request as seen by the gateway (the row of `usage_events`).
+/// One request the gateway forwarded (the row of `usage_events`).
 ///
-/// Rejected requests (401, 403, 404, ...) are usage events too, with `tenant_id` / `api_key_id`
-/// `None` when the caller could not be identified; only 2xx inference calls are billable
-/// ([`CallKind::Inference`]).
+/// Requests the gateway refused itself (401, 403, 404, 429, ...) are not usage events: they
+/// are counted per tenant, outcome and minute (`crate::add_refused`). Only 2xx inference calls
+/// are billable ([`CallKind::Inference`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageEvent {
     /// Request id (UUIDv7), also returned to the client as `x-request-id`; the dedup key.

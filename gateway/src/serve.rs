@@ -21,6 +21,7 @@ use crate::limits::LimitResolver;
 use crate::limits::Limiter;
 use crate::metering;
 use crate::metering::spool::{Spool, SpoolOptions};
+use crate::metering::{RefusalWriter, Refusals};
 use crate::metrics::{GatewayState, PoolState, RequestMetrics};
 use crate::pools::{PoolRefresher, Pools};
 use crate::proxy::Gateway;
@@ -103,6 +104,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     .with_context(|| format!("opening the usage spool {}", spool_dir.display()))?;
     let (usage, writer, syncer) =
         metering::pipeline(spool.clone(), &database_url, &config.metering);
+    let refusals = Refusals::default();
     let limits = Arc::new(LimitResolver::new(
         Duration::from_millis(config.auth.cache_ttl_ms),
         config.auth.cache_capacity,
@@ -141,7 +143,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         Duration::from_millis(config.upstream.connect_timeout_ms),
         usage,
     )
-    .with_observability(request_metrics, config.metrics.access_log);
+    .with_observability(request_metrics, config.metrics.access_log)
+    .with_refusals(refusals.clone());
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
 
@@ -151,6 +154,14 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         PoolRefresher::new(pools.clone(), index_timeout),
     ));
     server.add_service(background_service("usage writer", writer));
+    server.add_service(background_service(
+        "refusal counts",
+        RefusalWriter::new(
+            refusals,
+            &database_url,
+            Duration::from_millis(config.metering.refused_flush_interval_ms),
+        ),
+    ));
     server.add_service(background_service("usage spool sync", syncer));
     server.add_service(background_service("announce", Announce { listen }));
     server.add_service(background_service(

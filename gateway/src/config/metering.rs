@@ -31,6 +31,10 @@ pub struct MeteringConfig {
     /// `usage_events` month partitions the writer keeps created ahead of the current month.
     /// Default 2.
     pub partition_months_ahead: u32,
+    /// Requests the gateway refused itself are counted per tenant, outcome and minute and
+    /// written to `refused_requests` this often, milliseconds (one statement each time).
+    /// Default 5000.
+    pub refused_flush_interval_ms: u64,
 }
 
 /// `metering.spool_full`: the policy while the spool is full (PostgreSQL down for long).
@@ -54,6 +58,7 @@ impl Default for MeteringConfig {
             spool_fsync_interval_ms: 100,
             spool_full: SpoolFullPolicy::Reject,
             partition_months_ahead: 2,
+            refused_flush_interval_ms: 5000,
         }
     }
 }

@@ -8,6 +8,9 @@
 //! - While the spool is full ([`crate::config::MeteringConfig::spool_max_bytes`]),
 //!   [`UsageSender::admit`] applies `metering.spool_full`: refuse billable requests (503) or
 //!   serve them and count their events in [`MeteringStats::dropped`] (with a log line).
+//! - Requests the gateway refused itself are not usage events: [`Refusals`] counts them per
+//!   tenant, outcome and minute and [`RefusalWriter`] adds the counts to `refused_requests`
+//!   every `metering.refused_flush_interval_ms`.
 //! - The writer ([`UsageWriter`], a pingora `BackgroundService`) sends a batch when it holds
 //!   `metering.batch_size` events or `metering.flush_interval_ms` after the batch's first event.
 //! - A batch that fails is retried with exponential backoff (100 ms doubling to 10 s), never
@@ -25,6 +28,7 @@
 //!   its own tokio runtime inside `run_forever`). It also keeps `usage_events` partitions
 //!   created `metering.partition_months_ahead` months ahead (at start, then hourly).
 
+mod refusals;
 mod sender;
 pub mod spool;
 mod writer;
@@ -35,6 +39,7 @@ use std::time::Duration;
 
 use crate::config::MeteringConfig;
 
+pub use refusals::{RefusalWriter, Refusals};
 pub use sender::{Admission, UsageSender};
 pub use spool::Spool;
 pub use writer::{SpoolSyncer, UsageWriter};

@@ -145,6 +145,15 @@ impl RequestCtx {
         }
     }
 
+    /// The outcome of a request the gateway refused itself, before choosing any backend (401,
+    /// 403, 404, 429, its own 503, ...): counted in the refusal rollup, not a usage event.
+    pub fn refused_by_gateway(&self) -> Option<Outcome> {
+        match (self.upstream_started, self.error_type) {
+            (None, Some(_)) => self.outcome,
+            _ => None,
+        }
+    }
+
     /// What this request contributes to the metrics, answered with `status`.
     pub fn observation(&self, status: u16) -> RequestObservation<'_> {
         let now = Instant::now();

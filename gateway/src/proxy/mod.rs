@@ -52,7 +52,7 @@ use crate::auth::{presented_key, Authenticator, Principal};
 use crate::config::AccessLogFormat;
 use crate::error::GatewayError;
 use crate::limits::{self, Demand, LimitResolver, Limiter};
-use crate::metering::{Admission, UsageSender};
+use crate::metering::{Admission, Refusals, UsageSender};
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::pools::Pools;
 use crate::trace::TraceContext;
@@ -65,6 +65,7 @@ pub struct Gateway {
     pools: Arc<Pools>,
     connect_timeout: Duration,
     usage: UsageSender,
+    refusals: Refusals,
     metrics: Option<Arc<RequestMetrics>>,
     access_log: AccessLogFormat,
 }
@@ -87,6 +88,7 @@ impl Gateway {
             pools,
             connect_timeout,
             usage,
+            refusals: Refusals::default(),
             metrics: None,
             access_log: AccessLogFormat::Off,
         }
@@ -101,6 +103,13 @@ impl Gateway {
     ) -> Self {
         self.metrics = metrics;
         self.access_log = access_log;
+        self
+    }
+
+    /// The same, counting the requests it refuses itself into `refusals` (written by a
+    /// `metering::RefusalWriter`) instead of spooling a usage event for each.
+    pub fn with_refusals(mut self, refusals: Refusals) -> Self {
+        self.refusals = refusals;
         self
     }
 
@@ -467,7 +476,14 @@ impl ProxyHttp for Gateway {
             latency_us = event.latency_us,
             "request done"
         );
-        self.usage.send(event, ctx.admission).await;
+        match ctx.refused_by_gateway() {
+            Some(outcome) => {
+                let tenant = ctx.principal.map(|p| p.tenant_id);
+                self.refusals
+                    .count(tenant, outcome.as_str(), ctx.started_at);
+            }
+            None => self.usage.send(event, ctx.admission).await,
+        }
         ctx.response_overhead += entered.elapsed();
         self.observe(ctx, status);
     }

@@ -211,7 +211,8 @@ impl Drop for RunningGateway {
 }
 
 /// Start `maas-gateway serve` for `backends`, with the extra environment `env` (applied last),
-/// and wait for its readiness line. Auth cache TTL 200 ms, flush interval 50 ms, no grace
+/// and wait for its readiness line. Auth cache TTL 200 ms, flush interval 50 ms (refusal
+/// counts 100 ms), no grace
 /// period and a private spool directory unless `env` says otherwise.
 pub fn start_gateway(
     db_url: &str,
@@ -234,6 +235,7 @@ pub fn start_gateway(
         )
         .env("MAAS_GATEWAY_AUTH__CACHE_TTL_MS", "200")
         .env("MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS", "50")
+        .env("MAAS_GATEWAY_METERING__REFUSED_FLUSH_INTERVAL_MS", "100")
         .env("MAAS_GATEWAY_METERING__SPOOL_DIR", &spool)
         .env("MAAS_GATEWAY_GRACE_PERIOD_S", "0")
         .stdout(Stdio::piped());
@@ -370,4 +372,13 @@ pub async fn wait_for_rows(pool: &PgPool, n: i64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The id of tenant `name`.
+pub async fn tenant_id(pool: &PgPool, name: &str) -> Uuid {
+    sqlx::query_scalar("SELECT id FROM tenants WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
