@@ -18,6 +18,7 @@
 mod access_log;
 mod admin;
 mod auth;
+mod breaker;
 mod cache;
 pub mod config;
 mod error;

@@ -105,10 +105,16 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     let (usage, writer, syncer) =
         metering::pipeline(spool.clone(), &database_url, &config.metering);
     let refusals = Refusals::default();
-    let limits = Arc::new(LimitResolver::new(
-        Duration::from_millis(config.auth.cache_ttl_ms),
-        config.auth.cache_capacity,
-    ));
+    let limits = Arc::new(
+        LimitResolver::new(
+            Duration::from_millis(config.auth.cache_ttl_ms),
+            config.auth.cache_capacity,
+        )
+        .with_stale_if_error(
+            Duration::from_secs(config.auth.stale_if_error_s),
+            Duration::from_millis(config.auth.db_retry_ms),
+        ),
+    );
     let limiter = Limiter::new(&config.limits, redis.clone())?;
     let invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>> =
         vec![auth.clone(), limits.clone(), Arc::new(limiter.clone())];

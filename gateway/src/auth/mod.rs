@@ -9,6 +9,10 @@
 //!
 //! Every verdict from PostgreSQL (found or not) is cached for `auth.cache_ttl_ms`, so the
 //! database sees at most one lookup per key or tenant per TTL, including for made-up keys.
+//! While PostgreSQL cannot be reached, a verdict past its TTL is served for up to
+//! `auth.stale_if_error_s` more ([`crate::cache`]); lookups go through a [`Breaker`], so an
+//! outage costs one probe per `auth.db_retry_ms`, not a timeout per request. Only a credential
+//! with no verdict at all is answered 503.
 //! Changes made through the admin API are announced on Redis ([`crate::invalidation`]) and
 //! evict the tenant's entries on every gateway at once; the TTL is the backstop when Redis is
 //! down. `api_keys.last_used_at` is written lazily: the keys used since the last flush are
@@ -34,6 +38,7 @@ use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
+use crate::breaker::{Breaker, LookupError};
 use crate::cache::TtlCache;
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
@@ -51,20 +56,23 @@ pub struct Authenticator {
     tenants: TtlCache<TenantRecord>,
     jwt: Option<Arc<JwtVerifier>>,
     used: Mutex<HashSet<Uuid>>,
+    breaker: Breaker,
 }
 
 impl Authenticator {
     /// An authenticator for API keys that will connect to `database_url` on first use.
     pub fn new(database_url: &str, config: &AuthConfig) -> Self {
         let ttl = Duration::from_millis(config.cache_ttl_ms);
+        let stale = Duration::from_secs(config.stale_if_error_s);
         Authenticator {
             database_url: database_url.to_string(),
             max_connections: config.db_max_connections,
             pool: OnceCell::new(),
-            keys: TtlCache::new(ttl, config.cache_capacity),
-            tenants: TtlCache::new(ttl, config.cache_capacity),
+            keys: TtlCache::new(ttl, config.cache_capacity).with_stale_if_error(stale),
+            tenants: TtlCache::new(ttl, config.cache_capacity).with_stale_if_error(stale),
             jwt: None,
             used: Mutex::new(HashSet::new()),
+            breaker: Breaker::new(Duration::from_millis(config.db_retry_ms)),
         }
     }
 
@@ -122,8 +130,8 @@ impl Authenticator {
     /// # Errors
     /// 401-class errors for unknown, malformed, revoked or expired credentials; 403-class for a
     /// suspended tenant or a model outside the credential's scope;
-    /// `GatewayError::AuthUnavailable` when PostgreSQL cannot be reached (fails closed; not
-    /// cached).
+    /// `GatewayError::AuthUnavailable` when PostgreSQL cannot be reached and no verdict, fresh
+    /// or stale, is cached (fails closed; not cached).
     pub async fn authenticate_credential(
         &self,
         credential: &str,
@@ -152,15 +160,14 @@ impl Authenticator {
             .map_err(|e| Rejection::from(GatewayError::InvalidToken(e.to_string())))?;
         let tenant = match self.tenants.get(&identity.tenant) {
             Some(t) => t,
-            None => {
-                let t = self.lookup_tenant(&identity.tenant).await.map_err(|e| {
-                    tracing::error!(error = %e, "tenant lookup failed");
-                    Rejection::from(GatewayError::AuthUnavailable)
-                })?;
-                let t = t.map(Arc::new);
-                self.tenants.insert(identity.tenant.clone(), t.clone());
-                t
-            }
+            None => match self.breaker.run(self.lookup_tenant(&identity.tenant)).await {
+                Ok(t) => {
+                    let t = t.map(Arc::new);
+                    self.tenants.insert(identity.tenant.clone(), t.clone());
+                    t
+                }
+                Err(e) => stale_or_unavailable(&self.tenants, &identity.tenant, &e, "tenant")?,
+            },
         };
         let Some(tenant) = tenant else {
             return Err(GatewayError::InvalidToken("invalid token: unknown tenant".into()).into());
@@ -197,15 +204,14 @@ impl Authenticator {
         let hash = api_keys::hash_key(secret);
         let record = match self.keys.get(&hash) {
             Some(record) => record,
-            None => {
-                let record = self.lookup(&hash).await.map_err(|e| {
-                    tracing::error!(error = %e, "API key lookup failed");
-                    Rejection::from(GatewayError::AuthUnavailable)
-                })?;
-                let record = record.map(Arc::new);
-                self.keys.insert(hash.clone(), record.clone());
-                record
-            }
+            None => match self.breaker.run(self.lookup(&hash)).await {
+                Ok(record) => {
+                    let record = record.map(Arc::new);
+                    self.keys.insert(hash.clone(), record.clone());
+                    record
+                }
+                Err(e) => stale_or_unavailable(&self.keys, &hash, &e, "API key")?,
+            },
         };
         match record {
             Some(record) => match record.authorize(&hash, model, Utc::now()) {
@@ -232,7 +238,8 @@ impl Authenticator {
         self.tenants.evict(|t| t.id == tenant_id);
     }
 
-    /// Forget every cached verdict (after missing announcements, e.g. a Redis reconnect).
+    /// Mark every cached verdict outdated (after missing announcements, e.g. a Redis
+    /// reconnect): each is looked up again, and served stale only while PostgreSQL is down.
     pub fn invalidate_all(&self) {
         self.keys.clear();
         self.tenants.clear();
@@ -274,6 +281,27 @@ impl Authenticator {
         match Uuid::parse_str(name_or_id) {
             Ok(id) => store::tenant_by_id(pool, id).await,
             Err(_) => store::tenant_by_name(pool, name_or_id).await,
+        }
+    }
+}
+
+/// The stale verdict under `key` after a failed lookup (`what` names it in the log), or 503.
+fn stale_or_unavailable<T>(
+    cache: &TtlCache<T>,
+    key: &str,
+    error: &LookupError,
+    what: &str,
+) -> Result<Option<Arc<T>>, Rejection> {
+    match cache.get_stale(key) {
+        Some(verdict) => {
+            tracing::debug!(%error, "{what} lookup failed; serving the last answer");
+            Ok(verdict)
+        }
+        None => {
+            if matches!(error, LookupError::Database(_)) {
+                tracing::error!(%error, "{what} lookup failed");
+            }
+            Err(GatewayError::AuthUnavailable.into())
         }
     }
 }
@@ -340,6 +368,7 @@ mod tests {
             Some(r2.key_id)
         );
         a.invalidate_all();
-        assert_eq!(a.keys.len(), 0);
+        assert!(a.keys.get("k2").is_none());
+        assert!(a.keys.get_stale("k2").is_some(), "kept as a stale answer");
     }
 }

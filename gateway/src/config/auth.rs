@@ -15,6 +15,14 @@ pub struct AuthConfig {
     pub cache_capacity: usize,
     /// Connections of the proxy's PostgreSQL pool (key lookups). Default 8.
     pub db_max_connections: u32,
+    /// Stale-if-error (RFC 5861): while PostgreSQL cannot be reached, a key, tenant, limit or
+    /// price lookup past its TTL keeps its last answer for up to this many seconds; only a
+    /// credential never seen (or seen longer ago) is answered 503. Revocations and
+    /// suspensions announced on Redis still drop their entries. Default 900 (15 minutes).
+    pub stale_if_error_s: u64,
+    /// After a failed lookup, PostgreSQL is not asked again for this many milliseconds (the
+    /// stale answers serve meanwhile), then one request probes. Default 1000.
+    pub db_retry_ms: u64,
     /// `api_keys.last_used_at` is written for the keys used in each interval of this many
     /// milliseconds, in one statement (not per request). Default 60000.
     pub last_used_flush_ms: u64,
@@ -28,6 +36,8 @@ impl Default for AuthConfig {
             cache_ttl_ms: 5000,
             cache_capacity: 100_000,
             db_max_connections: 8,
+            stale_if_error_s: 900,
+            db_retry_ms: 1000,
             last_used_flush_ms: 60_000,
             jwt: JwtConfig::default(),
         }

@@ -102,6 +102,7 @@ impl BackgroundService for RefusalWriter {
                 return;
             }
         };
+        let mut failures: u64 = 0;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -111,9 +112,16 @@ impl BackgroundService for RefusalWriter {
             };
             let counts = self.refusals.take();
             if !counts.is_empty() {
-                if let Err(e) = add_refused(&pool, &rows(&counts)).await {
-                    tracing::warn!(error = %e, "refusal counts not written; kept for the next try");
-                    self.refusals.restore(counts);
+                match add_refused(&pool, &rows(&counts)).await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        // The 1st, 2nd, 4th, 8th, ... failure in a row: visible, not a flood.
+                        if failures.is_power_of_two() {
+                            tracing::warn!(error = %e, failures, "refusal counts not written; kept for the next try");
+                        }
+                        self.refusals.restore(counts);
+                    }
                 }
             }
             if stopping {
