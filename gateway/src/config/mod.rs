@@ -410,4 +410,87 @@ mod tests {
             Ok(())
         });
     }
+
+    /// Property tests over arbitrary config files: loading answers a typed error (or a
+    /// configuration) and never panics. No key that names a host is generated: validation
+    /// resolves those, and tests make no DNS queries.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn load_file(contents: &[u8]) {
+            Jail::expect_with(|jail| {
+                jail.clear_env();
+                std::fs::write(jail.directory().join("gateway.toml"), contents)
+                    .map_err(|e| figment::Error::from(e.to_string()))?;
+                let _ = GatewayConfig::load(Path::new("gateway.toml"), true);
+                Ok(())
+            });
+        }
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(|f| format!("{f:?}")),
+                "[a-z0-9 ]{0,8}".prop_map(|s| format!("{s:?}")),
+                Just("[]".to_string()),
+                Just("[1, \"x\"]".to_string()),
+                Just("{ a = 1 }".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                load_file(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_values_of_known_keys_never_panic(
+                entries in proptest::collection::vec((
+                    prop_oneof![
+                        Just(("", "threads")),
+                        Just(("", "run_migrations")),
+                        Just(("metering", "batch_size")),
+                        Just(("metering", "spool_segment_bytes")),
+                        Just(("metering", "spool_max_bytes")),
+                        Just(("metering", "spool_full")),
+                        Just(("metering", "refused_flush_interval_ms")),
+                        Just(("auth", "cache_ttl_ms")),
+                        Just(("auth", "stale_if_error_s")),
+                        Just(("auth", "db_max_connections")),
+                        Just(("limits", "backend")),
+                        Just(("limits", "gateway_instances")),
+                        Just(("limits", "quota_estimate_units")),
+                        Just(("upstream", "connect_timeout_ms")),
+                        Just(("metrics", "enabled")),
+                        Just(("metrics", "max_models")),
+                    ],
+                    toml_value(),
+                ), 0..8),
+            ) {
+                let mut sections: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                for ((section, key), value) in &entries {
+                    sections.entry(section).or_default().push(format!("{key} = {value}"));
+                }
+                let mut file = String::new();
+                for (section, lines) in &sections {
+                    if !section.is_empty() {
+                        file.push_str(&format!("[{section}]\n"));
+                    }
+                    // A key given twice is a TOML error, which is fine: it must be typed.
+                    for line in lines {
+                        file.push_str(line);
+                        file.push('\n');
+                    }
+                }
+                load_file(file.as_bytes());
+            }
+        }
+    }
 }

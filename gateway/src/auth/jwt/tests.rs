@@ -391,3 +391,91 @@ async fn verified_tokens_are_cached_until_exp() {
     let digest: [u8; 32] = Sha256::digest(t.as_bytes()).into();
     assert!(v.cached(&digest).is_none());
 }
+
+/// Property tests over arbitrary bytes: whatever a client puts in a token's header, claims or
+/// signature, verification answers a typed [`JwtError`] (or, for a well-signed token with
+/// valid claims, an identity) and never panics.
+mod fuzz {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use proptest::prelude::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// `header.claims` as given (base64url of the bytes), signed with HS256 and the secret.
+    fn hs256(header: &[u8], claims: &[u8]) -> String {
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{message}.{sig}")
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_tokens_are_refused(token in ".{0,300}") {
+            let v = verifier();
+            prop_assert!(runtime().block_on(v.verify(&token)).is_err());
+        }
+
+        #[test]
+        fn arbitrary_signed_header_and_claims_bytes_never_panic(
+            header in proptest::collection::vec(any::<u8>(), 0..200),
+            claims in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let v = verifier();
+            let _ = runtime().block_on(v.verify(&hs256(&header, &claims)));
+        }
+
+        #[test]
+        fn arbitrary_claim_values_are_typed_errors(
+            field in prop_oneof![
+                Just("tenant"), Just("exp"), Just("nbf"), Just("iss"), Just("aud"),
+                Just("models"), Just("sub"),
+            ],
+            value in json_value(),
+            header_kid in proptest::option::of(json_value()),
+        ) {
+            let mut c = claims(json!({}));
+            c[field] = value.clone();
+            let mut header = json!({"alg": "HS256", "typ": "JWT"});
+            if let Some(kid) = header_kid {
+                header["kid"] = kid;
+            }
+            let token = hs256(header.to_string().as_bytes(), c.to_string().as_bytes());
+            let v = verifier();
+            match runtime().block_on(v.verify(&token)) {
+                Ok(identity) => prop_assert_eq!(Some(identity.tenant.as_str()), c["tenant"].as_str()),
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}
