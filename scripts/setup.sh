@@ -50,6 +50,14 @@ if [ ! -f "$client_marker" ]; then
     .venv/bin/pip install -q --disable-pip-version-check "tritonclient[http]==$TRITONCLIENT_VERSION" numpy
     touch "$client_marker"
 fi
+# schemathesis runs the admin API's OpenAPI document as property tests (gateway/tests/schemathesis.rs).
+SCHEMATHESIS_VERSION=4.32.5
+st_marker=".venv/.schemathesis-$SCHEMATHESIS_VERSION"
+if [ ! -f "$st_marker" ]; then
+    echo "setup: installing schemathesis==$SCHEMATHESIS_VERSION into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    touch "$st_marker"
+fi
 torch_dir="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 ln -sfn "$torch_dir" .venv/libtorch
 echo "setup: ok (libtorch at $torch_dir)"
