@@ -6,9 +6,11 @@
 //! [`RETRY_BUFFER`], and replays it to the backend before the rest of the body. So this never
 //! reads past that buffer: a body whose Content-Length fits it may be read until the first
 //! input's shape; any other (larger or chunked) gets exactly one read, which pingora bounds by
-//! the same size. No tensor data beyond that one buffer is held.
+//! the same size. No tensor data beyond that one buffer is held. A client that sent
+//! `Expect: 100-continue` (RFC 9110 section 10.1.1) waits for the backend's interim answer
+//! before sending its body, so its body is not read here.
 
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, EXPECT};
 use pingora::proxy::Session;
 
 use crate::oip::{declared_rows, Scan};
@@ -29,6 +31,9 @@ const BINARY_HEADER_LENGTH: &str = "inference-header-content-length";
 /// When reading the body fails (the client went away, a malformed chunked body).
 pub async fn read_declared_rows(session: &mut Session) -> pingora::Result<Option<u64>> {
     let headers = &session.req_header().headers;
+    if headers.contains_key(EXPECT) {
+        return Ok(None);
+    }
     let number = |name| {
         headers
             .get(name)
