@@ -81,6 +81,9 @@ pub struct ExportedEvent {
     pub response_bytes: i64,
     /// Gateway latency, microseconds.
     pub latency_us: i64,
+    /// The kind of call (`inference`, `metadata`, `readiness`, `index`, `other`; only 2xx
+    /// inference calls are billable, see `crate::CallKind`).
+    pub call: String,
 }
 
 fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
@@ -88,7 +91,7 @@ fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Er
 }
 
 /// The CSV header row, in column order.
-pub const CSV_HEADER: [&str; 12] = [
+pub const CSV_HEADER: [&str; 13] = [
     "request_id",
     "started_at",
     "tenant_id",
@@ -101,9 +104,10 @@ pub const CSV_HEADER: [&str; 12] = [
     "request_bytes",
     "response_bytes",
     "latency_us",
+    "call",
 ];
 
-fn csv_record(e: &ExportedEvent) -> [String; 12] {
+fn csv_record(e: &ExportedEvent) -> [String; 13] {
     let opt = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
     [
         e.request_id.to_string(),
@@ -118,6 +122,7 @@ fn csv_record(e: &ExportedEvent) -> [String; 12] {
         e.request_bytes.to_string(),
         e.response_bytes.to_string(),
         e.latency_us.to_string(),
+        e.call.clone(),
     ]
 }
 
@@ -231,7 +236,7 @@ impl UsageExport {
         sqlx::query_as(
             "SELECT request_id, started_at, tenant_id, api_key_id, model, model_version, \
                  http_status, inference_count, compute_us, request_bytes, response_bytes, \
-                 latency_us \
+                 latency_us, call \
              FROM usage_events \
              WHERE started_at >= $1 AND started_at < $2 \
                AND ($3::uuid IS NULL OR tenant_id = $3) \
