@@ -94,13 +94,6 @@ async fn only_inference_calls_are_billed_and_a_client_that_leaves_is_metered() {
         &[("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string())],
     );
     let client = reqwest::Client::new();
-    put_tenant_limits(
-        &client,
-        gw.admin,
-        acme,
-        json!([{"level": "tenant", "concurrency": 1}]),
-    )
-    .await;
 
     // One inference call of 3 rows, one model metadata call, one readiness call.
     let url = |p: &str| format!("http://{}{p}", gw.listen);
@@ -109,10 +102,21 @@ async fn only_inference_calls_are_billed_and_a_client_that_leaves_is_metered() {
         .bearer_auth(&key)
         .body(body(3));
     assert_eq!(infer.send().await.unwrap().status().as_u16(), 200);
-    for p in ["/v2/models/dense", "/v2/models/dense/ready"] {
+    for p in ["/v2/models/dense", "/v2/models/dense/ready", "/v2"] {
         let r = client.get(url(p)).bearer_auth(&key).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
+    let index = client.post(url("/v2/repository/index")).bearer_auth(&key);
+    assert_eq!(index.send().await.unwrap().status().as_u16(), 200);
+
+    // One request at a time for the tenant from here on.
+    put_tenant_limits(
+        &client,
+        gw.admin,
+        acme,
+        json!([{"level": "tenant", "concurrency": 1}]),
+    )
+    .await;
 
     // A client that gives up after 100 ms on a call that takes 600 ms: the backend's answer
     // is still metered, and the tenant's one concurrency slot stays taken until it is done.
@@ -153,10 +157,10 @@ async fn only_inference_calls_are_billed_and_a_client_that_leaves_is_metered() {
         }
     }
 
-    // 5 events (the 429 is a refusal, counted apart); the calls by kind.
-    wait_for_rows(&pool, 5).await;
+    // 7 events (the 429 is a refusal, counted apart); the calls by kind.
+    wait_for_rows(&pool, 7).await;
     let rows: Vec<(String, String, i16, i64)> = sqlx::query_as(
-        "SELECT model, call, http_status, inference_count FROM usage_events \
+        "SELECT coalesce(model, ''), call, http_status, inference_count FROM usage_events \
          ORDER BY started_at, request_id",
     )
     .fetch_all(&pool)
@@ -172,6 +176,8 @@ async fn only_inference_calls_are_billed_and_a_client_that_leaves_is_metered() {
             ("dense", "inference", 200, 3),
             ("dense", "metadata", 200, 1),
             ("dense", "readiness", 200, 1),
+            ("", "metadata", 200, 0),
+            ("", "index", 200, 0),
             ("slow", "inference", 200, 5),
             ("dense", "inference", 200, 2),
         ]
@@ -186,7 +192,7 @@ async fn only_inference_calls_are_billed_and_a_client_that_leaves_is_metered() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((billable, inferences, requests), (3, 10, 5));
+    assert_eq!((billable, inferences, requests), (3, 10, 7));
     drop(gw);
     drop_database(pool).await;
 }
