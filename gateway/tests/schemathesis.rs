@@ -42,9 +42,10 @@ async fn the_admin_api_conforms_to_its_openapi_document() {
     std::fs::create_dir_all(&work).unwrap();
     let schema = format!("http://{}/admin/v1/openapi.json", gw.admin);
     let bin = schemathesis();
+    let dir = work.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin)
-            .current_dir(&work)
+            .current_dir(&dir)
             .args([
                 "run",
                 &schema,
@@ -70,6 +71,7 @@ async fn the_admin_api_conforms_to_its_openapi_document() {
     })
     .await
     .unwrap();
+    let _ = std::fs::remove_dir_all(&work);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
