@@ -1,4 +1,4 @@
-//! The data path survives a PostgreSQL outage: key, tenant and limit lookups serve their last
+//! The data path survives a PostgreSQL outage: key, tenant (for a JWT) and limit lookups serve their last
 //! answer past their TTL (stale-if-error), only a credential never seen gets 503, and the
 //! usage spool writes every answered request exactly once when the database is back.
 //!
@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 const OPERATOR: &str = "test-operator-token-0123456789";
 const OUTAGE: Duration = Duration::from_secs(60);
+const JWT_SECRET: &str = "outage-test-hmac-secret-0123456789";
 
 /// A TCP relay to `target` that can be cut: while `down`, live connections are closed and new
 /// ones are closed as soon as they are accepted.
@@ -84,10 +85,20 @@ fn pg_addr(url: &str) -> SocketAddr {
 async fn a_sixty_second_postgres_outage_serves_known_keys_and_loses_nothing() {
     let (pool, db_url) = fresh_database().await;
     let backend = start_backend().await;
+    let globex_key = create_key(&db_url, "globex", None);
+    // A JWT of tenant globex: its tenant lookup is served stale too.
+    let claims = json!({"tenant": "globex", "sub": "svc", "exp": jsonwebtoken::get_current_timestamp() + 3600});
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
     let keys = [
         create_key(&db_url, "acme", None),
         create_key(&db_url, "acme", None),
-        create_key(&db_url, "globex", None),
+        globex_key,
+        jwt,
     ];
     let never_seen = create_key(&db_url, "acme", None);
     let acme = tenant_id(&pool, "acme").await;
@@ -101,7 +112,13 @@ async fn a_sixty_second_postgres_outage_serves_known_keys_and_loses_nothing() {
     let gw = start_gateway(
         &relayed_url,
         &[backend],
-        &[("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string())],
+        &[
+            ("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string()),
+            (
+                "MAAS_GATEWAY_AUTH__JWT__HMAC_SECRET",
+                JWT_SECRET.to_string(),
+            ),
+        ],
     );
     let client = reqwest::Client::new();
     // acme has limits, so its requests need a limit lookup too.
@@ -136,7 +153,7 @@ async fn a_sixty_second_postgres_outage_serves_known_keys_and_loses_nothing() {
             (r.status().as_u16(), id)
         }
     };
-    // Every known key is seen once before the outage.
+    // Every known credential is seen once before the outage.
     let answered: Arc<Mutex<HashMap<Uuid, u16>>> = Arc::default();
     for k in &keys {
         let (status, id) = call(k.clone()).await;
@@ -144,7 +161,7 @@ async fn a_sixty_second_postgres_outage_serves_known_keys_and_loses_nothing() {
         answered.lock().unwrap().insert(id.unwrap(), status);
     }
 
-    // The outage, under steady load: four clients, the known keys in turn, 20 ms apart.
+    // The outage, under steady load: four clients, the known credentials in turn, 20 ms apart.
     relay.down.store(true, Ordering::SeqCst);
     let cut = Instant::now();
     let statuses: Arc<Mutex<HashMap<u16, u64>>> = Arc::default();
