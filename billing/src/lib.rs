@@ -22,8 +22,9 @@ mod usage;
 
 pub use period::Period;
 pub use usage::{
-    create_usage_partition, ensure_usage_partitions, insert_usage_events, rollup_totals,
-    usage_summary, RollupFilter, RollupTotals, UsageEvent, UsageSummary,
+    create_usage_partition, ensure_usage_partitions, insert_usage_events, model_totals,
+    rollup_totals, usage_summary, ModelTotals, RollupFilter, RollupTotals, UsageEvent,
+    UsageSummary,
 };
 
 /// All sqlx migrations of the project, from the workspace's `migrations/` folder.

@@ -137,8 +137,8 @@ impl Caller {
         match self {
             Caller::Operator => Ok(()),
             Caller::TenantAdmin { .. } => Err(AppError::Forbidden(
-                "this route needs the operator token; a tenant admin may read only its own \
-                 tenant's usage, invoices and exports"
+                "this route needs the operator token; a tenant admin may use only its own \
+                 tenant's keys, limits, usage, invoices and exports"
                     .into(),
             )),
         }
@@ -164,6 +164,22 @@ pub async fn require_operator(
     Ok(next.run(req).await)
 }
 
+/// The operator, as an extractor for a handler whose route also has methods open to tenant
+/// admins: 401 for no valid token, 403 for a tenant admin (before the body is read).
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorOnly;
+
+impl<S: CallerSource> FromRequestParts<S> for OperatorOnly {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_operator()?;
+        Ok(OperatorOnly)
+    }
+}
+
 /// The `{tenant_id}` of the route.
 #[derive(Deserialize)]
 struct TenantParam {
@@ -185,6 +201,52 @@ impl<S: CallerSource> FromRequestParts<S> for VisibleTenant {
         let AppPath(TenantParam { tenant_id }) = AppPath::from_request_parts(parts, state).await?;
         caller.check_tenant(tenant_id)?;
         Ok(VisibleTenant(tenant_id))
+    }
+}
+
+/// The `{key_id}` of the route.
+#[derive(Deserialize)]
+struct KeyParam {
+    key_id: Uuid,
+}
+
+/// The `{key_id}` of a route open to tenant admins, once the [`Caller`] may act on it, with the
+/// key's tenant: 401 for no valid token, 400 for an id that is not a UUID; for a tenant admin,
+/// 403 for a key of another tenant and for a key that does not exist (the answer reveals
+/// nothing about other tenants' keys). The operator gets 404 for a key that does not exist.
+#[derive(Debug, Clone, Copy)]
+pub struct VisibleKey {
+    /// The key.
+    pub key_id: Uuid,
+    /// Its tenant.
+    pub tenant_id: Uuid,
+    /// Who is asking.
+    pub caller: Caller,
+}
+
+impl<S: CallerSource> FromRequestParts<S> for VisibleKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let AppPath(KeyParam { key_id }) = AppPath::from_request_parts(parts, state).await?;
+        let found = store::key_tenant(state.pool(), key_id).await?;
+        let tenant_id = match (caller, found) {
+            (Caller::TenantAdmin { tenant_id: own, .. }, Some(t)) if t == own => t,
+            (Caller::TenantAdmin { tenant_id: own, .. }, _) => {
+                return Err(AppError::Forbidden(format!(
+                    "a tenant admin may act only on its own tenant's ({own}) keys, and key \
+                     {key_id} is not one of them"
+                )))
+            }
+            (Caller::Operator, Some(t)) => t,
+            (Caller::Operator, None) => return Err(AppError::NotFound(format!("no key {key_id}"))),
+        };
+        Ok(VisibleKey {
+            key_id,
+            tenant_id,
+            caller,
+        })
     }
 }
 
