@@ -9,6 +9,7 @@
 //! - [`rollup_totals`]: billable usage summed from the hourly rollups.
 //! - [`invoice`]: monthly invoices from the rollups (rounding rule documented there).
 //! - [`report`]: usage per hour or day in any IANA time zone, by model and/or key.
+//! - [`ranking`]: every tenant's usage and spend over a range, highest spend first.
 //! - [`export`]: CSV, JSON lines and CloudEvents 1.0 exports of the raw events.
 //!
 //! Money is integer micro-USD and time is UTC throughout (see ARCHITECTURE.md).
@@ -17,6 +18,7 @@ pub mod export;
 pub mod invoice;
 mod period;
 pub mod plans;
+pub mod ranking;
 pub mod report;
 mod usage;
 

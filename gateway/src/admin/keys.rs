@@ -119,6 +119,21 @@ pub async fn create_tenant_key(
     State(state): State<AdminState>,
     AppJson(body): AppJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(create(&state, tenant_id, &body).await?),
+    ))
+}
+
+/// Check `body` and issue a key for tenant `tenant_id` (the caller was checked).
+///
+/// # Errors
+/// 400 for a bad name, empty model list or past expiry; 404 for no such tenant.
+pub async fn create(
+    state: &AdminState,
+    tenant_id: Uuid,
+    body: &NewApiKey,
+) -> Result<CreatedApiKey, AppError> {
     check_name("name", &body.name)?;
     if let Some(models) = &body.allowed_models {
         if models.is_empty() {
@@ -145,13 +160,10 @@ pub async fn create_tenant_key(
     )
     .await?;
     tracing::info!(%tenant_id, key_id = %key.id, prefix = %key.prefix, "admin: key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiKey {
-            secret: secret.secret,
-            key,
-        }),
-    ))
+    Ok(CreatedApiKey {
+        secret: secret.secret,
+        key,
+    })
 }
 
 /// List a tenant's keys (revoked ones included), oldest first, each with its own limit rules;
@@ -214,12 +226,20 @@ pub async fn revoke_key(
     VisibleKey { key_id, .. }: VisibleKey,
     State(state): State<AdminState>,
 ) -> Result<Json<ApiKey>, AppError> {
+    Ok(Json(revoke(&state, key_id).await?))
+}
+
+/// Revoke key `key_id` (the caller was checked) and announce it.
+///
+/// # Errors
+/// 404 for no such key.
+pub async fn revoke(state: &AdminState, key_id: Uuid) -> Result<ApiKey, AppError> {
     let key = store::revoke_key(&state.pool, key_id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "admin: key revoked");
     state.announce(key.tenant_id).await;
-    Ok(Json(key))
+    Ok(key)
 }
 
 /// Rotate a key: a new secret with the same tenant, name, models, expiry and own limit rules;
@@ -241,6 +261,14 @@ pub async fn rotate_key(
     VisibleKey { key_id, .. }: VisibleKey,
     State(state): State<AdminState>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    Ok((StatusCode::CREATED, Json(rotate(&state, key_id).await?)))
+}
+
+/// Rotate key `key_id` (the caller was checked) and announce it.
+///
+/// # Errors
+/// 404 for no such key, 409 for a revoked one.
+pub async fn rotate(state: &AdminState, key_id: Uuid) -> Result<CreatedApiKey, AppError> {
     let mut tx = state.pool.begin().await?;
     let old = store::lock_key(&mut *tx, key_id)
         .await?
@@ -263,11 +291,8 @@ pub async fn rotate_key(
     tx.commit().await?;
     tracing::info!(old_key_id = %key_id, key_id = %key.id, "admin: key rotated");
     state.announce(old.tenant_id).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiKey {
-            secret: secret.secret,
-            key,
-        }),
-    ))
+    Ok(CreatedApiKey {
+        secret: secret.secret,
+        key,
+    })
 }

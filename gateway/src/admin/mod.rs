@@ -26,6 +26,7 @@
 
 mod account;
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod keys;
@@ -34,6 +35,7 @@ mod openapi;
 mod params;
 mod plans;
 mod pools;
+mod session;
 mod state;
 mod tenant_admins;
 mod tenants;
@@ -139,6 +141,7 @@ fn router(state: AdminState) -> Router {
         .route("/admin/v1/openapi.json", get(openapi::openapi_json))
         .merge(operator_only)
         .merge(tenant_visible)
+        .merge(dashboard::router(state.clone()))
         .fallback(not_found)
         .with_state(state)
 }
@@ -199,13 +202,15 @@ pub fn spawn(
                     }
                 };
                 tracing::info!(%addr, "admin API listening");
+                let app = router(
+                    AdminState::new(pool, &token)
+                        .with_redis(redis)
+                        .with_pools(pools),
+                );
+                // The peer address bounds dashboard sign-in attempts per client.
                 if let Err(e) = axum::serve(
                     listener,
-                    router(
-                        AdminState::new(pool, &token)
-                            .with_redis(redis)
-                            .with_pools(pools),
-                    ),
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .await
                 {

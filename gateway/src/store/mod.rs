@@ -4,6 +4,7 @@
 
 mod keys;
 mod rules;
+mod sessions;
 mod tenant_admins;
 mod tenants;
 
@@ -15,6 +16,7 @@ pub use rules::{
     copy_key_rules, owner_rules, owner_tenant, replace_owner_rules, request_rules,
     tenant_key_rules, Level, LimitRule, RuleOwner, Specificity,
 };
+pub use sessions::{delete_old_sessions, insert_session, live_session, revoke_session};
 pub use tenant_admins::{
     insert_tenant_admin, live_tenant_admin, revoke_tenant_admin, tenant_admins_of, TenantAdmin,
 };
