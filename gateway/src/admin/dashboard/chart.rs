@@ -27,6 +27,8 @@ pub struct Chart {
     pub bars: bool,
     /// Unix seconds of each point.
     pub x: Vec<i64>,
+    /// The x axis' range, unix seconds (the range asked for, even where there is no data).
+    pub x_range: (i64, i64),
     /// The series.
     pub series: Vec<Series>,
 }

@@ -83,12 +83,12 @@ async fn render(
                             td {
                                 form.inline method="post" action={ "/dashboard/tenants/" (tenant_id) "/keys/" (k.key.id) "/rotate" } {
                                     (csrf_field(signed))
-                                    button.secondary type="submit" class="rotate" { "Rotate" }
+                                    button type="submit" class="secondary rotate" { "Rotate" }
                                 }
                                 " "
                                 form.inline method="post" action={ "/dashboard/tenants/" (tenant_id) "/keys/" (k.key.id) "/revoke" } {
                                     (csrf_field(signed))
-                                    button.danger type="submit" class="revoke" { "Revoke" }
+                                    button type="submit" class="danger revoke" { "Revoke" }
                                 }
                             }
                         }

@@ -6,7 +6,7 @@
 //!
 //! Every answer carries a strict Content-Security-Policy (scripts, styles and connections from
 //! this origin only; no inline script or style; no framing), `X-Content-Type-Options: nosniff`
-//! and `Referrer-Policy: no-referrer`; pages are `Cache-Control: no-store`.
+//! and `Referrer-Policy: same-origin` (with `no-referrer`, browsers send `Origin: null` on form posts); pages are `Cache-Control: no-store`.
 //!
 //! Sign-in exchanges a token for a session cookie (`super::session`); each page then reads
 //! the data the JSON API serves, in process, from the hourly rollups. A tenant admin sees its
@@ -110,7 +110,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !is_asset {

@@ -53,6 +53,7 @@ pub async fn page(
         tz: "UTC".into(),
         bars: true,
         x: x.clone(),
+        x_range: (a.period_start.timestamp(), a.resets_at.timestamp()),
         series: vec![
             Series {
                 label: "success (2xx)".into(),
@@ -66,8 +67,21 @@ pub async fn page(
             },
         ],
     };
+    // Remaining quota at the start of the month, at the end of each day with usage, and now.
     let burn = a.inference_quota.map(|q| {
         let mut left = q.limit;
+        let mut bx = vec![a.period_start.timestamp()];
+        let mut by = vec![q.limit as f64];
+        for b in &days {
+            left = left.saturating_sub(b.inference_count);
+            bx.push(b.bucket_start.timestamp() + 86_400);
+            by.push(left.max(0) as f64);
+        }
+        let now = Utc::now().timestamp();
+        if bx.last().is_some_and(|t| *t < now) {
+            bx.push(now);
+            by.push(q.remaining as f64);
+        }
         Chart {
             title: format!(
                 "Inference quota remaining (resets {})",
@@ -75,17 +89,12 @@ pub async fn page(
             ),
             tz: "UTC".into(),
             bars: false,
-            x: x.clone(),
+            x: bx,
+            x_range: (a.period_start.timestamp(), a.resets_at.timestamp()),
             series: vec![Series {
                 label: "remaining".into(),
                 color: ACCENT,
-                values: days
-                    .iter()
-                    .map(|b| {
-                        left = left.saturating_sub(b.inference_count);
-                        left.max(0) as f64
-                    })
-                    .collect(),
+                values: by,
             }],
         }
     });

@@ -252,8 +252,9 @@ pub async fn page(
             s.tz
         ),
         tz: s.tz.clone(),
-        bars: false,
+        bars: true,
         x,
+        x_range: (s.from.timestamp(), s.to.timestamp()),
         series: vec![
             Series {
                 label: "success (2xx)".into(),

@@ -1,7 +1,7 @@
 // maas dashboard: draws the charts of a page with uPlot (vendor/uplot). Each chart is an
 // element with data-chart="<id>", whose data is the JSON of <script type="application/json"
 // id="<id>"> (not executed: the Content-Security-Policy allows scripts from 'self' only):
-//   {"title": "...", "tz": "UTC", "bars": true, "x": [unix seconds...],
+//   {"title": "...", "tz": "UTC", "bars": true, "x": [unix seconds...], "x_range": [from, to],
 //    "series": [{"label": "...", "color": "#...", "values": [...]}]}
 (function () {
   "use strict";
@@ -25,7 +25,10 @@
       width: Math.max(320, el.clientWidth - 16),
       height: 280,
       series: series,
-      scales: { x: { time: true } },
+      scales: {
+        x: { time: true, range: function () { return d.x_range; } },
+        y: { range: function (u, min, max) { return [0, Math.max(1, max) * 1.1]; } },
+      },
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), d.tz || "UTC"); },
     };
     var data = [d.x].concat(d.series.map(function (s) { return s.values; }));
