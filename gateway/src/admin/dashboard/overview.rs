@@ -47,7 +47,20 @@ pub async fn page(
         },
     )
     .await?;
-    let x: Vec<i64> = days.iter().map(|b| b.bucket_start.timestamp()).collect();
+    // Every day of the month, zero where there was no usage (bars then have a day's width).
+    let by_day: std::collections::HashMap<i64, (i64, i64)> = days
+        .iter()
+        .map(|b| {
+            (
+                b.bucket_start.timestamp(),
+                (b.billable_requests, b.error_requests),
+            )
+        })
+        .collect();
+    let x: Vec<i64> = (a.period_start.timestamp()..a.resets_at.timestamp())
+        .step_by(86_400)
+        .collect();
+    let day = |t: &i64| by_day.get(t).copied().unwrap_or_default();
     let daily = Chart {
         title: format!("Requests per day, {} (UTC)", a.period),
         tz: "UTC".into(),
@@ -58,12 +71,12 @@ pub async fn page(
             Series {
                 label: "success (2xx)".into(),
                 color: SUCCESS,
-                values: days.iter().map(|b| b.billable_requests as f64).collect(),
+                values: x.iter().map(|t| day(t).0 as f64).collect(),
             },
             Series {
                 label: "failure (>= 400)".into(),
                 color: FAILURE,
-                values: days.iter().map(|b| b.error_requests as f64).collect(),
+                values: x.iter().map(|t| day(t).1 as f64).collect(),
             },
         ],
     };

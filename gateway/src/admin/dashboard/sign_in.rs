@@ -1,7 +1,7 @@
 //! Sign-in and sign-out. `POST /dashboard/sign-in` takes a tenant admin token or the operator
 //! token from a form (so it never appears in a URL), and on success starts a session
 //! (`admin_sessions`) and sets its cookie; a wrong token is a 401 page saying so; more than the
-//! allowed attempts from one address is a 429 page with `Retry-After`. `POST
+//! allowed wrong attempts from one address is a 429 page with `Retry-After`. `POST
 //! /dashboard/sign-out` (with the session's CSRF token) revokes the session and clears the
 //! cookie.
 
@@ -98,6 +98,7 @@ pub async fn sign_in(
     {
         Ok(c) => c,
         Err(AppError::Unauthorized) => {
+            state.sign_in.failed(peer.ip());
             tracing::info!(%peer, "dashboard: wrong sign-in token");
             return Ok((
                 StatusCode::UNAUTHORIZED,

@@ -12,17 +12,19 @@
 //!   calls) or the `csrf` form field (dashboard forms): the synchronizer token pattern of the
 //!   OWASP CSRF Prevention Cheat Sheet. The CSRF token is derived from the session token
 //!   (SHA-256 of a label and the token), so it is known only to pages served in that session.
-//! - Wrong tokens at sign-in: attempts are limited per client address ([`SignInLimiter`]: a
-//!   GCRA of [`SIGN_IN_PER_MINUTE`] a minute, burst [`SIGN_IN_BURST`]), answered 429 beyond.
+//! - Wrong tokens at sign-in: failed attempts are limited per client address
+//!   ([`SignInLimiter`]: a GCRA of [`SIGN_IN_PER_MINUTE`] failures a minute, burst
+//!   [`SIGN_IN_BURST`]); an address over the limit gets 429 before its token is even looked at,
+//!   so the limit bounds guesses, while successful sign-ins never count.
 
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap, HeaderValue};
-use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
 use rand::TryRngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -143,9 +145,17 @@ fn cookie_value(value: &str, max_age: u64, tls: bool) -> HeaderValue {
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// Bounds sign-in attempts per client address (GCRA, `governor`).
+/// Bounds failed sign-in attempts per client address: GCRA (the Generic Cell Rate Algorithm,
+/// ITU-T I.371) over failures only, which needs to ask "would one more failure conform?"
+/// before the token is checked, and to count only when it was wrong: a peek that `governor`
+/// does not offer, hence these few lines.
 pub struct SignInLimiter {
-    limiter: RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>,
+    /// Emission interval: one failure per this much, sustained.
+    interval: Duration,
+    /// How far ahead of now the theoretical arrival time may be: `(burst - 1) * interval`.
+    tolerance: Duration,
+    /// Theoretical arrival time of the next failure, per address.
+    tat: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl Default for SignInLimiter {
@@ -154,26 +164,39 @@ impl Default for SignInLimiter {
     }
 }
 
+/// Addresses remembered before the ones whose limit has lapsed are forgotten.
+const MAX_TRACKED: usize = 100_000;
+
 impl SignInLimiter {
-    /// `per_minute` attempts a minute per address, `burst` at once (each at least 1).
+    /// `per_minute` failures a minute per address, `burst` at once (each at least 1).
     pub fn new(per_minute: u32, burst: u32) -> Self {
-        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let interval = Duration::from_secs(60) / per_minute.max(1);
         SignInLimiter {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+            interval,
+            tolerance: interval * (burst.max(1) - 1),
+            tat: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Count an attempt from `ip`: `Err(wait)` when it is over the limit, with how long until
-    /// the next is allowed.
+    /// Whether `ip` may try now: `Err(wait)` while one more failure would exceed the limit.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.limiter
-            .check_key(&ip)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))?;
-        if self.limiter.len() > 100_000 {
-            self.limiter.retain_recent();
+        let now = Instant::now();
+        let tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        match tat.get(&ip) {
+            Some(t) if *t > now + self.tolerance => Err(*t - (now + self.tolerance)),
+            _ => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Count a failed attempt of `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
+        if tat.len() >= MAX_TRACKED {
+            tat.retain(|_, t| *t > now);
+        }
+        let t = tat.entry(ip).or_insert(now);
+        *t = (*t).max(now) + self.interval;
     }
 }
 
