@@ -7,7 +7,10 @@
 //! (list, create, revoke, rotate, their limits within the tenant's), its limits, account
 //! (plan, prices, quota and budget state), usage, invoices and exports (any other route or
 //! tenant, or a tenant that does not exist: 403). A missing, unknown or revoked token is 401 with
-//! `WWW-Authenticate: Bearer`. The OpenAPI document generated from the handlers (utoipa) is
+//! `WWW-Authenticate: Bearer`. Without `Authorization`, a dashboard session cookie stands for
+//! the token it was signed in with (`session/`; state-changing requests then need the
+//! session's `X-CSRF-Token`). The web dashboard (`dashboard/`) is served at `/dashboard` on the
+//! same listener. The OpenAPI document generated from the handlers (utoipa) is
 //! served without a token at `/admin/v1/openapi.json`.
 //!
 //! The admin API writes PostgreSQL only (through [`crate::store`]); the data path sees a revoked
