@@ -38,26 +38,24 @@ pub async fn spend_ranking(
     to: DateTime<Utc>,
 ) -> Result<Vec<TenantSpend>, sqlx::Error> {
     sqlx::query_as(
-        "WITH usage AS ( \
-             SELECT tenant_id, model, sum(requests) AS requests, \
-                    sum(billable_requests) AS billable, sum(inference_count) AS inferences, \
-                    sum(compute_us) AS compute_us \
-             FROM usage_hourly WHERE hour >= $1 AND hour < $2 AND tenant_id IS NOT NULL \
-             GROUP BY tenant_id, model), \
-         priced AS ( \
-             SELECT u.tenant_id, u.requests, u.billable, \
-                    coalesce(u.billable * p.per_request_micro_usd \
-                        + u.inferences * p.per_1k_inferences_micro_usd / 1000.0 \
-                        + u.compute_us * p.per_compute_second_micro_usd / 1000000.0, 0) AS spend \
-             FROM usage u JOIN tenants t ON t.id = u.tenant_id \
-             LEFT JOIN LATERAL ( \
-                 SELECT * FROM plan_prices pp WHERE pp.plan = t.plan AND pp.model IN (u.model, '*') \
-                 ORDER BY pp.model = '*' LIMIT 1) p ON true) \
-         SELECT t.id AS tenant_id, t.name, t.status, t.plan, \
-                coalesce(sum(s.requests), 0)::bigint AS requests, \
-                coalesce(sum(s.billable), 0)::bigint AS billable_requests, \
-                floor(coalesce(sum(s.spend), 0))::bigint AS spend_micro_usd \
-         FROM tenants t LEFT JOIN priced s ON s.tenant_id = t.id \
+        // Per tenant, a range scan of the rollup's (tenant_id, hour) index (a scan by hour
+        // alone would read every tenant's rows of every month).
+        "SELECT t.id AS tenant_id, t.name, t.status, t.plan, \
+                coalesce(sum(u.requests), 0)::bigint AS requests, \
+                coalesce(sum(u.billable), 0)::bigint AS billable_requests, \
+                floor(coalesce(sum(u.billable * p.per_request_micro_usd \
+                    + u.inferences * p.per_1k_inferences_micro_usd / 1000.0 \
+                    + u.compute_us * p.per_compute_second_micro_usd / 1000000.0), 0))::bigint \
+                    AS spend_micro_usd \
+         FROM tenants t \
+         LEFT JOIN LATERAL ( \
+             SELECT h.model, sum(h.requests) AS requests, sum(h.billable_requests) AS billable, \
+                    sum(h.inference_count) AS inferences, sum(h.compute_us) AS compute_us \
+             FROM usage_hourly h WHERE h.tenant_id = t.id AND h.hour >= $1 AND h.hour < $2 \
+             GROUP BY h.model) u ON true \
+         LEFT JOIN LATERAL ( \
+             SELECT * FROM plan_prices pp WHERE pp.plan = t.plan AND pp.model IN (u.model, '*') \
+             ORDER BY pp.model = '*' LIMIT 1) p ON true \
          GROUP BY t.id ORDER BY spend_micro_usd DESC, t.name",
     )
     .bind(from)

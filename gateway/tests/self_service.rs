@@ -609,6 +609,20 @@ async fn operators_manage_plans_and_tenants_read_their_account() {
         a["budget"],
         json!({"limit": 10000, "used": 2_000_360, "remaining": 0})
     );
+    // The operator's ranking prices the same usage the same way.
+    let ranking = maas_billing::ranking::spend_ranking(&pool, month, next)
+        .await
+        .unwrap();
+    assert_eq!(ranking.len(), 1);
+    assert_eq!(
+        (
+            ranking[0].name.as_str(),
+            ranking[0].requests,
+            ranking[0].billable_requests
+        ),
+        ("acme corp", 5, 4)
+    );
+    assert_eq!(ranking[0].spend_micro_usd, 2_000_360);
     assert_eq!(a["rules"][0]["source"], "plan");
     assert_eq!(a["rules"][0]["in_force"], true);
     assert_eq!(a["prices"].as_array().unwrap().len(), 2);
