@@ -4,7 +4,7 @@
 //! self-service routes).
 
 use axum::Json;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
 
 // Listed by name, not by module path, so that utoipa gives these operations no tag (a path
@@ -84,7 +84,7 @@ use super::tenants::{
         crate::pools::BackendSnapshot,
         crate::config::Policy
     )),
-    modifiers(&BearerAuth, &TenantAdminAuth),
+    modifiers(&BearerAuth, &TenantAdminAuth, &SessionCookieAuth),
     security(("operator_token" = []))
 )]
 pub struct AdminApi;
@@ -119,6 +119,25 @@ impl utoipa::Modify for TenantAdminAuth {
                     ))
                     .build(),
             ),
+        );
+    }
+}
+
+/// Adds the `session_cookie` scheme: the dashboard's session cookie, which stands for the token
+/// signed in with (state-changing requests also need its `X-CSRF-Token` header).
+struct SessionCookieAuth;
+
+impl utoipa::Modify for SessionCookieAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "maas_session",
+                "A dashboard session (POST /dashboard/sign-in); without Authorization it stands \
+                 for the token signed in with; state-changing requests also need the session's \
+                 X-CSRF-Token header",
+            ))),
         );
     }
 }
@@ -163,6 +182,10 @@ mod tests {
                 doc.paths.paths.contains_key(p),
                 "{p} missing from {paths:?}"
             );
+        }
+        let schemes = &doc.components.as_ref().unwrap().security_schemes;
+        for s in ["operator_token", "tenant_admin_token", "session_cookie"] {
+            assert!(schemes.contains_key(s), "{s}");
         }
     }
 }
