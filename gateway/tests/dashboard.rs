@@ -306,6 +306,33 @@ async fn sessions_are_cookies_with_csrf_and_end_server_side() {
     let (status, _, page) = site.get("/dashboard/operator", &op).await;
     assert_eq!(status, 200);
     assert!(page.contains("acme"));
+    // ... and suspends, then reactivates, a tenant from its page.
+    let op_csrf = csrf_of(&page);
+    for (action, want) in [("suspend", "suspended"), ("reactivate", "active")] {
+        let r = site
+            .http
+            .post(format!(
+                "{}/dashboard/operator/tenants/{acme}/{action}",
+                site.base
+            ))
+            .header("cookie", &op)
+            .form(&[("csrf", op_csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{action}");
+        let tenants = admin_request(
+            &site.http,
+            &site.base,
+            reqwest::Method::GET,
+            "/admin/v1/tenants",
+            Some(TOKEN),
+            None,
+        )
+        .await
+        .json();
+        assert_eq!(tenants[0]["status"], want, "{action}");
+    }
 
     drop_database(pool).await;
 }
