@@ -36,12 +36,17 @@
 #                  against round-robin: p99 of the pool and the slow backend's share.
 #   metrics    11. metrics overhead: the gateway's closed-loop throughput with Prometheus metrics
 #                  on against the same build with `[metrics] enabled = false`, alternating rounds.
+#   dashboard  12. dashboard queries: 10M usage events of 100 tenants generated in PostgreSQL,
+#                  p95 of every dashboard call against 200 ms; the same report from the hourly
+#                  rollups against the raw events (bench/dashboard.sh).
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
-#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all eight,
-#                                        gateway,backend,torchserve,auth,ingest,split,pools,metrics)
+#   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all,
+#                                        gateway,backend,torchserve,auth,ingest,split,pools,metrics,
+#                                        dashboard)
+#   MAAS_BENCH_DASHBOARD_EVENTS=10000000 usage events generated (dashboard)
 #   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
@@ -62,7 +67,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard}"
 MET_DURATION="${MAAS_BENCH_METRICS_DURATION:-5}"
 MET_ROUNDS=3
 MET_CONCURRENCY=32
@@ -919,6 +924,17 @@ section_metrics() {
 }
 
 # ================================================================================================
+# Section dashboard: the dashboard's queries on 10M usage events (bench/dashboard.sh, in a
+# PostgreSQL of its own).
+# ================================================================================================
+section_dashboard() {
+    rm -f "$RES"/dashboard.json
+    cargo build --release -p maas-gateway -p maas-billing --bins
+    scripts/with-services.sh bench/dashboard.sh "$RES" "$OUT/logs"
+    [ -s "$RES/dashboard.json" ] || fail "bench/dashboard.sh wrote no result (see $OUT/logs/section-dashboard.log)"
+}
+
+# ================================================================================================
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
@@ -1000,6 +1016,7 @@ run_section ingest section_ingest
 run_section split section_split
 run_section pools section_pools
 run_section metrics section_metrics
+run_section dashboard section_dashboard
 
 {
     rustc --version

@@ -3,13 +3,17 @@
 # DATABASE_URL): trains the demo model `digits` and imports the seed's Keras file as the demo
 # model `seed-keras` if they have no version, starts one backend and one gateway, creates a demo
 # tenant and API key, and prints ready-to-paste curls that classify a real row of the digits
-# data and a probe row of the Keras model through the gateway. Ctrl-C stops everything.
+# data and a probe row of the Keras model through the gateway. The admin API and the dashboard
+# are on, with an operator token generated for this run, and a tenant admin of the demo tenant
+# is created: the script prints the dashboard URL and the tokens to sign in with. Ctrl-C stops
+# everything.
 #
 # Environment (all optional):
 #   MAAS_PROFILE        cargo profile folder of the binaries (default: release)
 #   MAAS_REPO           model repository folder (default: model_repository)
 #   MAAS_BACKEND_LISTEN backend address (default: 127.0.0.1:8001)
 #   MAAS_GATEWAY_LISTEN gateway address (default: 127.0.0.1:8080)
+#   MAAS_ADMIN_LISTEN   admin API and dashboard address (default: 127.0.0.1:8081)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +22,9 @@ bin="target/$profile"
 repo="${MAAS_REPO:-model_repository}"
 backend_addr="${MAAS_BACKEND_LISTEN:-127.0.0.1:8001}"
 gateway_addr="${MAAS_GATEWAY_LISTEN:-127.0.0.1:8080}"
+admin_addr="${MAAS_ADMIN_LISTEN:-127.0.0.1:8081}"
+# A fresh operator token for this run (192 bits from the OS random source).
+operator_token="maas_op_$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
 logs=".data/run/logs"
 mkdir -p "$logs" "$repo"
 
@@ -40,8 +47,8 @@ trap stop_all EXIT
 trap 'echo; echo "stopping..."; exit 0' INT TERM
 
 port_busy() { python3 -c "import socket,sys; s=socket.socket(); sys.exit(0 if s.connect_ex(('${1%:*}', ${1##*:}))==0 else 1)"; }
-for a in "$backend_addr" "$gateway_addr"; do
-    if port_busy "$a"; then echo "run: $a is already in use; set MAAS_BACKEND_LISTEN / MAAS_GATEWAY_LISTEN" >&2; exit 1; fi
+for a in "$backend_addr" "$gateway_addr" "$admin_addr"; do
+    if port_busy "$a"; then echo "run: $a is already in use; set MAAS_BACKEND_LISTEN / MAAS_GATEWAY_LISTEN / MAAS_ADMIN_LISTEN" >&2; exit 1; fi
 done
 
 if ! compgen -G "$repo/digits/[0-9]*/model.safetensors" >/dev/null; then
@@ -70,11 +77,22 @@ wait_for "http://$backend_addr/v2/health/ready" backend "${pids[-1]}"
 MAAS_GATEWAY_LISTEN="$gateway_addr" MAAS_GATEWAY_UPSTREAM__BACKENDS="[\"$backend_addr\"]" \
     MAAS_GATEWAY_GRACE_PERIOD_S=2 MAAS_GATEWAY_GRACEFUL_SHUTDOWN_TIMEOUT_S=3 \
     MAAS_GATEWAY_METERING__SPOOL_DIR="$PWD/.data/run/spool" \
+    MAAS_GATEWAY_ADMIN__LISTEN="$admin_addr" MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN="$operator_token" \
     setsid "$bin/maas-gateway" serve --config config/gateway.toml >"$logs/gateway.log" 2>&1 &
 pids+=($!)
 wait_for "http://$gateway_addr/v2/health/ready" gateway "${pids[-1]}"
 
 key="$("$bin/maas-gateway" keys create --tenant demo --name "demo-$(date -u +%Y%m%dT%H%M%SZ)")"
+
+# A tenant admin of the demo tenant, through the admin API (found by name).
+admin_api() { # method path [json body]
+    curl -fsS -X "$1" "http://$admin_addr$2" -H "Authorization: Bearer $operator_token" \
+        ${3:+-H 'Content-Type: application/json' -d "$3"}
+}
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+demo_id="$(admin_api GET /admin/v1/tenants/by-name/demo | json_field id)"
+tenant_admin="$(admin_api POST "/admin/v1/tenants/$demo_id/admins" \
+    "{\"name\": \"demo-admin-$(date -u +%Y%m%dT%H%M%SZ)\"}" | json_field token)"
 
 # A real row of the digits data set: 64 pixel values, then its label.
 row="$(zcat data/digits.csv.gz | sed -n 11p)"
@@ -108,6 +126,12 @@ curl -s http://$gateway_addr/v2/models/seed-keras/infer \\
 Its "probabilities" match Keras's own (data/seed-keras/probe_outputs.csv, row 1): largest at index $probe_class.
 
 (Each make run creates a new key; keys from earlier runs stay valid.)
+
+Dashboard (README "Dashboard"): http://$admin_addr/dashboard
+  Sign in as the demo tenant's admin with:  $tenant_admin
+  or as the operator (every tenant) with:   $operator_token
+  (the operator token is new on each make run; the admin API is at http://$admin_addr/admin/v1/,
+  its OpenAPI document at http://$admin_addr/admin/v1/openapi.json)
 
 Prometheus metrics (README "Observability"): curl -s http://${MAAS_GATEWAY_METRICS__LISTEN:-127.0.0.1:9464}/metrics
   and curl -s http://$backend_addr/metrics

@@ -29,6 +29,7 @@ command -v psql >/dev/null || need+=(postgresql-client)
 [ -e /usr/include/hdf5/serial/hdf5.h ] || [ -e /usr/include/hdf5.h ] || need+=(libhdf5-dev)
 # The observability tests run a real Prometheus server and `promtool check rules`.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || need+=(chromium chromium-driver)  # the dashboard's browser test
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     as_root apt-get update -qq

@@ -10,6 +10,7 @@
 //! - [`add_refused`]: requests the gateway refused, counted per tenant, outcome and minute.
 //! - [`invoice`]: monthly invoices from the rollups (rounding rule documented there).
 //! - [`report`]: usage per hour or day in any IANA time zone, by model and/or key.
+//! - [`ranking`]: every tenant's usage and spend over a range, highest spend first.
 //! - [`export`]: CSV, JSON lines and CloudEvents 1.0 exports of the raw events.
 //!
 //! Money is integer micro-USD and time is UTC throughout (see ARCHITECTURE.md).
@@ -19,14 +20,16 @@ pub mod invoice;
 mod period;
 pub mod plans;
 mod refused;
+pub mod ranking;
 pub mod report;
 mod usage;
 
 pub use period::Period;
 pub use refused::{add_refused, refused_by_outcome, RefusedCount};
 pub use usage::{
-    create_usage_partition, ensure_usage_partitions, insert_usage_events, rollup_totals,
-    usage_summary, CallKind, RollupFilter, RollupTotals, UsageEvent, UsageSummary,
+    create_usage_partition, ensure_usage_partitions, insert_usage_events, model_totals,
+    rollup_totals, usage_summary, CallKind, ModelTotals, RollupFilter, RollupTotals, UsageEvent,
+    UsageSummary,
 };
 
 /// All sqlx migrations of the project, from the workspace's `migrations/` folder.

@@ -154,6 +154,55 @@ pub async fn plan_prices(pool: &PgPool, plan: &str) -> Result<Vec<ModelPrice>, B
     .await?)
 }
 
+/// A plan with its prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Plan {
+    /// Plan name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Its price rows, by model name (`*`: every model without its own row).
+    pub prices: Vec<ModelPrice>,
+}
+
+/// Every plan with its prices, by name.
+///
+/// # Errors
+/// Any database error.
+pub async fn list_plans(pool: &PgPool) -> Result<Vec<Plan>, sqlx::Error> {
+    let plans: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, description FROM plans ORDER BY name")
+            .fetch_all(pool)
+            .await?;
+    #[derive(sqlx::FromRow)]
+    struct PriceRow {
+        plan: String,
+        #[sqlx(flatten)]
+        price: ModelPrice,
+    }
+    let rows: Vec<PriceRow> = sqlx::query_as(
+        "SELECT plan, model, per_request_micro_usd, per_1k_inferences_micro_usd, \
+             per_compute_second_micro_usd, included_requests, included_inferences, \
+             included_compute_us \
+         FROM plan_prices ORDER BY plan, model",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(plans
+        .into_iter()
+        .map(|(name, description)| Plan {
+            prices: rows
+                .iter()
+                .filter(|r| r.plan == name)
+                .map(|r| r.price.clone())
+                .collect(),
+            name,
+            description,
+        })
+        .collect())
+}
+
 /// Puts tenant `tenant` (by name) on `plan`.
 ///
 /// # Errors

@@ -149,16 +149,28 @@ fn on_hour(t: DateTime<Utc>) -> bool {
     t.minute() == 0 && t.second() == 0 && t.nanosecond() == 0
 }
 
+/// The zone names of `pg_timezone_names`, read once per process: the view parses PostgreSQL's
+/// time zone files on every read (tens of milliseconds), and they do not change while the
+/// server runs.
+static ZONE_NAMES: std::sync::OnceLock<std::collections::HashSet<String>> =
+    std::sync::OnceLock::new();
+
 /// Whether PostgreSQL's time zone database knows `tz` as a zone name (`pg_timezone_names`:
-/// IANA names such as `UTC` or `Europe/Paris`; abbreviations like `CET` are not names).
+/// IANA names such as `UTC` or `Europe/Paris`; abbreviations like `CET` are not names). The
+/// names are read from the database once per process.
 ///
 /// # Errors
 /// Database errors.
 pub async fn is_known_time_zone(pool: &PgPool, tz: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
-        .bind(tz)
-        .fetch_one(pool)
-        .await
+    if let Some(names) = ZONE_NAMES.get() {
+        return Ok(names.contains(tz));
+    }
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM pg_timezone_names")
+        .fetch_all(pool)
+        .await?;
+    let known = names.iter().any(|n| n == tz);
+    let _ = ZONE_NAMES.set(names.into_iter().collect());
+    Ok(known)
 }
 
 /// Runs a usage report (see the module notes for where it reads from).

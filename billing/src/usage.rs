@@ -370,3 +370,48 @@ pub async fn rollup_totals(
         compute_us,
     })
 }
+
+/// One model's usage of one tenant over a range, from the hourly rollups.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ModelTotals {
+    /// The model (`None`: requests refused before a model was known).
+    pub model: Option<String>,
+    /// Every request.
+    pub requests: i64,
+    /// Requests answered 2xx.
+    pub billable_requests: i64,
+    /// Requests answered >= 400 or not answered.
+    pub error_requests: i64,
+    /// Rows processed by 2xx requests.
+    pub inference_count: i64,
+    /// Backend compute of 2xx requests, microseconds.
+    pub compute_us: i64,
+}
+
+/// Tenant `tenant_id`'s usage per model over the hours in `[from, to)` (hour-aligned bounds
+/// are exact), from `usage_hourly`, by model name.
+///
+/// # Errors
+/// Any database error.
+pub async fn model_totals(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<ModelTotals>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT model, sum(requests)::bigint AS requests, \
+                sum(billable_requests)::bigint AS billable_requests, \
+                sum(error_requests)::bigint AS error_requests, \
+                sum(inference_count)::bigint AS inference_count, \
+                sum(compute_us)::bigint AS compute_us \
+         FROM usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 \
+         GROUP BY model ORDER BY model NULLS FIRST",
+    )
+    .bind(tenant_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}

@@ -279,13 +279,19 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         ("/admin/v1/tenants/{tenant_id}/usage/export", "get"),
         ("/admin/v1/tenants/{tenant_id}/invoices/{period}", "get"),
         ("/admin/v1/pools", "get"),
+        ("/admin/v1/tenants/by-name/{name}", "get"),
+        ("/admin/v1/tenants/{tenant_id}/plan", "put"),
+        ("/admin/v1/tenants/{tenant_id}/account", "get"),
+        ("/admin/v1/plans", "get"),
+        ("/admin/v1/plans/{plan}", "get"),
+        ("/admin/v1/plans/{plan}/prices/{model}", "put"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
             "{method} {path} missing"
         );
     }
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 21);
 
     // Unknown admin routes are JSON 404s.
     let (status, body) = admin.get("/admin/v1/nothing").await;

@@ -646,7 +646,9 @@ async fn tenant_admins_see_only_their_own_tenant() {
     // ... and 403 on every operator-only route.
     for (method, path) in [
         (Method::GET, "/admin/v1/tenants".to_string()),
-        (Method::GET, format!("/admin/v1/tenants/{}/keys", f.acme)),
+        (Method::GET, "/admin/v1/plans".to_string()),
+        (Method::PUT, format!("/admin/v1/tenants/{}/limits", f.acme)),
+        (Method::PUT, format!("/admin/v1/tenants/{}/plan", f.acme)),
         (Method::GET, format!("/admin/v1/tenants/{}/admins", f.acme)),
         (Method::POST, format!("/admin/v1/tenants/{}/admins", f.acme)),
         (

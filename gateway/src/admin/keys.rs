@@ -1,8 +1,9 @@
-//! API keys: issued, listed, revoked and rotated by the operator (`/admin/v1/tenants/{id}/keys`,
-//! `/admin/v1/keys/{id}/...`), and issued by the `maas-gateway keys create` command
-//! ([`create_key`]). A secret is returned once, at issue; only its SHA-256 and display prefix
-//! are stored. A revocation or rotation is announced to every gateway
-//! ([`crate::invalidation`]).
+//! API keys: issued, listed, revoked and rotated by the operator or by an admin of the key's
+//! tenant (self-service: `/admin/v1/tenants/{id}/keys`, `/admin/v1/keys/{id}/...`; another
+//! tenant's key is 403), and issued by the `maas-gateway keys create` command ([`create_key`]).
+//! A secret is returned once, at issue; only its SHA-256 and display prefix are stored. A
+//! rotated key keeps the old key's own limit rules. A revocation or rotation is announced to
+//! every gateway ([`crate::invalidation`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,12 +14,13 @@ use sqlx::{PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::auth::{VisibleKey, VisibleTenant};
 use super::error::{AppError, ErrorBody};
-use super::extract::{AppJson, AppPath};
+use super::extract::AppJson;
 use super::state::AdminState;
 use super::validate::check_name;
 use crate::auth::{generate_key, NewKey};
-use crate::store::{self, ApiKey, NewKeyRow};
+use crate::store::{self, ApiKey, LimitRule, NewKeyRow};
 
 /// Body of `POST /admin/v1/tenants/{tenant_id}/keys`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -41,6 +43,17 @@ pub struct CreatedApiKey {
     /// The key as later listings show it.
     #[serde(flatten)]
     pub key: ApiKey,
+}
+
+/// A key as listed, with its own limit rules (level `key`; empty: the tenant's and plan's
+/// rules apply).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ListedApiKey {
+    /// The key.
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The key's own rules.
+    pub limits: Vec<LimitRule>,
 }
 
 /// Generate a secret and store it as key `name` of `tenant_id`.
@@ -95,15 +108,32 @@ pub async fn create_key(
     responses(
         (status = 201, description = "Created; `secret` is shown only here", body = CreatedApiKey),
         (status = 400, description = "Invalid body or tenant_id", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "An admin of another tenant", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody)
-    )
+    ),
+    security(("operator_token" = []), ("tenant_admin_token" = []))
 )]
 pub async fn create_tenant_key(
+    VisibleTenant(tenant_id): VisibleTenant,
     State(state): State<AdminState>,
-    AppPath(tenant_id): AppPath<Uuid>,
     AppJson(body): AppJson<NewApiKey>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    Ok((
+        StatusCode::CREATED,
+        Json(create(&state, tenant_id, &body).await?),
+    ))
+}
+
+/// Check `body` and issue a key for tenant `tenant_id` (the caller was checked).
+///
+/// # Errors
+/// 400 for a bad name, empty model list or past expiry; 404 for no such tenant.
+pub async fn create(
+    state: &AdminState,
+    tenant_id: Uuid,
+    body: &NewApiKey,
+) -> Result<CreatedApiKey, AppError> {
     check_name("name", &body.name)?;
     if let Some(models) = &body.allowed_models {
         if models.is_empty() {
@@ -130,32 +160,53 @@ pub async fn create_tenant_key(
     )
     .await?;
     tracing::info!(%tenant_id, key_id = %key.id, prefix = %key.prefix, "admin: key created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiKey {
-            secret: secret.secret,
-            key,
-        }),
-    ))
+    Ok(CreatedApiKey {
+        secret: secret.secret,
+        key,
+    })
 }
 
-/// List a tenant's keys (revoked ones included), oldest first; prefixes only.
+/// List a tenant's keys (revoked ones included), oldest first, each with its own limit rules;
+/// prefixes only, never a secret.
 #[utoipa::path(
     get, path = "/admin/v1/tenants/{tenant_id}/keys",
     params(("tenant_id" = Uuid, Path, description = "Tenant id")),
     responses(
-        (status = 200, description = "The tenant's keys", body = [ApiKey]),
+        (status = 200, description = "The tenant's keys", body = [ListedApiKey]),
         (status = 400, description = "tenant_id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "An admin of another tenant", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody)
-    )
+    ),
+    security(("operator_token" = []), ("tenant_admin_token" = []))
 )]
 pub async fn list_keys(
+    VisibleTenant(tenant_id): VisibleTenant,
     State(state): State<AdminState>,
-    AppPath(tenant_id): AppPath<Uuid>,
-) -> Result<Json<Vec<ApiKey>>, AppError> {
+) -> Result<Json<Vec<ListedApiKey>>, AppError> {
     state.tenant_name(tenant_id).await?;
-    Ok(Json(store::tenant_keys(&state.pool, tenant_id).await?))
+    Ok(Json(listed_keys(&state.pool, tenant_id).await?))
+}
+
+/// Tenant `tenant_id`'s keys with their own rules, oldest first.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn listed_keys(pool: &PgPool, tenant_id: Uuid) -> Result<Vec<ListedApiKey>, AppError> {
+    let keys = store::tenant_keys(pool, tenant_id).await?;
+    let mut rules = store::tenant_key_rules(pool, tenant_id).await?;
+    Ok(keys
+        .into_iter()
+        .map(|key| {
+            let limits = rules
+                .iter()
+                .filter(|(k, _)| *k == key.id)
+                .map(|(_, r)| r.clone())
+                .collect();
+            rules.retain(|(k, _)| *k != key.id);
+            ListedApiKey { key, limits }
+        })
+        .collect())
 }
 
 /// Revoke a key (idempotent: revoking a revoked key keeps its first revocation time).
@@ -165,39 +216,59 @@ pub async fn list_keys(
     responses(
         (status = 200, description = "The key, revoked", body = ApiKey),
         (status = 400, description = "key_id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "A tenant admin, and the key is not its tenant's", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody)
-    )
+    ),
+    security(("operator_token" = []), ("tenant_admin_token" = []))
 )]
 pub async fn revoke_key(
+    VisibleKey { key_id, .. }: VisibleKey,
     State(state): State<AdminState>,
-    AppPath(key_id): AppPath<Uuid>,
 ) -> Result<Json<ApiKey>, AppError> {
+    Ok(Json(revoke(&state, key_id).await?))
+}
+
+/// Revoke key `key_id` (the caller was checked) and announce it.
+///
+/// # Errors
+/// 404 for no such key.
+pub async fn revoke(state: &AdminState, key_id: Uuid) -> Result<ApiKey, AppError> {
     let key = store::revoke_key(&state.pool, key_id)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no key {key_id}")))?;
     tracing::info!(key_id = %key.id, prefix = %key.prefix, "admin: key revoked");
     state.announce(key.tenant_id).await;
-    Ok(Json(key))
+    Ok(key)
 }
 
-/// Rotate a key: a new secret with the same tenant, name, models and expiry; the old key is
-/// revoked in the same transaction.
+/// Rotate a key: a new secret with the same tenant, name, models, expiry and own limit rules;
+/// the old key is revoked in the same transaction.
 #[utoipa::path(
     post, path = "/admin/v1/keys/{key_id}/rotate",
     params(("key_id" = Uuid, Path, description = "Key id")),
     responses(
         (status = 201, description = "The new key; `secret` is shown only here", body = CreatedApiKey),
         (status = 400, description = "key_id is not a UUID", body = ErrorBody),
-        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "A tenant admin, and the key is not its tenant's", body = ErrorBody),
         (status = 404, description = "No such key", body = ErrorBody),
         (status = 409, description = "The key is already revoked", body = ErrorBody)
-    )
+    ),
+    security(("operator_token" = []), ("tenant_admin_token" = []))
 )]
 pub async fn rotate_key(
+    VisibleKey { key_id, .. }: VisibleKey,
     State(state): State<AdminState>,
-    AppPath(key_id): AppPath<Uuid>,
 ) -> Result<(StatusCode, Json<CreatedApiKey>), AppError> {
+    Ok((StatusCode::CREATED, Json(rotate(&state, key_id).await?)))
+}
+
+/// Rotate key `key_id` (the caller was checked) and announce it.
+///
+/// # Errors
+/// 404 for no such key, 409 for a revoked one.
+pub async fn rotate(state: &AdminState, key_id: Uuid) -> Result<CreatedApiKey, AppError> {
     let mut tx = state.pool.begin().await?;
     let old = store::lock_key(&mut *tx, key_id)
         .await?
@@ -216,14 +287,12 @@ pub async fn rotate_key(
         old.expires_at,
     )
     .await?;
+    store::copy_key_rules(&mut tx, key_id, key.id).await?;
     tx.commit().await?;
     tracing::info!(old_key_id = %key_id, key_id = %key.id, "admin: key rotated");
     state.announce(old.tenant_id).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedApiKey {
-            secret: secret.secret,
-            key,
-        }),
-    ))
+    Ok(CreatedApiKey {
+        secret: secret.secret,
+        key,
+    })
 }

@@ -3,9 +3,14 @@
 //!
 //! Every route is under `/admin/v1` and needs `Authorization: Bearer <token>`: the operator token
 //! (`[admin] operator_token` or `MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN`, compared in constant time)
-//! for everything, or a tenant admin's token for its own tenant's usage, invoices and exports
-//! (any other route or tenant: 403). A missing, unknown or revoked token is 401 with
-//! `WWW-Authenticate: Bearer`. The OpenAPI document generated from the handlers (utoipa) is
+//! for everything, or a tenant admin's token for its own tenant's self-service: its keys
+//! (list, create, revoke, rotate, their limits within the tenant's), its limits, account
+//! (plan, prices, quota and budget state), usage, invoices and exports (any other route or
+//! tenant, or a tenant that does not exist: 403). A missing, unknown or revoked token is 401 with
+//! `WWW-Authenticate: Bearer`. Without `Authorization`, a dashboard session cookie stands for
+//! the token it was signed in with (`session/`; state-changing requests then need the
+//! session's `X-CSRF-Token`). The web dashboard (`dashboard/`) is served at `/dashboard` on the
+//! same listener. The OpenAPI document generated from the handlers (utoipa) is
 //! served without a token at `/admin/v1/openapi.json`.
 //!
 //! The admin API writes PostgreSQL only (through [`crate::store`]); the data path sees a revoked
@@ -18,17 +23,22 @@
 //! Modules: who is calling (`auth.rs`), the shared state (`state.rs`), errors and their one JSON
 //! shape (`error.rs`), extractors whose rejection is that shape (`extract.rs`), name rules
 //! (`validate.rs`), the usage routes' query parameters (`params.rs`), one file per resource
-//! (`tenants.rs`, `keys.rs`, `limits.rs`, `tenant_admins.rs`, `usage.rs`, `pools.rs`), and the OpenAPI
+//! (`tenants.rs`, `keys.rs`, `limits.rs`, `plans.rs`, `account.rs`, `tenant_admins.rs`,
+//! `usage.rs`, `pools.rs`), and the OpenAPI
 //! document (`openapi.rs`). This file only assembles them.
 
+mod account;
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod keys;
 mod limits;
 mod openapi;
 mod params;
+mod plans;
 mod pools;
+mod session;
 mod state;
 mod tenant_admins;
 mod tenants;
@@ -43,7 +53,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use sqlx::postgres::PgPoolOptions;
 
@@ -62,6 +72,10 @@ fn router(state: AdminState) -> Router {
             post(tenants::create_tenant).get(tenants::list_tenants),
         )
         .route(
+            "/admin/v1/tenants/by-name/{name}",
+            get(tenants::tenant_by_name),
+        )
+        .route(
             "/admin/v1/tenants/{tenant_id}/suspend",
             post(tenants::suspend_tenant),
         )
@@ -70,22 +84,18 @@ fn router(state: AdminState) -> Router {
             post(tenants::reactivate_tenant),
         )
         .route(
-            "/admin/v1/tenants/{tenant_id}/keys",
-            post(keys::create_tenant_key).get(keys::list_keys),
+            "/admin/v1/tenants/{tenant_id}/plan",
+            put(plans::put_tenant_plan),
         )
-        .route("/admin/v1/keys/{key_id}/revoke", post(keys::revoke_key))
-        .route("/admin/v1/keys/{key_id}/rotate", post(keys::rotate_key))
+        .route("/admin/v1/plans", get(plans::list_plans))
+        .route("/admin/v1/plans/{plan}", get(plans::get_plan))
+        .route(
+            "/admin/v1/plans/{plan}/prices/{model}",
+            put(plans::put_price),
+        )
         .route(
             "/admin/v1/plans/{plan}/limits",
             get(limits::get_plan_limits).put(limits::put_plan_limits),
-        )
-        .route(
-            "/admin/v1/tenants/{tenant_id}/limits",
-            get(limits::get_tenant_limits).put(limits::put_tenant_limits),
-        )
-        .route(
-            "/admin/v1/keys/{key_id}/limits",
-            get(limits::get_key_limits).put(limits::put_key_limits),
         )
         .route(
             "/admin/v1/tenants/{tenant_id}/admins",
@@ -100,7 +110,27 @@ fn router(state: AdminState) -> Router {
             state.clone(),
             auth::require_operator,
         ));
+    // Each of these checks its caller itself (VisibleTenant, VisibleKey, or Caller for the
+    // operator-only method of a route whose other method a tenant admin may use).
     let tenant_visible = Router::new()
+        .route(
+            "/admin/v1/tenants/{tenant_id}/keys",
+            post(keys::create_tenant_key).get(keys::list_keys),
+        )
+        .route("/admin/v1/keys/{key_id}/revoke", post(keys::revoke_key))
+        .route("/admin/v1/keys/{key_id}/rotate", post(keys::rotate_key))
+        .route(
+            "/admin/v1/tenants/{tenant_id}/limits",
+            get(limits::get_tenant_limits).put(limits::put_tenant_limits),
+        )
+        .route(
+            "/admin/v1/keys/{key_id}/limits",
+            get(limits::get_key_limits).put(limits::put_key_limits),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant_id}/account",
+            get(account::get_account),
+        )
         .route("/admin/v1/tenants/{tenant_id}/usage", get(usage::get_usage))
         .route(
             "/admin/v1/tenants/{tenant_id}/usage/export",
@@ -114,6 +144,7 @@ fn router(state: AdminState) -> Router {
         .route("/admin/v1/openapi.json", get(openapi::openapi_json))
         .merge(operator_only)
         .merge(tenant_visible)
+        .merge(dashboard::router(state.clone()))
         .fallback(not_found)
         .with_state(state)
 }
@@ -174,13 +205,15 @@ pub fn spawn(
                     }
                 };
                 tracing::info!(%addr, "admin API listening");
+                let app = router(
+                    AdminState::new(pool, &token)
+                        .with_redis(redis)
+                        .with_pools(pools),
+                );
+                // The peer address bounds dashboard sign-in attempts per client.
                 if let Err(e) = axum::serve(
                     listener,
-                    router(
-                        AdminState::new(pool, &token)
-                            .with_redis(redis)
-                            .with_pools(pools),
-                    ),
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
                 )
                 .await
                 {

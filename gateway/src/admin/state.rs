@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::auth::{CallerSource, OperatorToken};
 use super::error::AppError;
+use super::session::SignInLimiter;
 use crate::invalidation::{self, Invalidation};
 use crate::pools::Pools;
 use crate::store;
@@ -24,6 +25,8 @@ pub struct AdminState {
     redis: Option<redis::Client>,
     /// The data path's backend pools (`GET /admin/v1/pools`); `None` in tests without them.
     pub pools: Option<Arc<Pools>>,
+    /// Bounds dashboard sign-in attempts per client address.
+    pub sign_in: Arc<SignInLimiter>,
 }
 
 impl AdminState {
@@ -34,6 +37,7 @@ impl AdminState {
             operator: OperatorToken::new(operator_token),
             redis: None,
             pools: None,
+            sign_in: Arc::new(SignInLimiter::default()),
         }
     }
 
@@ -47,6 +51,11 @@ impl AdminState {
     pub fn with_pools(mut self, pools: Arc<Pools>) -> Self {
         self.pools = Some(pools);
         self
+    }
+
+    /// The operator token.
+    pub fn operator_token_ref(&self) -> &OperatorToken {
+        &self.operator
     }
 
     /// The name of tenant `id`.

@@ -1,5 +1,5 @@
-//! `/admin/v1/tenants`: create, list, suspend and reactivate tenants (operator only). A
-//! suspension is announced to every gateway ([`crate::invalidation`]).
+//! `/admin/v1/tenants`: create, list, look up by name, suspend and reactivate tenants (operator
+//! only). A suspension is announced to every gateway ([`crate::invalidation`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -108,4 +108,24 @@ pub async fn reactivate_tenant(
     AppPath(tenant_id): AppPath<Uuid>,
 ) -> Result<Json<Tenant>, AppError> {
     set_tenant_status(&state, tenant_id, TenantStatus::Active).await
+}
+
+/// A tenant by its name (the name the `maas-billing` CLI and `keys create` take).
+#[utoipa::path(
+    get, path = "/admin/v1/tenants/by-name/{name}",
+    params(("name" = String, Path, description = "Tenant name")),
+    responses(
+        (status = 200, description = "The tenant", body = Tenant),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 404, description = "No tenant of that name", body = ErrorBody)
+    )
+)]
+pub async fn tenant_by_name(
+    State(state): State<AdminState>,
+    AppPath(name): AppPath<String>,
+) -> Result<Json<Tenant>, AppError> {
+    store::tenant_named(&state.pool, &name)
+        .await?
+        .map(Json)
+        .ok_or_else(|| AppError::NotFound(format!("no tenant named '{name}'")))
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 /// The columns of an [`ApiKey`], in one place for every statement that returns one.
 macro_rules! key_columns {
     () => {
-        "id, tenant_id, name, prefix, allowed_models, created_at, expires_at, revoked_at"
+        "id, tenant_id, name, prefix, allowed_models, created_at, expires_at, revoked_at, last_used_at"
     };
 }
 
@@ -37,6 +37,9 @@ pub struct ApiKey {
     pub expires_at: Option<DateTime<Utc>>,
     /// Revocation time, UTC; `null` while the key is live.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key last authenticated a request, UTC (written every
+    /// `auth.last_used_flush_ms`, so up to that late); `null` if never.
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
 /// A key to store: what is kept of a newly issued secret, and what it may do.
@@ -178,4 +181,15 @@ pub async fn touch_keys(db: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<u64, sq
         .execute(db)
         .await?;
     Ok(done.rows_affected())
+}
+
+/// The tenant owning key `id`; `None` when there is no such key.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn key_tenant(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
 }

@@ -321,6 +321,59 @@ pub async fn replace_owner_rules(
     Ok(())
 }
 
+/// Copy the rules of key `from` onto key `to` (a rotated key keeps its limits), inside `tx`;
+/// how many rules were copied.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn copy_key_rules(
+    tx: &mut Transaction<'_, Postgres>,
+    from: Uuid,
+    to: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO rate_limits (id, api_key_id, level, model, rate, period_s, burst, \
+             concurrency, monthly_inference_quota, monthly_budget_micro_usd) \
+         SELECT gen_random_uuid(), $2, level, model, rate, period_s, burst, concurrency, \
+             monthly_inference_quota, monthly_budget_micro_usd \
+         FROM rate_limits WHERE api_key_id = $1",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The own rules of every key of tenant `tenant_id`, with the key they belong to.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn tenant_key_rules(
+    pool: &PgPool,
+    tenant_id: Uuid,
+) -> Result<Vec<(Uuid, LimitRule)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct KeyRuleRow {
+        api_key_id: Uuid,
+        #[sqlx(flatten)]
+        rule: RuleRow,
+    }
+    let rows: Vec<KeyRuleRow> = sqlx::query_as(
+        "SELECT r.api_key_id, r.level, r.model, r.rate, r.period_s, r.burst, r.concurrency, \
+                r.monthly_inference_quota, r.monthly_budget_micro_usd \
+         FROM rate_limits r JOIN api_keys k ON k.id = r.api_key_id \
+         WHERE k.tenant_id = $1 ORDER BY r.api_key_id, r.level",
+    )
+    .bind(tenant_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r.api_key_id, r.rule.into_rule()?.1)))
+        .collect())
+}
+
 /// Whether `owner` exists, and the tenant a change of its rules concerns: `None` when it does
 /// not exist, `Some(None)` for a plan (every tenant on it), `Some(Some(tenant))` for a tenant
 /// or a key.

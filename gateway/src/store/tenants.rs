@@ -166,3 +166,36 @@ pub async fn tenant_by_name(
         .fetch_optional(db)
         .await
 }
+
+/// Tenant `name` as the admin API shows it; `None` when there is none.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn tenant_named(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<Tenant>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        tenant_columns!(),
+        " FROM tenants WHERE name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(db)
+    .await
+}
+
+/// Tenant `id` as the admin API shows it; `None` when there is none.
+///
+/// # Errors
+/// When PostgreSQL fails.
+pub async fn tenant_row(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<Tenant>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        tenant_columns!(),
+        " FROM tenants WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
