@@ -112,6 +112,7 @@ fn event(tenant: Uuid, key: Uuid, at: chrono::DateTime<Utc>, status: i16, rows: 
         request_bytes: 100,
         response_bytes: 50,
         latency_us: 900,
+        call: maas_billing::CallKind::Inference,
     }
 }
 

@@ -405,6 +405,7 @@ fn event(
         request_bytes: 100,
         response_bytes: 50,
         latency_us: 900,
+        call: maas_billing::CallKind::Inference,
     }
 }
 
