@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::DeviceSpec;
 use crate::engine::WorkerOptions;
-use crate::http::serve_until_signal;
+use crate::http::{serve_until_signal, ServerOptions};
 use crate::repository::{load_stage, ModelRepository, RepositoryOptions};
 
 /// Open Inference Protocol v2 inference server for dense models on libtorch.
@@ -110,6 +110,14 @@ pub struct ServerArgs {
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a connection may take to send a complete request header, counted from when it
+    /// is accepted or went idle after a response (so also the keep-alive idle timeout); then
+    /// it is closed. The gateway's (pingora's) read timeout is the same 60 s.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_s: u64,
+    /// Seconds to wait for the next piece of a request body before answering 408.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_s: u64,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before stopping anyway.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_s: u64,
@@ -251,7 +259,11 @@ impl ServerArgs {
         serve_until_signal(
             Arc::new(repository),
             listen,
-            self.max_body_bytes,
+            ServerOptions {
+                max_body_bytes: self.max_body_bytes,
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
+                body_idle_timeout: Duration::from_secs(self.body_idle_timeout_s),
+            },
             Duration::from_secs(self.shutdown_timeout_s),
         )
     }

@@ -141,7 +141,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         Duration::from_millis(config.upstream.connect_timeout_ms),
         usage,
     )
-    .with_observability(request_metrics, config.metrics.access_log);
+    .with_observability(request_metrics, config.metrics.access_log)
+    .with_max_body_bytes(config.max_body_bytes);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
 

@@ -179,6 +179,8 @@ pub fn digits_rows(n: usize) -> Vec<(Vec<f32>, usize)> {
         .collect()
 }
 
+pub mod raw_http;
+
 /// The unit tests' helpers (a temp folder removed on drop), shared with the integration tests.
 #[path = "../../src/testutil.rs"]
 mod testutil;
