@@ -107,6 +107,11 @@ pub struct ServerArgs {
     /// `[dynamic_batching] max_queue_size` overrides it).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
+    /// The most rows one request may send to a model with `max_batch_size = 0` whose
+    /// config.toml sets no `max_request_rows` (more is a 400 naming the limit).
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_REQUEST_ROWS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_rows: u32,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -250,6 +255,7 @@ impl ServerArgs {
                 intra_op_threads: self.intra_op_threads,
                 queue_capacity: self.queue_capacity as usize,
             },
+            max_request_rows: self.max_request_rows,
         }
     }
 

@@ -125,7 +125,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A 500's cause is hidden from the client, so it goes to the log. A 503 (not ready,
+        // overloaded) says everything to the client and its cause was logged once when it
+        // arose (a failed load, a worker gone): logging it per request would let a flood of
+        // requests flood the log.
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error_type = self.error_type(), error = %self, "request failed");
         } else {
             tracing::debug!(error_type = self.error_type(), error = %self, "request rejected");
