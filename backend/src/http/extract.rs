@@ -161,3 +161,77 @@ pub(super) struct ModelPath {
     /// The version, as sent; absent on the routes without `/versions/{version}`.
     pub version: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `read_body` over a body of `chunks` (each one frame) declaring `content_length`.
+    fn read(
+        chunks: Vec<Vec<u8>>,
+        content_length: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<Bytes, Error> {
+        let frames = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        let mut request = Request::builder().method("POST").uri("/");
+        if let Some(value) = content_length {
+            request = request.header(header::CONTENT_LENGTH, value);
+        }
+        let request = request
+            .body(axum::body::Body::from_stream(frames))
+            .expect("a valid request");
+        let limits = BodyLimits {
+            max_bytes,
+            idle: Duration::from_secs(5),
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(read_body(request, limits))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any framing of any bytes, any Content-Length text, any limit: the bytes exactly,
+        /// or 413 when the body or its declared length is over the limit, or 400 for a
+        /// Content-Length that is not a number; never a panic or another error.
+        #[test]
+        fn any_framing_reads_the_bytes_or_a_typed_refusal(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..16),
+            declared in proptest::option::of(prop_oneof![
+                (0u64..1200).prop_map(|n| n.to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                "[ -~]{0,8}",
+            ]),
+            max_bytes in 0usize..600,
+        ) {
+            let all = chunks.concat();
+            let number = declared.as_deref().map(|d| d.trim().parse::<u64>());
+            match read(chunks, declared.as_deref(), max_bytes) {
+                Ok(bytes) => {
+                    prop_assert_eq!(&bytes[..], &all[..]);
+                    prop_assert!(all.len() <= max_bytes);
+                    let within = match number {
+                        None => true,
+                        Some(Ok(n)) => n <= max_bytes as u64,
+                        Some(Err(_)) => false,
+                    };
+                    prop_assert!(within, "{:?}", declared);
+                }
+                Err(Error::PayloadTooLarge(message)) => {
+                    let declared_over = matches!(number, Some(Ok(n)) if n > max_bytes as u64);
+                    prop_assert!(all.len() > max_bytes || declared_over);
+                    prop_assert!(message.contains(&format!("({max_bytes} bytes")), "{}", message);
+                }
+                Err(Error::BadRequest(message)) => {
+                    prop_assert!(matches!(number, Some(Err(_))), "{}", message);
+                    prop_assert!(message.contains("Content-Length"), "{}", message);
+                }
+                Err(other) => prop_assert!(false, "unexpected {other:?}"),
+            }
+        }
+    }
+}
