@@ -6,7 +6,8 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools, metrics) is written on its own: a section
+Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools, metrics,
+soak) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -672,6 +673,55 @@ def metrics_section(res):
     return lines
 
 
+# --- section soak --------------------------------------------------------------------------------
+
+
+def soak_section(res):
+    cfg = load(res, "soak-config")
+    start, end = load(res, "soak-start"), load(res, "soak-end")
+    run = load(res, "soak-load")
+    samples = []
+    try:
+        with open(os.path.join(res, "soak-samples.jsonl")) as f:
+            samples = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        pass
+    minutes = cfg["duration_s"] / 60
+    lines = [
+        "## 12. Soak",
+        "",
+        f"maas-gateway (API key authentication, metering into PostgreSQL) in front of maas-backend",
+        f"(a 64 -> 128 -> 10 dense model), open loop at {cfg['rate']} requests/s for"
+        f" {cfg['duration_s']} s ({minutes:.0f} min) after a {cfg['warmup_s']} s warm-up at the same",
+        f"load. Resident set (VmRSS) and open file descriptors of each process from /proc at the",
+        f"start of the measured load and at its end; the peak is the largest of the samples taken",
+        f"every {cfg['sample_s']} s.",
+        "",
+        f"Load: {run['responses']:,} answers, {ok_2xx(run):,} 2xx, {failures(run)} failures;"
+        f" p50 {run['latency_us']['p50']:,} µs, p99 {run['latency_us']['p99']:,} µs.",
+        "",
+        "| process | RSS start MiB | RSS end MiB | change | peak MiB | fds start | fds end |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    flat = True
+    for name in ("gateway", "backend"):
+        a, b = start[name], end[name]
+        change = (b["rss_kb"] - a["rss_kb"]) / a["rss_kb"] * 100
+        peak = max([a["rss_kb"], b["rss_kb"]] + [x[name]["rss_kb"] for x in samples])
+        ok = abs(change) <= 10 and b["fds"] <= a["fds"]
+        flat = flat and ok
+        lines.append(f"| maas-{name} | {a['rss_kb'] / 1024:.1f} | {b['rss_kb'] / 1024:.1f} |"
+                     f" {change:+.1f}% | {peak / 1024:.1f} | {a['fds']} | {b['fds']} |")
+    lines += [
+        "",
+        f"- Resident set within 10% from start to end and no file descriptor growth, for both:"
+        f" {verdict(flat and failures(run) == 0)}"
+        + ("." if failures(run) == 0 else f" ({failures(run)} failed requests)."),
+        "",
+    ]
+    return lines
+
+
 SECTIONS = [
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
@@ -683,6 +733,7 @@ SECTIONS = [
     ("split", "9. Model split: pipeline stages (GPipe)", split_section),
     ("pools", "10. Backend pools", pools_section),
     ("metrics", "11. Metrics overhead", metrics_section),
+    ("soak", "12. Soak", soak_section),
 ]
 
 
