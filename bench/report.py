@@ -678,7 +678,7 @@ def metrics_section(res):
 
 def soak_section(res):
     cfg = load(res, "soak-config")
-    start, end = load(res, "soak-start"), load(res, "soak-end")
+    end = load(res, "soak-end")
     run = load(res, "soak-load")
     samples = []
     try:
@@ -686,6 +686,9 @@ def soak_section(res):
             samples = [json.loads(line) for line in f if line.strip()]
     except OSError:
         pass
+    # The start is the first sample taken under the measured load (the one at t = 0 sees the
+    # warm-up's connections closed and the measured run's not yet open).
+    start = samples[0] if samples else load(res, "soak-start")
     minutes = cfg["duration_s"] / 60
     lines = [
         "## 12. Soak",
@@ -693,25 +696,28 @@ def soak_section(res):
         f"maas-gateway (API key authentication, metering into PostgreSQL) in front of maas-backend",
         f"(a 64 -> 128 -> 10 dense model), open loop at {cfg['rate']} requests/s for"
         f" {cfg['duration_s']} s ({minutes:.0f} min) after a {cfg['warmup_s']} s warm-up at the same",
-        f"load. Resident set (VmRSS) and open file descriptors of each process from /proc at the",
-        f"start of the measured load and at its end; the peak is the largest of the samples taken",
-        f"every {cfg['sample_s']} s.",
+        f"load. Resident set (VmRSS) and open file descriptors of each process from /proc, sampled",
+        f"every {cfg['sample_s']} s: start is the first sample under the measured load"
+        f" (t = {start['t']:.0f} s), end the last, taken as the load stops (t = {end['t']:.0f} s);"
+        f" peak and the fd range are over all samples.",
         "",
         f"Load: {run['responses']:,} answers, {ok_2xx(run):,} 2xx, {failures(run)} failures;"
         f" p50 {run['latency_us']['p50']:,} µs, p99 {run['latency_us']['p99']:,} µs.",
         "",
-        "| process | RSS start MiB | RSS end MiB | change | peak MiB | fds start | fds end |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| process | RSS start MiB | RSS end MiB | change | peak MiB | fds start | fds end | fds min-max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     flat = True
     for name in ("gateway", "backend"):
         a, b = start[name], end[name]
         change = (b["rss_kb"] - a["rss_kb"]) / a["rss_kb"] * 100
         peak = max([a["rss_kb"], b["rss_kb"]] + [x[name]["rss_kb"] for x in samples])
+        fds = [a["fds"], b["fds"]] + [x[name]["fds"] for x in samples]
         ok = abs(change) <= 10 and b["fds"] <= a["fds"]
         flat = flat and ok
         lines.append(f"| maas-{name} | {a['rss_kb'] / 1024:.1f} | {b['rss_kb'] / 1024:.1f} |"
-                     f" {change:+.1f}% | {peak / 1024:.1f} | {a['fds']} | {b['fds']} |")
+                     f" {change:+.1f}% | {peak / 1024:.1f} | {a['fds']} | {b['fds']} |"
+                     f" {min(fds)}-{max(fds)} |")
     lines += [
         "",
         f"- Resident set within 10% from start to end and no file descriptor growth, for both:"
