@@ -6,7 +6,8 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools, metrics) is written on its own: a section
+Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools, metrics,
+soak) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
 """
@@ -704,6 +705,61 @@ def dashboard_section(res):
     return lines
 
 
+# --- section soak --------------------------------------------------------------------------------
+
+
+def soak_section(res):
+    cfg = load(res, "soak-config")
+    end = load(res, "soak-end")
+    run = load(res, "soak-load")
+    samples = []
+    try:
+        with open(os.path.join(res, "soak-samples.jsonl")) as f:
+            samples = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        pass
+    # The start is the first sample taken under the measured load (the one at t = 0 sees the
+    # warm-up's connections closed and the measured run's not yet open).
+    start = samples[0] if samples else load(res, "soak-start")
+    minutes = cfg["duration_s"] / 60
+    lines = [
+        "## 13. Soak",
+        "",
+        f"maas-gateway (API key authentication, metering into PostgreSQL) in front of maas-backend",
+        f"(a 64 -> 128 -> 10 dense model), open loop at {cfg['rate']} requests/s for"
+        f" {cfg['duration_s']} s ({minutes:.0f} min) after a {cfg['warmup_s']} s warm-up at the same",
+        f"load. Resident set (VmRSS) and open file descriptors of each process from /proc, sampled",
+        f"every {cfg['sample_s']} s: start is the first sample under the measured load"
+        f" (t = {start['t']:.0f} s), end the last, taken as the load stops (t = {end['t']:.0f} s);"
+        f" peak and the fd range are over all samples.",
+        "",
+        f"Load: {run['responses']:,} answers, {ok_2xx(run):,} 2xx, {failures(run)} failures;"
+        f" p50 {run['latency_us']['p50']:,} µs, p99 {run['latency_us']['p99']:,} µs.",
+        "",
+        "| process | RSS start MiB | RSS end MiB | change | peak MiB | fds start | fds end | fds min-max |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    flat = True
+    for name in ("gateway", "backend"):
+        a, b = start[name], end[name]
+        change = (b["rss_kb"] - a["rss_kb"]) / a["rss_kb"] * 100
+        peak = max([a["rss_kb"], b["rss_kb"]] + [x[name]["rss_kb"] for x in samples])
+        fds = [a["fds"], b["fds"]] + [x[name]["fds"] for x in samples]
+        ok = abs(change) <= 10 and b["fds"] <= a["fds"]
+        flat = flat and ok
+        lines.append(f"| maas-{name} | {a['rss_kb'] / 1024:.1f} | {b['rss_kb'] / 1024:.1f} |"
+                     f" {change:+.1f}% | {peak / 1024:.1f} | {a['fds']} | {b['fds']} |"
+                     f" {min(fds)}-{max(fds)} |")
+    lines += [
+        "",
+        f"- Resident set within 10% from start to end and no file descriptor growth, for both:"
+        f" {verdict(flat and failures(run) == 0)}"
+        + ("." if failures(run) == 0 else f" ({failures(run)} failed requests)."),
+        "",
+    ]
+    return lines
+
+
 SECTIONS = [
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
@@ -716,6 +772,7 @@ SECTIONS = [
     ("pools", "10. Backend pools", pools_section),
     ("metrics", "11. Metrics overhead", metrics_section),
     ("dashboard", "12. Dashboard queries", dashboard_section),
+    ("soak", "13. Soak", soak_section),
 ]
 
 

@@ -39,13 +39,17 @@
 #   dashboard  12. dashboard queries: 10M usage events of 100 tenants generated in PostgreSQL,
 #                  p95 of every dashboard call against 200 ms; the same report from the hourly
 #                  rollups against the raw events (bench/dashboard.sh).
+#   soak       13. soak: maas-gateway (metering on) in front of maas-backend for
+#                  MAAS_BENCH_SOAK_DURATION seconds at a steady open-loop load; resident set and
+#                  open file descriptors of both at the start and the end (target: within 10%,
+#                  no fd growth).
 # A section that fails records why (results/<section>.failed) and the others still run;
 # BENCHMARKS.md says "not measured: <why>" for it.
 #
 # Environment:
 #   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all,
 #                                        gateway,backend,torchserve,auth,ingest,split,pools,metrics,
-#                                        dashboard)
+#                                        dashboard,soak)
 #   MAAS_BENCH_DASHBOARD_EVENTS=10000000 usage events generated (dashboard)
 #   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
@@ -54,6 +58,8 @@
 #                                        TorchServe's worker)
 #   MAAS_BENCH_INGEST_EVENTS=200000      usage events per ingest run (ingest)
 #   MAAS_BENCH_SPLIT_DURATION=8          seconds per measured run (split)
+#   MAAS_BENCH_SOAK_DURATION=600         seconds of steady load (soak)
+#   MAAS_BENCH_SOAK_RATE=200             requests/s of that load (soak)
 # Everything listens on loopback, on free ports; load loops are bounded in time; every server
 # started here is stopped on exit. Needs: nginx (installed with apt-get when missing), PostgreSQL
 # and Redis (scripts/with-services.sh) for the gateway section; Java 17 and a venv with
@@ -67,7 +73,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard}"
+ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard,soak}"
 MET_DURATION="${MAAS_BENCH_METRICS_DURATION:-5}"
 MET_ROUNDS=3
 MET_CONCURRENCY=32
@@ -119,6 +125,7 @@ section_files() {
         ingest) echo "ingest*" ;;
         split) echo "split-*" ;;
         pools) echo "pools-*" ;;
+        soak) echo "soak*" ;;
     esac
 }
 
@@ -935,6 +942,84 @@ section_dashboard() {
 }
 
 # ================================================================================================
+# Section soak: maas-gateway (authentication and metering on, PostgreSQL from
+# scripts/with-services.sh) in front of maas-backend serving a small dense model, at a steady
+# open-loop load for SOAK_DURATION seconds. The resident set (VmRSS) and open file descriptors
+# of both processes are sampled after a warm-up at the same load, every SOAK_SAMPLE_S seconds,
+# and at the end: a leak shows as growth from start to end.
+# ================================================================================================
+SOAK_DURATION="${MAAS_BENCH_SOAK_DURATION:-600}"
+SOAK_RATE="${MAAS_BENCH_SOAK_RATE:-200}"
+SOAK_WARMUP_S=20
+SOAK_SAMPLE_S=10
+
+# One JSON sample of processes gateway and backend: seconds since the load began, VmRSS (kB) and
+# open file descriptors of each.
+soak_sample() { # t gateway-pid backend-pid
+    python3 - "$@" <<'PY'
+import json, os, sys
+t, pids = float(sys.argv[1]), {"gateway": sys.argv[2], "backend": sys.argv[3]}
+out = {"t": t}
+for name, pid in pids.items():
+    rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:"))
+    out[name] = {"rss_kb": rss, "fds": len(os.listdir(f"/proc/{pid}/fd"))}
+print(json.dumps(out))
+PY
+}
+
+section_soak_inner() {
+    local dir="$OUT/soak" repo BE_PORT GW_PORT KEY be_pid gw_pid sampler started UP_PORT
+    repo="$dir/repo"
+    mkdir -p "$repo"
+    # The digits model's shape (64 -> 128 relu -> 10) with random weights: what matters here is
+    # the servers' memory and descriptors, not the answers.
+    "$BIN/maas-backend" init-dense --repo "$repo" --model digits --dims 64,128,10 >/dev/null
+    BE_PORT="$(free_port)"
+    start_backend "$repo" "$BE_PORT" "$OUT/logs/soak-backend.log"
+    be_pid="${pids[-1]}"
+    # The metrics section's gateway starter, in front of this backend.
+    UP_PORT="$BE_PORT"
+    start_bench_gateway GW_PORT soak
+    gw_pid="${pids[-1]}"
+    KEY="$("$BIN/maas-gateway" keys create --tenant bench-soak --name "soak-$(date +%s)")"
+    local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz --key "$KEY"
+        --url "http://127.0.0.1:$GW_PORT/v2/models/digits/infer" --mode open --rate "$SOAK_RATE" --concurrency 32)
+    echo "bench: 13. soak: warm-up, $SOAK_WARMUP_S s at $SOAK_RATE requests/s"
+    "${LT[@]}" --duration "$SOAK_WARMUP_S" --name soak-warmup --json "$OUT/soak-warmup.json"
+    echo "bench: 13. soak: $SOAK_DURATION s at $SOAK_RATE requests/s through the gateway"
+    : > "$RES/soak-samples.jsonl"
+    started="$(date +%s.%N)"
+    (
+        while sleep "$SOAK_SAMPLE_S"; do
+            soak_sample "$(python3 -c "import time; print(round(time.time() - $started, 1))")" \
+                "$gw_pid" "$be_pid" >> "$RES/soak-samples.jsonl" || break
+        done
+    ) &
+    sampler=$!
+    soak_sample 0 "$gw_pid" "$be_pid" > "$RES/soak-start.json"
+    "${LT[@]}" --duration "$SOAK_DURATION" --name soak-load --json "$RES/soak-load.json"
+    soak_sample "$(python3 -c "import time; print(round(time.time() - $started, 1))")" \
+        "$gw_pid" "$be_pid" > "$RES/soak-end.json"
+    kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
+    printf '{"duration_s": %s, "rate": %s, "warmup_s": %s, "sample_s": %s}\n' "$SOAK_DURATION" "$SOAK_RATE" \
+        "$SOAK_WARMUP_S" "$SOAK_SAMPLE_S" > "$RES/soak-config.json"
+}
+
+section_soak() {
+    [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
+    scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=soak "$0"
+}
+
+# ================================================================================================
+if [ "${MAAS_BENCH_SECTION_INNER:-}" = soak ]; then
+    # Second invocation, under scripts/with-services.sh: the soak section's body only.
+    set -E
+    SECTION=soak
+    trap 'echo "command failed (status $?) at bench/run.sh line $LINENO: $BASH_COMMAND (see $OUT/logs/section-soak.log)" > "$RES/$SECTION.error"' ERR
+    trap 'stop_servers' EXIT
+    section_soak_inner
+    exit 0
+fi
 if [ "${MAAS_BENCH_SECTION_INNER:-}" = ingest ]; then
     # Second invocation, under scripts/with-services.sh: the ingest section's body only.
     set -E
@@ -984,11 +1069,11 @@ fi
 
 # The backend and the load generator are needed by every section but ingest; the gateway and
 # billing only by the gateway section, whose build failure must not stop the others.
-if want gateway || want backend || want torchserve || want split || want pools || want metrics; then
+if want gateway || want backend || want torchserve || want split || want pools || want metrics || want soak; then
     cargo build --release -p maas-backend -p maas-loadtest
 fi
 export GATEWAY_BUILD_FAILED=""
-if want gateway || want pools || want metrics; then
+if want gateway || want pools || want metrics || want soak; then
     # bare_proxy: pingora with no filters, the floor of figure 2 (gateway/examples/bare_proxy.rs).
     if ! cargo build --release -p maas-gateway -p maas-billing --bins --example bare_proxy 2>&1 | tee "$OUT/logs/build-gateway.log"; then
         GATEWAY_BUILD_FAILED="the release build of maas-gateway / maas-billing failed ($(grep -m1 -E '^error' "$OUT/logs/build-gateway.log" || echo 'see the build log'))"
@@ -1017,6 +1102,7 @@ run_section split section_split
 run_section pools section_pools
 run_section metrics section_metrics
 run_section dashboard section_dashboard
+run_section soak section_soak
 
 {
     rustc --version

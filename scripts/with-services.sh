@@ -6,6 +6,8 @@
 #   - Otherwise private instances are started from the installed server binaries, on free
 #     loopback ports, with their data under DIR (default: a fresh .data/tmp-<pid>, removed on
 #     exit unless --keep-data; `make run` passes --data .data/run so its database persists).
+#     With a kept DIR the ports are kept too (DIR/pg.port, DIR/redis.port): the next run
+#     listens on the same ones while they are free, so a printed DATABASE_URL stays valid.
 #   - Migrations (migrations/*.sql) are applied with `maas-billing migrate`.
 # COMMAND sees DATABASE_URL and REDIS_URL in its environment. Ctrl-C or any exit stops the
 # private servers; nothing is left running.
@@ -29,6 +31,23 @@ mkdir -p "$data_dir"
 data_dir="$(cd "$data_dir" && pwd)"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# SO_REUSEADDR as the servers set it: a port whose last connections linger in TIME_WAIT is free.
+port_is_free() { python3 -c 'import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1",int(sys.argv[1])))' "$1" 2>/dev/null; }
+# kept_port NAME: the port remembered in DIR/NAME.port when DIR is kept and it is free, else a
+# free one (remembered when DIR is kept).
+kept_port() {
+    local file="$data_dir/$1.port" port=""
+    if [ "$keep" = 1 ] && [ -f "$file" ]; then
+        port="$(cat "$file")"
+        if ! port_is_free "$port"; then
+            echo "services: port $port of the last run is taken; choosing another" >&2
+            port=""
+        fi
+    fi
+    [ -n "$port" ] || port="$(free_port)"
+    if [ "$keep" = 1 ]; then echo "$port" > "$file"; fi
+    echo "$port"
+}
 
 pg_bin=""
 for d in /usr/lib/postgresql/*/bin; do [ -x "$d/postgres" ] && pg_bin="$d"; done
@@ -59,7 +78,7 @@ if [ -n "${DATABASE_URL:-}" ] && psql "$DATABASE_URL" -Atqc 'select 1' >/dev/nul
     echo "services: using DATABASE_URL"
 else
     [ -n "$pg_bin" ] || { echo "services: PostgreSQL server not installed (run make setup)" >&2; exit 1; }
-    pg_port="$(free_port)"
+    pg_port="$(kept_port pg)"
     chmod o+x "$ROOT" "$ROOT/.data" 2>/dev/null || true
     mkdir -p "$data_dir/pg"
     chown postgres: "$data_dir/pg"
@@ -82,7 +101,7 @@ if [ -n "${REDIS_URL:-}" ] && redis-cli -u "$REDIS_URL" ping 2>/dev/null | grep 
     echo "services: using REDIS_URL"
 else
     command -v redis-server >/dev/null || { echo "services: redis-server not installed (run make setup)" >&2; exit 1; }
-    redis_port="$(free_port)"
+    redis_port="$(kept_port redis)"
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
         --daemonize yes --dir "$data_dir" --logfile "$data_dir/redis.log" >/dev/null
     started_redis=1

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::DeviceSpec;
 use crate::engine::WorkerOptions;
-use crate::http::serve_until_signal;
+use crate::http::{serve_until_signal, ServerOptions};
 use crate::repository::{load_stage, ModelRepository, RepositoryOptions};
 
 /// Open Inference Protocol v2 inference server for dense models on libtorch.
@@ -107,9 +107,22 @@ pub struct ServerArgs {
     /// `[dynamic_batching] max_queue_size` overrides it).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue_capacity: u32,
+    /// The most rows one request may send to a model with `max_batch_size = 0` whose
+    /// config.toml sets no `max_request_rows` (more is a 400 naming the limit).
+    #[arg(long, default_value_t = crate::config::DEFAULT_MAX_REQUEST_ROWS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_request_rows: u32,
     /// Largest request body accepted, in bytes (larger ones get 413).
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a connection may take to send a complete request header, counted from when it
+    /// is accepted or went idle after a response (so also the keep-alive idle timeout); then
+    /// it is closed. The gateway's (pingora's) read timeout is the same 60 s.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_s: u64,
+    /// Seconds to wait for the next piece of a request body before answering 408.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_idle_timeout_s: u64,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before stopping anyway.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_s: u64,
@@ -242,6 +255,7 @@ impl ServerArgs {
                 intra_op_threads: self.intra_op_threads,
                 queue_capacity: self.queue_capacity as usize,
             },
+            max_request_rows: self.max_request_rows,
         }
     }
 
@@ -251,7 +265,11 @@ impl ServerArgs {
         serve_until_signal(
             Arc::new(repository),
             listen,
-            self.max_body_bytes,
+            ServerOptions {
+                max_body_bytes: self.max_body_bytes,
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
+                body_idle_timeout: Duration::from_secs(self.body_idle_timeout_s),
+            },
             Duration::from_secs(self.shutdown_timeout_s),
         )
     }

@@ -10,9 +10,9 @@ fn main() -> ExitCode {
     maas_backend::init_tracing();
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
+        // One line on stderr, the causes joined by ": ", no backtrace.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }

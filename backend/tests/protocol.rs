@@ -278,7 +278,9 @@ async fn bad_inputs_get_clean_errors() {
         e.contains("input 'input': batch 65 is over the model's max_batch_size 64"),
         "{e}"
     );
-    // A shape whose element count overflows; a zero-size dimension; a negative one.
+    // A shape whose element count overflows, one promising far more rows than the data has:
+    // both over the row limit of a model without batching limits; a zero-size dimension; a
+    // negative one.
     let e = error_of(
         post(
             url.clone(),
@@ -289,7 +291,7 @@ async fn bad_inputs_get_clean_errors() {
     )
     .await;
     assert!(
-        e.contains("input 'input': shape") && e.contains("too many elements"),
+        e.contains("input 'input': batch 1152921504606846976 is over the 1024 rows a request may send to this model"),
         "{e}"
     );
     let e = error_of(
@@ -302,7 +304,7 @@ async fn bad_inputs_get_clean_errors() {
     )
     .await;
     assert!(
-        e.contains("input 'input': expected 64000000000 elements from the shape, got 64"),
+        e.contains("input 'input': batch 1000000000 is over the 1024 rows"),
         "{e}"
     );
     let e = error_of(

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{digits_rows, trained_repo, Server};
+use common::{digits_rows, post_json, trained_repo, Server};
 use serde_json::{json, Value};
 
 struct TempRepo(std::path::PathBuf);
@@ -55,14 +55,7 @@ async fn post(client: &reqwest::Client, url: String) -> (u16, Value) {
 async fn infer(client: &reqwest::Client, server: &Server) -> (u16, Value) {
     let pixels = digits_rows(1).remove(0).0;
     let body = json!({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": pixels}]});
-    let response = client
-        .post(server.url("/v2/models/m/infer"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    post_json(client, server.url("/v2/models/m/infer"), &body).await
 }
 
 #[tokio::test]

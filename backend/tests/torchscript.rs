@@ -4,15 +4,19 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{workspace, Server};
 use serde_json::{json, Value};
 
+/// `make_model.py KIND OUT.pt...`: a small module whose forward returns `tanh(linear(x)) * 2`
+/// (KIND `tensor`) or the tuple `(linear(x), linear(x).sum(1))` (KIND `pair`), saved to each
+/// path; prints its first output tensor for three rows of input.
 const SCRIPT: &str = r#"
 import json, sys
 import torch
+from typing import Tuple
 
 class Small(torch.nn.Module):
     def __init__(self):
@@ -25,11 +29,61 @@ class Small(torch.nn.Module):
     def forward(self, x):
         return torch.tanh(self.linear(x)) * 2
 
-module = torch.jit.script(Small())
-module.save(sys.argv[1])
+class Pair(Small):
+    def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor]:
+        y = self.linear(x)
+        return y, y.sum(1)
+
+module = torch.jit.script(Small() if sys.argv[1] == "tensor" else Pair())
+for path in sys.argv[2:]:
+    module.save(path)
 x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0]])
-print(json.dumps(module(x).tolist()))
+y = module(x)
+print(json.dumps((y if sys.argv[1] == "tensor" else y[0]).tolist()))
 "#;
+
+/// Scripts the module of `kind` into each of `paths` with the `.venv`'s PyTorch (the script
+/// must be a file: torch.jit.script reads the module's source); PyTorch's output for the three
+/// rows of [`ROWS`], flat.
+fn script(repo: &Path, kind: &str, paths: &[PathBuf]) -> Vec<f64> {
+    let python = workspace().join(".venv/bin/python");
+    let script = repo.join("make_model.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(kind)
+        .args(paths)
+        .output()
+        .expect("run the .venv python (make setup installs torch there)");
+    assert!(
+        output.status.success(),
+        "scripting failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected: Vec<Vec<f64>> = serde_json::from_slice(&output.stdout).unwrap();
+    expected.into_iter().flatten().collect()
+}
+
+/// The input rows the script printed the output of.
+const ROWS: [[f64; 4]; 3] = [
+    [1.0, 2.0, 3.0, 4.0],
+    [-1.0, 0.0, 0.5, 2.0],
+    [0.0, 0.0, 0.0, 0.0],
+];
+
+/// The first output's data of an infer response equals `want` within 1e-5.
+fn assert_output(body: &Value, want: &[f64]) {
+    let got: Vec<f64> = body["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(got.len(), want.len(), "{body}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+}
 
 const CONFIG: &str = r#"
 platform = "torchscript"
@@ -51,27 +105,13 @@ dims = [3]
 
 #[tokio::test]
 async fn a_scripted_module_serves_like_pytorch() {
-    let python = workspace().join(".venv/bin/python");
     let repo =
         Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("torchscript-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&repo);
     std::fs::create_dir_all(repo.join("small/1")).unwrap();
     std::fs::create_dir_all(repo.join("small/2")).unwrap();
     std::fs::write(repo.join("small/config.toml"), CONFIG).unwrap();
-    // torch.jit.script reads the module's source, so the script must be a file.
-    let script = repo.join("make_model.py");
-    std::fs::write(&script, SCRIPT).unwrap();
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(repo.join("small/1/model.pt"))
-        .output()
-        .expect("run the .venv python (make setup installs torch there)");
-    assert!(
-        output.status.success(),
-        "scripting failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let expected: Vec<Vec<f64>> = serde_json::from_slice(&output.stdout).unwrap();
+    let want = script(&repo, "tensor", &[repo.join("small/1/model.pt")]);
     // Version 2 is not a TorchScript file: it fails to load, version 1 serves.
     std::fs::write(repo.join("small/2/model.pt"), b"not a zip archive").unwrap();
 
@@ -90,7 +130,7 @@ async fn a_scripted_module_serves_like_pytorch() {
     assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 4]));
 
     let request = json!({"id": "ts", "inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
-        "data": [[1.0, 2.0, 3.0, 4.0], [-1.0, 0.0, 0.5, 2.0], [0.0, 0.0, 0.0, 0.0]]}]});
+        "data": ROWS}]});
     let response = client
         .post(server.url("/v2/models/small/infer"))
         .json(&request)
@@ -104,17 +144,7 @@ async fn a_scripted_module_serves_like_pytorch() {
     assert_eq!(body["model_version"], "1");
     assert_eq!(body["outputs"][0]["name"], "y");
     assert_eq!(body["outputs"][0]["shape"], json!([3, 3]));
-    let got: Vec<f64> = body["outputs"][0]["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap())
-        .collect();
-    let want: Vec<f64> = expected.into_iter().flatten().collect();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
-    }
+    assert_output(&body, &want);
 
     let response = client
         .get(server.url("/v2/models/small/versions/2/ready"))
@@ -131,6 +161,76 @@ async fn a_scripted_module_serves_like_pytorch() {
         .json(&json!({"inputs": [{"name": "x", "shape": [1, 5], "datatype": "FP32", "data": [1, 2, 3, 4, 5]}]}))
         .send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&repo);
+}
+
+/// A module returning a tuple: refused at load unless `torchscript_output = "first"` says to
+/// serve its first tensor; requests to the refused one are 503 and leave no log line each.
+#[tokio::test]
+async fn a_module_returning_a_tuple_is_refused_or_serves_its_first_tensor() {
+    let repo = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("torchscript-pair-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    for model in ["pair", "pair_first"] {
+        std::fs::create_dir_all(repo.join(model).join("1")).unwrap();
+    }
+    std::fs::write(repo.join("pair/config.toml"), CONFIG).unwrap();
+    std::fs::write(
+        repo.join("pair_first/config.toml"),
+        format!("torchscript_output = \"first\"\n{CONFIG}"),
+    )
+    .unwrap();
+    let want = script(
+        &repo,
+        "pair",
+        &[
+            repo.join("pair/1/model.pt"),
+            repo.join("pair_first/1/model.pt"),
+        ],
+    );
+
+    let server = Server::start(&repo, &[]);
+    let client = reqwest::Client::new();
+    let response = client
+        .get(server.url("/v2/models/pair/versions/1/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(
+            r#"the TorchScript module returns a tuple of 2 values; set torchscript_output = "first""#
+        ),
+        "{body}"
+    );
+
+    let request = json!({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
+        "data": ROWS}]});
+    let log_lines = server.log().lines().count();
+    for _ in 0..20 {
+        let response = client
+            .post(server.url("/v2/models/pair/infer"))
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+    }
+    assert_eq!(server.log().lines().count(), log_lines, "{}", server.log());
+
+    let response = client
+        .post(server.url("/v2/models/pair_first/infer"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][0]["shape"], json!([3, 3]));
+    assert_output(&body, &want);
     drop(server);
     let _ = std::fs::remove_dir_all(&repo);
 }

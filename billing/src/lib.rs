@@ -19,8 +19,8 @@ pub mod export;
 pub mod invoice;
 mod period;
 pub mod plans;
-mod refused;
 pub mod ranking;
+mod refused;
 pub mod report;
 mod usage;
 

@@ -176,7 +176,7 @@ async fn tenant_id(pool: &PgPool, name: &str) -> anyhow::Result<Uuid> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         // `maas-billing export ... | head`: the reader went away; not an error.
         Err(e)
@@ -190,9 +190,14 @@ async fn main() -> anyhow::Result<()> {
                         })
             }) =>
         {
-            Ok(())
+            std::process::ExitCode::SUCCESS
         }
-        other => other,
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // One line, the causes joined by ": " (anyhow's alternate form), and no backtrace.
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -171,6 +171,19 @@ async fn plans_invoice_export_and_report_from_the_command_line() {
         .sum();
     assert_eq!(total, 100);
 
+    // A mistake is one line on stderr, even with backtraces asked for.
+    let out = Command::new(BIN)
+        .args(["invoice", "--tenant", "nosuch", "--period", "2026-11"])
+        .env("DATABASE_URL", &db)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run maas-billing");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: unknown tenant `nosuch`\n"
+    );
+
     pool.close().await;
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
         .execute(&mut admin)

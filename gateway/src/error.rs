@@ -67,6 +67,9 @@ pub enum GatewayError {
     /// The backend did not answer in time.
     #[error("the backend did not answer in time")]
     GatewayTimeout,
+    /// The request body is (or declares, by `Content-Length`) more bytes than `max_body_bytes`.
+    #[error("request body is larger than the gateway accepts ({0} bytes)")]
+    PayloadTooLarge(u64),
     /// The client sent something the HTTP layer could not read.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -107,6 +110,7 @@ impl GatewayError {
             GatewayError::BadGateway(_) => "bad_gateway",
             GatewayError::GatewayTimeout => "gateway_timeout",
             GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::PayloadTooLarge(_) => "payload_too_large",
             GatewayError::Http(_) => "http_error",
             GatewayError::Internal => "internal",
         }
@@ -134,6 +138,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) | GatewayError::ConflictingCredentials => {
                 StatusCode::BAD_REQUEST
             }
+            GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Http(code) => *code,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -150,7 +150,8 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         usage,
     )
     .with_observability(request_metrics, config.metrics.access_log)
-    .with_refusals(refusals.clone());
+    .with_refusals(refusals.clone())
+    .with_max_body_bytes(config.max_body_bytes);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
 

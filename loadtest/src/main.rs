@@ -200,8 +200,18 @@ async fn fetch_input_metadata(
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // One line, the causes joined by ": " (anyhow's alternate form), and no backtrace.
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let base = match &args.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::default(),

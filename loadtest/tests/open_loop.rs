@@ -113,3 +113,23 @@ async fn open_loop_sends_the_scheduled_count_and_charges_stalls_to_delayed_reque
     assert!(r["latency_us"]["max"].as_u64().expect("max") >= 200_000);
     assert!(r["latency_us"]["p99"].as_u64().expect("p99") < 50_000);
 }
+
+/// A mistake is one line on stderr without a backtrace, even with backtraces asked for.
+#[test]
+fn errors_are_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_maas-loadtest"))
+        .args([
+            "--url",
+            "http://127.0.0.1:9/v2/models/m/infer",
+            "--scenario",
+        ])
+        .arg(temp("no-such-scenario.toml"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run maas-loadtest");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("no-such-scenario.toml"), "{stderr}");
+}

@@ -73,6 +73,17 @@ pub struct ModelConfig {
     /// its own forward pass. Requests are always shaped `[batch, ...dims]` whatever this value.
     #[serde(default)]
     pub max_batch_size: u32,
+    /// `max_request_rows`: the most rows one request may send when `max_batch_size` is `0`
+    /// (a model without batching limits); more is a 400 naming this limit. Absent: the
+    /// server's `--max-request-rows` (default [`DEFAULT_MAX_REQUEST_ROWS`]), filled in at load.
+    /// Not allowed beside a positive `max_batch_size`, which is then the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_rows: Option<u32>,
+    /// `torchscript_output`: what a TorchScript module returns. `"tensor"` (the default): one
+    /// tensor, and a module returning a tuple or list is refused at load; `"first"`: a tuple or
+    /// list whose first element is the output tensor (the others are ignored).
+    #[serde(default, skip_serializing_if = "TorchScriptOutput::is_default")]
+    pub torchscript_output: TorchScriptOutput,
     /// `[dynamic_batching]`: gather the rows of several requests into one forward pass (needs
     /// `max_batch_size > 0`). Absent: each request is its own forward pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +136,38 @@ impl Platform {
     }
 }
 
+/// The server's default of `max_request_rows` (`maas-backend serve --max-request-rows`).
+pub const DEFAULT_MAX_REQUEST_ROWS: u32 = 1024;
+
+/// `torchscript_output` in `config.toml`: the shape of a TorchScript module's return value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TorchScriptOutput {
+    /// One tensor.
+    #[default]
+    Tensor,
+    /// A tuple or list; its first element is the output tensor.
+    First,
+}
+
+impl TorchScriptOutput {
+    fn is_default(&self) -> bool {
+        *self == TorchScriptOutput::Tensor
+    }
+}
+
+impl ModelConfig {
+    /// The most rows one request may send: `max_batch_size` when positive, else
+    /// `max_request_rows` (`None` only before the repository filled in the server's default).
+    pub fn request_row_limit(&self) -> Option<u32> {
+        if self.max_batch_size > 0 {
+            Some(self.max_batch_size)
+        } else {
+            self.max_request_rows
+        }
+    }
+}
+
 /// `1`, the default of `count` keys.
 fn one() -> u32 {
     1
@@ -158,6 +201,26 @@ impl ModelConfig {
     /// output's row size, and its `[pipeline]` if any; for a TorchScript model, one FP32 input
     /// and output and neither layers nor pipeline.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.max_request_rows {
+            Some(0) => {
+                return Err(ConfigError::Invalid(
+                    "max_request_rows must be at least 1".into(),
+                ))
+            }
+            Some(_) if self.max_batch_size > 0 => {
+                return Err(ConfigError::Invalid(
+                    "max_request_rows is for models with max_batch_size = 0; with batching, max_batch_size is the most rows per request".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.torchscript_output != TorchScriptOutput::Tensor
+            && self.platform != Platform::Torchscript
+        {
+            return Err(ConfigError::Invalid(
+                "torchscript_output is for TorchScript models".into(),
+            ));
+        }
         if let Some(batching) = &self.dynamic_batching {
             batching.check(self.max_batch_size)?;
         }
@@ -207,6 +270,8 @@ pub fn dense_classifier(features: i64, hidden: i64, classes: i64) -> ModelConfig
     ModelConfig {
         platform: Platform::Dense,
         max_batch_size: 0,
+        max_request_rows: None,
+        torchscript_output: TorchScriptOutput::Tensor,
         dynamic_batching: None,
         instances: Instances::default(),
         version_policy: VersionPolicy::All,

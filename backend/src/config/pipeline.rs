@@ -229,6 +229,8 @@ pub fn stage_config(
     let stage = ModelConfig {
         platform: Platform::Dense,
         max_batch_size: 0,
+        max_request_rows: None,
+        torchscript_output: super::TorchScriptOutput::Tensor,
         dynamic_batching: None,
         instances: Instances {
             count: 1,

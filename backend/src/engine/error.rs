@@ -86,6 +86,18 @@ pub enum LoadError {
     /// A TorchScript model's configuration lacks its input or output.
     #[error("a TorchScript model needs one [[inputs]] and one [[outputs]]")]
     TorchScriptTensors,
+    /// The module's return value is not what `torchscript_output` says (found at load, by a
+    /// forward pass of one row of zeros).
+    #[error("the TorchScript module returns {found}; {hint}")]
+    TorchScriptOutput {
+        /// What it returned (`a tuple of 2 values`).
+        found: String,
+        /// What to change.
+        hint: &'static str,
+    },
+    /// The TorchScript module failed the load-time forward pass of one row of zeros.
+    #[error("the TorchScript module failed a forward pass of one row of zeros: {0}")]
+    TorchScriptProbe(String),
     /// libtorch cannot load the TorchScript module.
     #[error("cannot load the TorchScript module: {0}")]
     TorchScript(#[source] tch::TchError),

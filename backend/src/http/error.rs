@@ -33,6 +33,9 @@ pub enum Error {
     /// The body is larger than the server accepts (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The client stopped sending its body mid-way for longer than the server waits (408).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// No route for this path (404).
     #[error("{0}")]
     RouteNotFound(String),
@@ -72,6 +75,7 @@ impl Error {
                 WorkerError::Forward { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::RouteNotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -100,6 +104,7 @@ impl Error {
             },
             Error::BadRequest(_) => "bad_request",
             Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::RouteNotFound(_) => "route_not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::Internal(_) => "internal",
@@ -120,7 +125,11 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A 500's cause is hidden from the client, so it goes to the log. A 503 (not ready,
+        // overloaded) says everything to the client and its cause was logged once when it
+        // arose (a failed load, a worker gone): logging it per request would let a flood of
+        // requests flood the log.
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error_type = self.error_type(), error = %self, "request failed");
         } else {
             tracing::debug!(error_type = self.error_type(), error = %self, "request rejected");

@@ -27,13 +27,15 @@ mod usage;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use std::time::Duration;
+
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 
 use crate::repository::ModelRepository;
 use error::Error;
+use extract::BodyLimits;
 
 pub use serve::serve_until_signal;
 
@@ -63,11 +65,18 @@ impl AppState {
     }
 }
 
-/// Server settings that shape the router.
+/// Server settings: the body limit and the connection timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerOptions {
-    /// Largest request body accepted, in bytes; larger ones get 413.
+    /// Largest request body accepted, in bytes; larger ones get 413 (a declared
+    /// `Content-Length` over it before any of the body is read).
     pub max_body_bytes: usize,
+    /// Longest time to receive a request's header, counted from when the connection is ready
+    /// for it (accepted, or idle after the previous response): a connection that sends no
+    /// complete header in time is closed. This is also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub body_idle_timeout: Duration,
 }
 
 /// The router with every route, the JSON fallbacks and the body limit.
@@ -108,7 +117,10 @@ fn router(state: AppState, options: ServerOptions) -> Router {
         )
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(options.max_body_bytes))
+        .layer(Extension(BodyLimits {
+            max_bytes: options.max_body_bytes,
+            idle: options.body_idle_timeout,
+        }))
         .with_state(state)
 }
 

@@ -1,30 +1,37 @@
 //! The life of a serving process: bind, print the address, serve until SIGINT or SIGTERM,
 //! then stop being ready, drain in-flight requests (at most a limit) and stop the workers.
+//!
+//! Connections are served by hyper directly (not `axum::serve`, which sets no timer): HTTP/1
+//! with a header read timeout, which also closes a keep-alive connection left idle, and
+//! HTTP/2 (prior knowledge) beside it; the body limits are the router's ([`super::extract`]).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 use super::{router, AppState, ServerOptions};
 use crate::repository::ModelRepository;
 
 /// Binds `listen`, prints `maas-backend listening on <addr>` to stdout, serves `repository`
 /// until SIGINT or SIGTERM, then drains in-flight requests (at most `drain`) and stops the
-/// workers.
+/// workers. `options`: the body limit and the timeouts.
 pub fn serve_until_signal(
     repository: Arc<ModelRepository>,
     listen: &str,
-    max_body_bytes: usize,
+    options: ServerOptions,
     drain: Duration,
 ) -> anyhow::Result<()> {
     let repo_root = repository.root().to_path_buf();
     let state = AppState::new(repository);
-    let app = router(state.clone(), ServerOptions { max_body_bytes });
+    let app = router(state.clone(), options);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -42,7 +49,7 @@ pub fn serve_until_signal(
         let flag = state.shutting_down.clone();
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
-        let server = serve(listener, app, async move {
+        let server = serve(listener, app, options, async move {
             shutdown_signal().await;
             flag.store(true, Ordering::Relaxed);
             tracing::info!("shutting down: finishing in-flight requests");
@@ -95,16 +102,53 @@ async fn shutdown_signal() {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+/// Serves `router` on `listener` until `shutdown` completes, then lets in-flight requests
+/// finish (each connection closes after its current response).
 async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    options: ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(options.header_read_timeout)
+        .keep_alive_timeout(options.body_idle_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, most likely: wait for some to close, as
+                    // axum::serve does.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection closed: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::DEFAULT_MAX_REQUEST_ROWS;
 use crate::engine::WorkerOptions;
 use layout::{is_model_name, model_folders};
 
@@ -42,11 +43,23 @@ pub use model::{LoadedModel, VersionState};
 pub use stage::load_stage;
 
 /// How models are loaded.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RepositoryOptions {
     /// Server-wide defaults of each version's worker threads; a model's `config.toml`
     /// (`[instances]`, `[dynamic_batching]`) overrides them.
     pub worker: WorkerOptions,
+    /// The `max_request_rows` of a model with `max_batch_size = 0` whose `config.toml` sets
+    /// none.
+    pub max_request_rows: u32,
+}
+
+impl Default for RepositoryOptions {
+    fn default() -> Self {
+        RepositoryOptions {
+            worker: WorkerOptions::default(),
+            max_request_rows: DEFAULT_MAX_REQUEST_ROWS,
+        }
+    }
 }
 
 /// The model repository: the models found on disk and their states.

@@ -40,8 +40,11 @@ impl LoadedModel {
         options: RepositoryOptions,
     ) -> Result<LoadedModel, LoadError> {
         let config_path = dir.join(CONFIG_FILE);
-        let config =
+        let mut config =
             ModelConfig::from_file(&config_path).map_err(|e| LoadError::at(&config_path, e))?;
+        if config.max_batch_size == 0 && config.max_request_rows.is_none() {
+            config.max_request_rows = Some(options.max_request_rows);
+        }
         let found = version_numbers(dir)?;
         if found.is_empty() {
             return Err(LoadError::at(dir, LoadProblem::NoVersions));

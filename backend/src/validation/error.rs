@@ -128,6 +128,17 @@ pub enum InputError {
         /// The shape sent.
         shape: Vec<i64>,
     },
+    /// The batch dimension is over the most rows a request may send to a model without
+    /// batching limits (`max_request_rows`, by default the server's `--max-request-rows`).
+    #[error("batch {batch} is over the {limit} rows a request may send to this model (max_request_rows; shape {shape:?}); split the request")]
+    OverMaxRequestRows {
+        /// The batch sent.
+        batch: i64,
+        /// The model's `max_request_rows`.
+        limit: u32,
+        /// The shape sent.
+        shape: Vec<i64>,
+    },
     /// The shape's element count overflows.
     #[error("shape {0:?} has too many elements")]
     TooManyElements(Vec<i64>),
@@ -216,6 +227,7 @@ impl InputError {
             | InputError::EmptyBatch { .. }
             | InputError::TooManyElements(_) => "shape",
             InputError::OverMaxBatch { .. } => "max_batch_size",
+            InputError::OverMaxRequestRows { .. } => "max_request_rows",
             InputError::DataAndBinary
             | InputError::NoData
             | InputError::BadBinaryDataSize(_)

@@ -60,7 +60,7 @@ pub struct OutputRequest {
 /// Rules: exactly the configured input, once; any datatype but `BYTES` (converted to FP32;
 /// JSON integers must be integer literals in range, `BOOL` is `true`/`false`, `BF16` is binary
 /// only); shape `[batch, ...dims]` with `1 <= batch` and, when the model's `max_batch_size` is
-/// positive, `batch <= max_batch_size`; either JSON `data` (flat or nested, exactly
+/// positive, `batch <= max_batch_size`, else `batch <= max_request_rows` when set; either JSON `data` (flat or nested, exactly
 /// `product(shape)` elements) or `binary_data_size` equal to `product(shape)` times the
 /// element size; requested outputs must exist, each once.
 pub fn validate(
@@ -105,7 +105,7 @@ pub fn validate(
         return Err(bad(InputError::NotNumeric(datatype)));
     }
 
-    let rows = check_shape(&input.shape, input_config, config.max_batch_size).map_err(bad)?;
+    let rows = check_shape(&input.shape, input_config, config).map_err(bad)?;
     let too_many = || bad(InputError::TooManyElements(input.shape.clone()));
     let expected = element_count(&input.shape).ok_or_else(too_many)?;
 
@@ -222,15 +222,15 @@ fn binary_data_size(parameters: Option<&Map<String, Value>>) -> Result<Option<us
     }
 }
 
-/// Checks `shape == [batch, ...dims]` with `batch >= 1` and, when `max_batch_size > 0`,
-/// `batch <= max_batch_size`; returns the batch.
+/// Checks `shape == [batch, ...dims]` with `batch >= 1` and `batch` within the model's row
+/// limit ([`ModelConfig::request_row_limit`]); returns the batch.
 fn check_shape(
     shape: &[i64],
-    config: &TensorConfig,
-    max_batch_size: u32,
+    input: &TensorConfig,
+    model: &ModelConfig,
 ) -> Result<i64, InputError> {
-    let expected = config.batched_shape();
-    if shape.len() != expected.len() || shape[1..] != config.dims[..] {
+    let expected = input.batched_shape();
+    if shape.len() != expected.len() || shape[1..] != input.dims[..] {
         return Err(InputError::Shape {
             expected,
             shape: shape.to_vec(),
@@ -243,12 +243,21 @@ fn check_shape(
             shape: shape.to_vec(),
         });
     }
-    if max_batch_size > 0 && batch > i64::from(max_batch_size) {
+    if model.max_batch_size > 0 && batch > i64::from(model.max_batch_size) {
         return Err(InputError::OverMaxBatch {
             batch,
-            max_batch_size,
+            max_batch_size: model.max_batch_size,
             shape: shape.to_vec(),
         });
+    }
+    if let Some(limit) = model.max_request_rows.filter(|_| model.max_batch_size == 0) {
+        if batch > i64::from(limit) {
+            return Err(InputError::OverMaxRequestRows {
+                batch,
+                limit,
+                shape: shape.to_vec(),
+            });
+        }
     }
     Ok(batch)
 }

@@ -163,6 +163,22 @@ impl Drop for Server {
     }
 }
 
+/// GETs `url`; its JSON answer, whatever the status.
+pub async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// POSTs `body` as JSON to `url`; the status and the JSON answer.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client.post(url).json(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
 /// The first `n` rows of the digits table: (64 raw pixels, label).
 pub fn digits_rows(n: usize) -> Vec<(Vec<f32>, usize)> {
     let mut text = String::new();
@@ -178,6 +194,8 @@ pub fn digits_rows(n: usize) -> Vec<(Vec<f32>, usize)> {
         })
         .collect()
 }
+
+pub mod raw_http;
 
 /// The unit tests' helpers (a temp folder removed on drop), shared with the integration tests.
 #[path = "../../src/testutil.rs"]

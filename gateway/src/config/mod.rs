@@ -52,6 +52,10 @@ pub struct GatewayConfig {
     /// rate limiter's shared state). Unset: each instance relies on its cache TTL alone.
     /// Also read from `REDIS_URL` (`MAAS_GATEWAY_REDIS_URL` wins over it).
     pub redis_url: Option<String>,
+    /// Largest request body forwarded, in bytes: a `Content-Length` over it is answered 413
+    /// before any of the body is read, and a chunked body is cut off with 413 once it passes
+    /// it. Default 32 MiB (the backend's own default limit).
+    pub max_body_bytes: u64,
     /// Worker threads of the proxy's tokio runtime (pingora `threads`). Default 2.
     pub threads: usize,
     /// Apply the sqlx migrations (`migrations/*.sql`) before serving. Default true.
@@ -86,6 +90,7 @@ impl Default for GatewayConfig {
             listen: "127.0.0.1:8080".into(),
             database_url: None,
             redis_url: None,
+            max_body_bytes: 32 << 20,
             threads: 2,
             run_migrations: true,
             grace_period_s: 5,
@@ -130,6 +135,9 @@ impl GatewayConfig {
         self.listen_addr()?;
         if self.threads == 0 {
             bail!("threads must be at least 1");
+        }
+        if self.max_body_bytes == 0 {
+            bail!("max_body_bytes must be at least 1");
         }
         if self.pools.is_empty() && self.upstream.backends.is_empty() {
             bail!("upstream.backends must name at least one backend (host:port)");

@@ -104,6 +104,7 @@ impl Outcome {
             },
             GatewayError::NotFound(_)
             | GatewayError::BadRequest(_)
+            | GatewayError::PayloadTooLarge(_)
             | GatewayError::ConflictingCredentials => Outcome::BadRequest,
             GatewayError::AuthUnavailable | GatewayError::LimiterUnavailable => {
                 Outcome::Unavailable

@@ -16,12 +16,16 @@
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
 //!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
 //!   event goes to the spool here, before the client sees the response header;
-//! - body filters: request and response body bytes;
+//! - `early_request_filter`: a declared `Content-Length` over `max_body_bytes` is 413 before
+//!   anything else reads the body (`body_limit`);
+//! - body filters: request and response body bytes; a streamed body over `max_body_bytes` is
+//!   cut off with 413;
 //! - `fail_to_proxy`: JSON errors (502 when no backend answers, 503 when none is healthy);
 //! - `logging`: one final [`UsageEvent`] per request into the spool (it supersedes the billable
 //!   record; see `metering::spool`), then the request is counted in [`crate::metrics`] and
 //!   written to the access log (each when on).
 
+mod body_limit;
 mod ctx;
 mod declared;
 mod local;
@@ -68,6 +72,7 @@ pub struct Gateway {
     refusals: Refusals,
     metrics: Option<Arc<RequestMetrics>>,
     access_log: AccessLogFormat,
+    max_body_bytes: u64,
 }
 
 impl Gateway {
@@ -91,6 +96,7 @@ impl Gateway {
             refusals: Refusals::default(),
             metrics: None,
             access_log: AccessLogFormat::Off,
+            max_body_bytes: u64::MAX,
         }
     }
 
@@ -110,6 +116,14 @@ impl Gateway {
     /// `metering::RefusalWriter`) instead of spooling a usage event for each.
     pub fn with_refusals(mut self, refusals: Refusals) -> Self {
         self.refusals = refusals;
+        self
+    }
+
+    /// The same, refusing request bodies over `limit` bytes with 413 (`early_request_filter`
+    /// for a declared `Content-Length`, `request_body_filter` as a body streams). Default: no
+    /// limit.
+    pub fn with_max_body_bytes(mut self, limit: u64) -> Self {
+        self.max_body_bytes = limit;
         self
     }
 
@@ -211,6 +225,14 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        body_limit::check_declared(session.req_header(), self.max_body_bytes)
+    }
+
     async fn request_filter(
         &self,
         session: &mut Session,
@@ -295,7 +317,7 @@ impl ProxyHttp for Gateway {
         if let Some(b) = body {
             ctx.request_bytes += b.len() as u64;
         }
-        Ok(())
+        body_limit::check_streamed(ctx.request_bytes, self.max_body_bytes)
     }
 
     async fn upstream_peer(
@@ -409,6 +431,12 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A body over `max_body_bytes` is the client's doing, answered 413 and counted in the
+    /// metrics: no error line per request (a flood of them would flood the log).
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        body_limit::is_refusal(error)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -433,6 +461,7 @@ impl ProxyHttp for Gateway {
                     }
                     _ => "the backend failed".into(),
                 }),
+                (None, 413) => GatewayError::PayloadTooLarge(self.max_body_bytes),
                 (None, code) => GatewayError::from_status(code),
             };
             if let Err(write_err) = write_error(session, ctx, &err).await {
