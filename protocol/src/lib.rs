@@ -27,6 +27,6 @@ pub use binary::{
 pub use datatype::{Datatype, UnknownDatatype};
 pub use headers::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
 pub use rest::{
-    ErrorBody, InferRequest, InferResponse, ModelMetadata, ModelReady, RequestInput, RequestOutput,
-    ResponseOutput, ServerLive, ServerMetadata, ServerReady, TensorMetadata,
+    ErrorBody, InferRequest, InferResponse, JsonData, ModelMetadata, ModelReady, RequestInput,
+    RequestOutput, ResponseOutput, ServerLive, ServerMetadata, ServerReady, TensorMetadata,
 };
