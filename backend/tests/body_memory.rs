@@ -228,9 +228,9 @@ fn slow_clients_are_timed_out() {
 
 /// JSON bodies are converted into their tensor in one pass over their text, not through a
 /// JSON tree: four 8 MiB bodies of short numbers in nested rows (`0.5,`: 4 bytes an element,
-/// 2M elements each) at once. A `serde_json::Value` tree took ~32 bytes an element plus a vector per row
-/// (about 18 times the body: 558 MB for a 30 MB body; the same conversion from a tree here
-/// peaked at +252 MiB, 7.5 times); the bound here is 6 times the bodies (measured: 4.7).
+/// 2M elements each) at once. A `serde_json::Value` tree took ~32 bytes an element plus a
+/// vector per row (about 18 times the body: 558 MB for a 30 MB body; the same conversion from
+/// a tree here peaked at +252 MiB, 7.5 times); the bound is 6 times the bodies (measured 4.7).
 #[test]
 fn json_bodies_take_a_small_multiple_of_their_size() {
     const BODY_LIMIT: usize = 16 << 20;
