@@ -133,6 +133,13 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
     assert!(body["error"].is_string());
     let (status, body) = admin.post("/admin/v1/tenants", json!({"name": ""})).await;
     assert_eq!(status, 400, "{body}");
+    // Text PostgreSQL cannot store (NUL) or that reads wrong in a listing is the client's
+    // mistake, whichever field carries it: 400, never 500.
+    for bad in ["a\u{0}b", "two\nlines"] {
+        let (status, body) = admin.post("/admin/v1/tenants", json!({"name": bad})).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"], "name must not contain control characters");
+    }
     let (status, list) = admin.get("/admin/v1/tenants").await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -171,6 +178,20 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         .post(&keys_path, json!({"name": "x", "allowed_models": []}))
         .await;
     assert_eq!(status, 400);
+    let (status, body) = admin.post(&keys_path, json!({"name": "k\u{0}"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "name must not contain control characters");
+    let (status, body) = admin
+        .post(
+            &keys_path,
+            json!({"name": "x", "allowed_models": ["m\u{0}"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"],
+        "each allowed model must not contain control characters"
+    );
 
     // The key works on the data path; two different credentials in one request are refused.
     assert_eq!(infer(&client, gw, &secret).await, 200);

@@ -53,6 +53,19 @@ impl AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
+        // SQLSTATE 22021 (character_not_in_repertoire) and 22P05 (untranslatable_character):
+        // client text PostgreSQL cannot store, e.g. a NUL in a query parameter. The client's
+        // mistake (400), whichever field carried it, not a server fault.
+        // <https://www.postgresql.org/docs/current/errcodes-appendix.html>
+        let unstorable = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|code| code == "22021" || code == "22P05");
+        if unstorable {
+            return AppError::BadRequest(
+                "text must be UTF-8 without NUL characters (\\u0000)".into(),
+            );
+        }
         AppError::Internal(e.into())
     }
 }
@@ -65,7 +78,7 @@ impl From<BillingError> for AppError {
             BillingError::UnknownPlan(_) | BillingError::NoPrice { .. } => {
                 AppError::Conflict(e.to_string())
             }
-            BillingError::Database(e) => AppError::Internal(e.into()),
+            BillingError::Database(e) => AppError::from(e),
             BillingError::Io(e) => AppError::Internal(e.into()),
         }
     }

@@ -16,7 +16,7 @@ use super::auth::{Caller, OperatorOnly, VisibleKey, VisibleTenant};
 use super::error::{AppError, ErrorBody};
 use super::extract::{AppJson, AppPath};
 use super::state::AdminState;
-use super::validate::MAX_NAME_LEN;
+use super::validate::name_problem;
 use crate::store::{self, Level, LimitRule, RuleOwner as Owner, Specificity};
 
 /// The whole set of rules of one owner.
@@ -168,19 +168,18 @@ async fn put_rules(
     Ok(Json(read(&state.pool, &owner).await?))
 }
 
-/// The `{plan}` of a route: 1 to 200 bytes (400 `plan must be 1 to 200 characters` otherwise).
+/// The `{plan}` of a route: a name as [`name_problem`] checks it (400 saying what is wrong
+/// otherwise).
 #[derive(Debug, Clone)]
 pub struct PlanName(pub String);
 
 impl<'de> Deserialize<'de> for PlanName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PlanName, D::Error> {
         let plan = String::deserialize(d)?;
-        if plan.is_empty() || plan.len() > MAX_NAME_LEN {
-            return Err(serde::de::Error::custom(format!(
-                "plan must be 1 to {MAX_NAME_LEN} characters"
-            )));
+        match name_problem("plan", &plan) {
+            Some(problem) => Err(serde::de::Error::custom(problem)),
+            None => Ok(PlanName(plan)),
         }
-        Ok(PlanName(plan))
     }
 }
 
@@ -190,6 +189,7 @@ impl<'de> Deserialize<'de> for PlanName {
     params(("plan" = String, Path, description = "Plan name")),
     responses(
         (status = 200, description = "The plan's rules", body = LimitRules),
+        (status = 400, description = "Not a valid plan name (blank, too long, control characters)", body = ErrorBody),
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
         (status = 404, description = "No such plan", body = ErrorBody)
     )

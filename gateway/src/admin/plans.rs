@@ -77,6 +77,7 @@ pub async fn list_plans(State(state): State<AdminState>) -> Result<Json<Vec<Plan
     params(("plan" = String, Path, description = "Plan name")),
     responses(
         (status = 200, description = "The plan", body = Plan),
+        (status = 400, description = "Not a valid plan name (blank, too long, control characters)", body = ErrorBody),
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
         (status = 404, description = "No such plan", body = ErrorBody)
     )

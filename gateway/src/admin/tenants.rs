@@ -116,6 +116,7 @@ pub async fn reactivate_tenant(
     params(("name" = String, Path, description = "Tenant name")),
     responses(
         (status = 200, description = "The tenant", body = Tenant),
+        (status = 400, description = "Not a valid name (blank, too long, control characters)", body = ErrorBody),
         (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
         (status = 404, description = "No tenant of that name", body = ErrorBody)
     )
@@ -124,6 +125,7 @@ pub async fn tenant_by_name(
     State(state): State<AdminState>,
     AppPath(name): AppPath<String>,
 ) -> Result<Json<Tenant>, AppError> {
+    check_name("name", &name)?;
     store::tenant_named(&state.pool, &name)
         .await?
         .map(Json)
