@@ -10,6 +10,7 @@
 //! `Expect: 100-continue` (RFC 9110 section 10.1.1) waits for the backend's interim answer
 //! before sending its body, so its body is not read here.
 
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, EXPECT};
 use pingora::proxy::Session;
 
@@ -43,7 +44,9 @@ pub async fn read_declared_rows(session: &mut Session) -> pingora::Result<Option
     let json_len = number(BINARY_HEADER_LENGTH);
     let whole_body_fits = number(CONTENT_LENGTH.as_str()).is_some_and(|n| n <= RETRY_BUFFER);
     session.as_mut().enable_retry_buffering();
-    let mut prefix: Vec<u8> = Vec::new();
+    // Most bodies declare their shape within the first read: that read is scanned as it came,
+    // and copied only when a second one has to be appended to it.
+    let mut prefix = Bytes::new();
     loop {
         let json = match json_len {
             Some(n) => &prefix[..n.min(prefix.len())],
@@ -57,7 +60,13 @@ pub async fn read_declared_rows(session: &mut Session) -> pingora::Result<Option
             Scan::Incomplete => {}
         }
         match session.as_mut().read_request_body().await? {
-            Some(chunk) => prefix.extend_from_slice(&chunk),
+            Some(chunk) if prefix.is_empty() => prefix = chunk,
+            Some(chunk) => {
+                let mut joined = Vec::with_capacity(prefix.len() + chunk.len());
+                joined.extend_from_slice(&prefix);
+                joined.extend_from_slice(&chunk);
+                prefix = Bytes::from(joined);
+            }
             None => return Ok(None),
         }
     }
