@@ -39,6 +39,8 @@ pub fn write_svg(path: &Path, reports: &[&Report]) -> anyhow::Result<()> {
     let mut chart = ChartBuilder::on(&root)
         .caption("latency by percentile", ("sans-serif", 22))
         .margin(16)
+        // Room for the last x label ("99.999%"), which is centred on the right edge.
+        .margin_right(48)
         .x_label_area_size(40)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..5.0f64, 0.0..max_ms * 1.05)

@@ -67,6 +67,25 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+/// The points of [`Report::percentile_curve`]: (percentile as printed, quantile asked of the
+/// histogram). The quantiles are written out rather than computed as `p / 100`, so that the
+/// curve, the plot and [`Percentiles`] ask the histogram the very same question (`99.9 / 100` is
+/// `0.9990000000000001` in binary floating point, which lands one bucket higher).
+const CURVE: [(f64, f64); 12] = [
+    (0.0, 0.0),
+    (25.0, 0.25),
+    (50.0, 0.5),
+    (75.0, 0.75),
+    (90.0, 0.9),
+    (95.0, 0.95),
+    (99.0, 0.99),
+    (99.5, 0.995),
+    (99.9, 0.999),
+    (99.95, 0.9995),
+    (99.99, 0.9999),
+    (100.0, 1.0),
+];
+
 impl Percentiles {
     fn of(h: &Histogram<u64>) -> Self {
         Percentiles {
@@ -125,12 +144,10 @@ impl Report {
                 )
             })
             .collect();
-        let percentile_curve = [
-            0.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
-        ]
-        .iter()
-        .map(|&p| (p, rec.overall.value_at_percentile(p)))
-        .collect();
+        let percentile_curve = CURVE
+            .iter()
+            .map(|&(p, q)| (p, rec.overall.value_at_quantile(q)))
+            .collect();
         Report {
             scenario: scenario.to_string(),
             mode: mode.to_string(),
@@ -223,5 +240,40 @@ mod tests {
         assert_eq!(r.keys["a"].transport_errors, 1);
         assert_eq!(r.percentile_curve.last(), Some(&(100.0, 1000)));
         assert!(r.table().contains("p99.9"));
+    }
+
+    #[test]
+    fn the_curve_and_the_percentiles_agree() {
+        // A long tail spread over many histogram buckets, where p/100 and the written-out
+        // quantile used to pick different buckets.
+        let mut rec = Recorder::new(vec![]).expect("recorder");
+        for v in 0..100_000u64 {
+            rec.record(Sample {
+                key: 0,
+                status: Some(200),
+                latency_us: 100 + v * v / 1_000_000,
+            });
+        }
+        let r = Report::new("t", "open", Some(1.0), 1, &rec, Duration::from_secs(1));
+        let at = |p: f64| {
+            r.percentile_curve
+                .iter()
+                .find(|&&(x, _)| x == p)
+                .map(|&(_, v)| v)
+                .expect("point on the curve")
+        };
+        assert_eq!(at(50.0), r.latency_us.p50);
+        assert_eq!(at(90.0), r.latency_us.p90);
+        assert_eq!(at(99.0), r.latency_us.p99);
+        assert_eq!(at(99.9), r.latency_us.p999);
+        assert_eq!(at(100.0), r.latency_us.max);
+        let table = r.table();
+        assert!(
+            table.contains(&format!(
+                " {:>9} {:>9}\n",
+                r.latency_us.p999, r.latency_us.max
+            )),
+            "{table}"
+        );
     }
 }

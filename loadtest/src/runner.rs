@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Instant;
 use tokio::sync::{mpsc, Semaphore};
-use tokio::time::Instant;
 
 use crate::body::PreparedBody;
 use crate::record::{Recorder, Sample};
@@ -132,35 +132,55 @@ pub async fn run_phase(
 
     match phase.mode {
         Mode::Open => {
+            // Arrivals are paced on an OS thread of their own: tokio's timer wheel has a 1 ms
+            // resolution, so `sleep_until` wakes up to 1 ms late, and since latency is measured
+            // from the intended send time (no coordinated omission), that lateness would be
+            // counted as the server's. A thread sleep is late by the thread's timer slack, which
+            // the pacer sets to 1 us (prctl(2) PR_SET_TIMERSLACK).
             let interval = Duration::from_secs_f64(1.0 / phase.rate);
             let permits = Arc::new(Semaphore::new(phase.concurrency));
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut i: u64 = 0;
-            loop {
-                let intended = start + interval.mul_f64(i as f64);
-                if intended >= end || i >= phase.max_requests {
-                    break;
-                }
-                tokio::time::sleep_until(intended).await;
-                let (target, permits, tx, sent) =
-                    (target.clone(), permits.clone(), tx.clone(), sent.clone());
-                tasks.spawn(async move {
-                    // Waiting for a free connection counts as latency: it is the server's delay.
-                    let _permit = permits.acquire_owned().await;
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    let (key, status) = send_one(&target, i).await;
-                    let latency_us = intended.elapsed().as_micros() as u64;
-                    let _ = tx.send(Sample {
-                        key,
-                        status,
-                        latency_us,
-                    });
-                });
-                // Reap finished tasks so the set stays small.
-                while tasks.try_join_next().is_some() {}
-                i += 1;
-            }
-            while tasks.join_next().await.is_some() {}
+            let handle = tokio::runtime::Handle::current();
+            let (target, tx, sent) = (target.clone(), tx.clone(), sent.clone());
+            let max = phase.max_requests;
+            let pacer = std::thread::Builder::new()
+                .name("loadtest-pacer".into())
+                .spawn(move || {
+                    set_fine_timer_slack();
+                    let mut i: u64 = 0;
+                    loop {
+                        let intended = start + interval.mul_f64(i as f64);
+                        if intended >= end || i >= max {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if intended > now {
+                            std::thread::sleep(intended - now);
+                        }
+                        let (target, permits, tx, sent) =
+                            (target.clone(), permits.clone(), tx.clone(), sent.clone());
+                        handle.spawn(async move {
+                            // Waiting for a free connection counts as latency: it is the
+                            // server's delay.
+                            let _permit = permits.acquire_owned().await;
+                            sent.fetch_add(1, Ordering::Relaxed);
+                            let (key, status) = send_one(&target, i).await;
+                            let latency_us = intended.elapsed().as_micros() as u64;
+                            let _ = tx.send(Sample {
+                                key,
+                                status,
+                                latency_us,
+                            });
+                        });
+                        i += 1;
+                    }
+                })
+                .context("starting the pacer thread")?;
+            // The pacer's requests hold their own senders: the collector ends when the last one
+            // has answered.
+            tokio::task::spawn_blocking(move || pacer.join())
+                .await
+                .context("pacer thread")?
+                .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
         }
         Mode::Closed => {
             let mut workers = tokio::task::JoinSet::new();
@@ -186,12 +206,22 @@ pub async fn run_phase(
             while workers.join_next().await.is_some() {}
         }
     }
+    drop(tx);
+    let rec = collector.await.context("collector task")??;
     let elapsed = start.elapsed();
     ticker.abort();
     bar.finish_and_clear();
-    drop(tx);
-    let rec = collector.await.context("collector task")??;
     Ok((rec, elapsed))
+}
+
+/// Sets this thread's timer slack to 1 ns so that its sleeps end when asked (the default slack
+/// is 50 us; prctl(2), PR_SET_TIMERSLACK). Best effort: elsewhere than Linux nothing changes.
+fn set_fine_timer_slack() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only changes this thread's slack.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
 }
 
 #[cfg(test)]
