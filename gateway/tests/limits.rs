@@ -67,6 +67,17 @@ async fn key_id(pool: &sqlx::PgPool, secret: &str) -> Uuid {
         .unwrap()
 }
 
+/// The Redis key of an API key's limit `suffix` (`gcra`, `conc`): the limiter's keys carry
+/// the tenant id as their Redis Cluster hash tag.
+async fn key_counter(pool: &sqlx::PgPool, key_id: Uuid, suffix: &str) -> String {
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE id = $1")
+        .bind(key_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    format!("maas:rl:{{{tenant}}}:k:{key_id}:{suffix}")
+}
+
 struct Outcome {
     status: u16,
     body: Value,
@@ -399,6 +410,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
         ],
     )
     .await;
+    let gcra_key = key_counter(&pool, id, "gcra").await;
     // Redis is used: the key's GCRA state exists there.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -406,7 +418,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
         .await
         .unwrap();
     let tat: Option<String> = redis::cmd("GET")
-        .arg(format!("maas:rl:k:{id}:gcra"))
+        .arg(&gcra_key)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -434,7 +446,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
             Err(_) => continue,
         };
         let tat: Option<String> = redis::cmd("GET")
-            .arg(format!("maas:rl:k:{id}:gcra"))
+            .arg(&gcra_key)
             .query_async(&mut conn)
             .await
             .unwrap_or(None);
@@ -486,6 +498,7 @@ async fn concurrency_slots_come_back_after_clients_abort() {
     let client = reqwest::Client::new();
     let key = create_key(&db_url, "acme", None);
     let id = key_id(&pool, &key).await;
+    let conc_key = key_counter(&pool, id, "conc").await;
     put_limits(
         &client,
         gw.admin,
@@ -501,7 +514,7 @@ async fn concurrency_slots_come_back_after_clients_abort() {
             .await
             .unwrap();
         let n: i64 = redis::cmd("ZCARD")
-            .arg(format!("maas:rl:k:{id}:conc"))
+            .arg(&conc_key)
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -619,7 +632,7 @@ async fn monthly_quota_and_budget_refuse_and_rebuild_from_postgres() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let counter = format!("maas:rl:t:{tenant}:q:{month}");
+    let counter = format!("maas:rl:{{{tenant}}}:t:{tenant}:q:{month}");
     let before: i64 = redis::cmd("GET")
         .arg(&counter)
         .query_async(&mut conn)
