@@ -400,6 +400,55 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_redis_cluster_keys() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert!(!c.tls.enabled() && !c.h2c && !c.redis_cluster);
+            assert_eq!(c.tls_addr().unwrap(), None);
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "127.0.0.1:8443");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("tls.cert_path must name a PEM file"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__CERT_PATH", "/c.pem");
+            jail.set_env("MAAS_GATEWAY_TLS__KEY_PATH", "/k.pem");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert_eq!(
+                c.tls_addr().unwrap(),
+                Some("127.0.0.1:8443".parse().unwrap())
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "127.0.0.1:8080");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("tls.listen must differ from listen"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "");
+
+            jail.set_env(
+                "REDIS_URL",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+            );
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("set redis_cluster = true"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_REDIS_CLUSTER", "true");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert_eq!(
+                c.redis_urls(),
+                vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+            );
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:7000,http://x");
+            assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
     fn pools_from_the_file_and_the_upstream_shorthand() {
         Jail::expect_with(|jail| {
             jail.clear_env();
