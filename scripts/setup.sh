@@ -5,7 +5,8 @@
 #    cmake (pingora's zlib-ng), postgresql and redis-server (real services for tests and
 #    `make run`), pkg-config and libssl-dev, libhdf5-dev (the backend's Keras HDF5 import;
 #    hdf5-metno finds it through pkg-config), prometheus (its server and promtool, for the
-#    observability tests; its service is not started).
+#    observability tests; its service is not started), redis-tools (redis-cli, for the Redis
+#    Cluster test) and curl (the TLS / HTTP/2 test).
 # 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
 #    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
 #    link, so a plain `cargo build` / `cargo test` works afterwards.
@@ -24,6 +25,10 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+# redis-cli joins the limits test's Redis Cluster (`--cluster create`).
+command -v redis-cli >/dev/null || need+=(redis-tools)
+# The TLS test drives the gateway with curl (HTTP/2 through nghttp2).
+command -v curl >/dev/null || need+=(curl)
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 [ -e /usr/include/hdf5/serial/hdf5.h ] || [ -e /usr/include/hdf5.h ] || need+=(libhdf5-dev)

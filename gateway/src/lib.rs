@@ -12,6 +12,8 @@
 //!   `store`: every SQL statement on the gateway's tables.
 //! - `metrics`: Prometheus metrics (`prometheus-client`) on their own listener; `trace`: W3C
 //!   `traceparent`; `access_log`: one JSON line per request.
+//! - `tls`: the TLS listener's certificate, checked at start and reloaded on SIGHUP or a
+//!   file change.
 //! - [`serve`] assembles the pingora server from a [`config::GatewayConfig`]; `error` maps
 //!   every refusal to its status and JSON body.
 
@@ -31,6 +33,7 @@ mod pools;
 mod proxy;
 mod serve;
 mod store;
+mod tls;
 mod trace;
 
 pub use admin::create_key;

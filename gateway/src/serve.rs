@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use crate::auth::Authenticator;
 use crate::config::GatewayConfig;
 use crate::limits::LimitResolver;
-use crate::limits::Limiter;
+use crate::limits::{Limiter, RedisEndpoint};
 use crate::metering;
 use crate::metering::spool::{Spool, SpoolOptions};
 use crate::metering::{RefusalWriter, Refusals};
@@ -83,6 +83,14 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 
     // Fail with a clear message now rather than with a panic inside pingora's runtime.
     std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let tls = match config.tls_addr()? {
+        Some(addr) => {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (tls.listen)"))?;
+            Some((addr, TlsListener::load(&config)?))
+        }
+        None => None,
+    };
 
     let conf = ServerConf {
         threads: config.threads,
@@ -115,7 +123,11 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             Duration::from_millis(config.auth.db_retry_ms),
         ),
     );
-    let limiter = Limiter::new(&config.limits, redis.clone())?;
+    let endpoint = match config.redis_urls().as_slice() {
+        [] => None,
+        urls => Some(RedisEndpoint::open(urls, config.redis_cluster).context("redis_url")?),
+    };
+    let limiter = Limiter::new(&config.limits, endpoint)?;
     let invalidate: Vec<Arc<dyn crate::invalidation::Invalidate>> =
         vec![auth.clone(), limits.clone(), Arc::new(limiter.clone())];
     let limiter_for_maintenance = limiter.clone();
@@ -154,6 +166,34 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     .with_max_body_bytes(config.max_body_bytes);
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
+    if config.h2c {
+        // pingora peeks for the HTTP/2 preface on plaintext connections only; TLS ones
+        // negotiate by ALPN.
+        if let Some(app) = proxy.app_logic_mut() {
+            let mut options = app.server_options.clone().unwrap_or_default();
+            options.h2c = true;
+            app.server_options = Some(options);
+        }
+    }
+    let mut reload = None;
+    if let Some((addr, listener)) = &tls {
+        // No paths: the resolver serves the certificate (pingora ignores paths then).
+        let mut settings =
+            pingora::listeners::tls::TlsSettings::intermediate("", "").context("TLS settings")?;
+        settings.set_cert_resolver(listener.resolver.clone());
+        // ALPN h2 first, then http/1.1 (RFC 7301; RFC 9113 section 3.2).
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&addr.to_string(), None, settings);
+        reload = Some(crate::tls::CertificateReload::new(
+            listener.resolver.clone(),
+            listener.cert_path.clone(),
+            listener.key_path.clone(),
+            match config.tls.reload_interval_ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
+        ));
+    }
 
     server.add_service(proxy);
     server.add_service(background_service(
@@ -170,7 +210,16 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         ),
     ));
     server.add_service(background_service("usage spool sync", syncer));
-    server.add_service(background_service("announce", Announce { listen }));
+    if let Some(reload) = reload {
+        server.add_service(background_service("TLS certificate reload", reload));
+    }
+    server.add_service(background_service(
+        "announce",
+        Announce {
+            listen,
+            tls: tls.as_ref().map(|(addr, _)| *addr),
+        },
+    ));
     server.add_service(background_service(
         "auth maintenance",
         AuthMaintenance {
@@ -275,36 +324,77 @@ impl BackgroundService for AuthMaintenance {
     }
 }
 
-/// Prints the readiness line once a TCP connection to the listener succeeds.
+/// The TLS listener's certificate, loaded and checked before the server starts.
+struct TlsListener {
+    resolver: Arc<crate::tls::ReloadingResolver>,
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+}
+
+impl TlsListener {
+    /// Load `tls.cert_path` and `tls.key_path`; an expired, not yet valid or mismatched pair
+    /// stops the start with a message saying which and when.
+    fn load(config: &GatewayConfig) -> anyhow::Result<TlsListener> {
+        let cert_path = std::path::PathBuf::from(config.tls.cert_path.as_deref().unwrap_or(""));
+        let key_path = std::path::PathBuf::from(config.tls.key_path.as_deref().unwrap_or(""));
+        let loaded = crate::tls::load(&cert_path, &key_path, chrono::Utc::now())
+            .context("tls: cannot serve this certificate")?;
+        tracing::info!(subject = %loaded.subject, not_after = %loaded.not_after, "TLS certificate loaded");
+        Ok(TlsListener {
+            resolver: Arc::new(crate::tls::ReloadingResolver::new(loaded.key)),
+            cert_path,
+            key_path,
+        })
+    }
+}
+
+/// Prints the readiness line once a TCP connection to the listener succeeds, then
+/// `maas-gateway listening on <addr> (tls)` once the TLS listener accepts too.
 struct Announce {
     listen: SocketAddr,
+    tls: Option<SocketAddr>,
 }
 
 #[async_trait]
 impl BackgroundService for Announce {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let mut probe = self.listen;
-        if probe.ip().is_unspecified() {
-            probe.set_ip(match probe.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
+        if !accepts(self.listen).await {
+            return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match tokio::net::TcpStream::connect(probe).await {
-                Ok(_) => {
-                    let mut out = std::io::stdout().lock();
-                    let _ = writeln!(out, "maas-gateway listening on {}", self.listen);
-                    let _ = out.flush();
-                    return;
-                }
-                Err(e) if tokio::time::Instant::now() >= deadline => {
-                    tracing::error!(error = %e, listen = %self.listen, "listener never accepted a connection");
-                    return;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        say(&format!("maas-gateway listening on {}", self.listen));
+        if let Some(tls) = self.tls {
+            if accepts(tls).await {
+                say(&format!("maas-gateway listening on {tls} (tls)"));
             }
+        }
+    }
+}
+
+/// One line on stdout, flushed.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Whether a TCP connection to `listen` succeeds within 60 s (logged when not).
+async fn accepts(listen: SocketAddr) -> bool {
+    let mut probe = listen;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match probe.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::net::TcpStream::connect(probe).await {
+            Ok(_) => return true,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::error!(error = %e, %listen, "listener never accepted a connection");
+                return false;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

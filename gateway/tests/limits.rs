@@ -4,10 +4,11 @@
 //! consumes nothing from another; Redis stopped mid-run neither hangs a request nor turns into
 //! a 5xx under fail-open (and is a 503 under fail-closed); concurrency slots come back after
 //! clients abort; monthly quotas refuse with a body naming them and are rebuilt from
-//! PostgreSQL when Redis loses them.
+//! PostgreSQL when Redis loses them. Against a Redis Cluster of three primaries (the keys share
+//! the tenant's hash tag): the same bound, and a primary killed mid-run under fail-open.
 //!
-//! Needs `DATABASE_URL` and `REDIS_URL` (`make test` provides both); the Redis-failure tests
-//! start their own `redis-server` on a free port.
+//! Needs `DATABASE_URL` and `REDIS_URL` (`make test` provides both); the Redis-failure and
+//! cluster tests start their own `redis-server`s on free ports.
 
 mod common;
 
@@ -65,6 +66,17 @@ async fn key_id(pool: &sqlx::PgPool, secret: &str) -> Uuid {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// The Redis key of an API key's limit `suffix` (`gcra`, `conc`): the limiter's keys carry
+/// the tenant id as their Redis Cluster hash tag.
+async fn key_counter(pool: &sqlx::PgPool, key_id: Uuid, suffix: &str) -> String {
+    let tenant: Uuid = sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE id = $1")
+        .bind(key_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    format!("maas:rl:{{{tenant}}}:k:{key_id}:{suffix}")
 }
 
 struct Outcome {
@@ -399,6 +411,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
         ],
     )
     .await;
+    let gcra_key = key_counter(&pool, id, "gcra").await;
     // Redis is used: the key's GCRA state exists there.
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
@@ -406,7 +419,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
         .await
         .unwrap();
     let tat: Option<String> = redis::cmd("GET")
-        .arg(format!("maas:rl:k:{id}:gcra"))
+        .arg(&gcra_key)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -434,7 +447,7 @@ async fn redis_outage(policy: &str) -> (Vec<u16>, Duration, u64) {
             Err(_) => continue,
         };
         let tat: Option<String> = redis::cmd("GET")
-            .arg(format!("maas:rl:k:{id}:gcra"))
+            .arg(&gcra_key)
             .query_async(&mut conn)
             .await
             .unwrap_or(None);
@@ -486,6 +499,7 @@ async fn concurrency_slots_come_back_after_clients_abort() {
     let client = reqwest::Client::new();
     let key = create_key(&db_url, "acme", None);
     let id = key_id(&pool, &key).await;
+    let conc_key = key_counter(&pool, id, "conc").await;
     put_limits(
         &client,
         gw.admin,
@@ -501,7 +515,7 @@ async fn concurrency_slots_come_back_after_clients_abort() {
             .await
             .unwrap();
         let n: i64 = redis::cmd("ZCARD")
-            .arg(format!("maas:rl:k:{id}:conc"))
+            .arg(&conc_key)
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -619,7 +633,7 @@ async fn monthly_quota_and_budget_refuse_and_rebuild_from_postgres() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let counter = format!("maas:rl:t:{tenant}:q:{month}");
+    let counter = format!("maas:rl:{{{tenant}}}:t:{tenant}:q:{month}");
     let before: i64 = redis::cmd("GET")
         .arg(&counter)
         .query_async(&mut conn)
@@ -709,5 +723,189 @@ async fn a_slow_redis_times_out_into_the_fallback() {
     }
     drop(gw);
     drop(redis);
+    drop_database(pool).await;
+}
+
+/// A Redis Cluster of three primaries (no replicas) from `redis-server --cluster-enabled yes`
+/// on free loopback ports, joined by `redis-cli --cluster create`; every node killed on drop.
+struct RedisCluster {
+    nodes: Vec<(u16, Option<ChildGuard>)>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("maas-cluster-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let port = free_addr().port();
+            let child = Command::new("redis-server")
+                .current_dir(&dir)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "1000"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server (installed by scripts/setup.sh)");
+            nodes.push((port, Some(ChildGuard(child))));
+        }
+        for (port, _) in &nodes {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .nodes
+            .iter()
+            .all(|(p, _)| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never reached state ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis_url` naming every node as a seed.
+    fn url(&self) -> String {
+        let urls: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("redis://127.0.0.1:{p}"))
+            .collect();
+        urls.join(",")
+    }
+
+    /// The port of the primary serving `key`'s slot (the others answer MOVED).
+    fn owner(&self, key: &str) -> u16 {
+        let slot = cli(self.nodes[0].0, &["CLUSTER", "KEYSLOT", key]);
+        let slot: u16 = slot.trim().parse().expect("CLUSTER KEYSLOT");
+        for (port, _) in &self.nodes {
+            let answer = cli(*port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+            let moved = cli(*port, &["GET", key]);
+            if !moved.contains("MOVED") && answer.trim().parse::<u64>().is_ok() {
+                return *port;
+            }
+        }
+        panic!("no node serves slot {slot}");
+    }
+
+    /// SIGKILL the node on `port`.
+    fn kill(&mut self, port: u16) {
+        for (p, child) in &mut self.nodes {
+            if *p == port {
+                drop(child.take());
+            }
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            drop(child.take());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p port ARGS...` (no redirections followed), its stdout.
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_keeps_the_gcra_bound_and_fails_open_when_a_primary_dies() {
+    let mut cluster = RedisCluster::start();
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let extra = [
+        ("MAAS_GATEWAY_REDIS_CLUSTER", "true"),
+        ("MAAS_GATEWAY_LIMITS__GATEWAY_INSTANCES", "2"),
+        ("MAAS_GATEWAY_LIMITS__ON_REDIS_FAILURE", "open"),
+        ("MAAS_GATEWAY_LIMITS__REDIS_RETRY_MS", "200"),
+    ];
+    let mut env_a = redis_env(&cluster.url(), &extra);
+    env_a.push(("MAAS_GATEWAY_ADMIN__OPERATOR_TOKEN", OPERATOR.to_string()));
+    let a = start_gateway(&db_url, &[backend], &env_a);
+    let b = start_gateway(&db_url, &[backend], &redis_env(&cluster.url(), &extra));
+    let client = reqwest::Client::new();
+    let key = create_key(&db_url, "acme", None);
+    let id = key_id(&pool, &key).await;
+    let (rate, burst) = (40u64, 5u64);
+    put_limits(
+        &client,
+        a.admin,
+        &format!("/admin/v1/keys/{id}/limits"),
+        json!([{"level": "key", "rate": rate, "burst": burst}]),
+    )
+    .await;
+
+    // Exactness across two gateways, the state in the cluster.
+    let (admitted, refused, others, window, _) =
+        flood(&[a.listen, b.listen], &key, Duration::from_secs(3)).await;
+    assert!(others.is_empty(), "unexpected answers: {others:?}");
+    let max = bound(rate, burst, window);
+    assert!(
+        admitted <= max,
+        "admitted {admitted} > bound {max} (rate {rate}/s x {window:?} + burst {burst})"
+    );
+    assert!(admitted >= rate * 3 / 2, "only {admitted} admitted");
+    assert!(refused > 0);
+    let gcra_key = key_counter(&pool, id, "gcra").await;
+    let owner = cluster.owner(&gcra_key);
+    assert!(
+        !cli(owner, &["GET", &gcra_key]).trim().is_empty(),
+        "no GCRA state in the cluster"
+    );
+
+    // The primary holding the tenant's slot is killed one second into a three-second run:
+    // under fail-open no request hangs and none is answered with anything but 200 or 429.
+    let gws = [a.listen, b.listen];
+    let flood_key = key.clone();
+    let run = tokio::spawn(async move { flood(&gws, &flood_key, Duration::from_secs(3)).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.kill(owner);
+    let (admitted, _refused, others, _window, slowest) = run.await.unwrap();
+    assert!(
+        others.is_empty(),
+        "answers other than 200/429 after a primary died: {others:?}"
+    );
+    assert!(admitted > 0);
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request took {slowest:?}"
+    );
+    drop((a, b));
     drop_database(pool).await;
 }

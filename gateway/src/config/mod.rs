@@ -16,6 +16,7 @@ mod limits;
 mod metering;
 mod metrics;
 mod pools;
+mod tls;
 mod upstream;
 
 pub use admin::AdminConfig;
@@ -24,6 +25,7 @@ pub use limits::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 pub use metering::{MeteringConfig, SpoolFullPolicy};
 pub use metrics::{AccessLogFormat, MetricsConfig};
 pub use pools::{BackendEntry, EjectionConfig, HealthConfig, Policy, PoolConfig};
+pub use tls::TlsConfig;
 pub use upstream::UpstreamConfig;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -45,13 +47,24 @@ pub const ENV_PREFIX: &str = "MAAS_GATEWAY_";
 pub struct GatewayConfig {
     /// Address the data-path (pingora) listener binds, `host:port`. Default `127.0.0.1:8080`.
     pub listen: String,
+    /// Also accept HTTP/2 with prior knowledge (RFC 9113 section 3.3, "h2c") on the plaintext
+    /// `listen`: a connection opening with the HTTP/2 preface is served as HTTP/2, any other
+    /// as HTTP/1.1. (`Upgrade: h2c` is not offered; RFC 9113 deprecates it.) Default false.
+    pub h2c: bool,
     /// PostgreSQL URL (`postgres://user:pass@host:port/db`) holding tenants, API keys and usage.
     /// No default: set it here, with `DATABASE_URL`, or with `MAAS_GATEWAY_DATABASE_URL`.
     pub database_url: Option<String>,
     /// Redis URL (`redis://host:port/db`): cache invalidation across gateway instances (and the
     /// rate limiter's shared state). Unset: each instance relies on its cache TTL alone.
-    /// Also read from `REDIS_URL` (`MAAS_GATEWAY_REDIS_URL` wins over it).
+    /// Also read from `REDIS_URL` (`MAAS_GATEWAY_REDIS_URL` wins over it). With
+    /// `redis_cluster`, one or more comma-separated seed nodes of a Redis Cluster, e.g.
+    /// `redis://10.0.0.1:6379,redis://10.0.0.2:6379`.
     pub redis_url: Option<String>,
+    /// `redis_url` names a Redis Cluster: the limiter routes each admission script to the
+    /// slot of its keys (they share the tenant's hash tag) and follows failovers;
+    /// invalidations are published on the first seed node (cluster PUBLISH reaches every
+    /// node's subscribers). Default false.
+    pub redis_cluster: bool,
     /// Largest request body forwarded, in bytes: a `Content-Length` over it is answered 413
     /// before any of the body is read, and a chunked body is cut off with 413 once it passes
     /// it. Default 32 MiB (the backend's own default limit).
@@ -82,14 +95,18 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     /// Prometheus metrics listener and access log.
     pub metrics: MetricsConfig,
+    /// TLS listener of the data path (see [`TlsConfig`]).
+    pub tls: TlsConfig,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: "127.0.0.1:8080".into(),
+            h2c: false,
             database_url: None,
             redis_url: None,
+            redis_cluster: false,
             max_body_bytes: 32 << 20,
             threads: 2,
             run_migrations: true,
@@ -102,6 +119,7 @@ impl Default for GatewayConfig {
             admin: AdminConfig::default(),
             limits: LimitsConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -170,6 +188,14 @@ impl GatewayConfig {
         if self.limits.backend == LimiterBackend::Redis && self.redis_url.is_none() {
             bail!("limits.backend = \"redis\" needs redis_url (or REDIS_URL)");
         }
+        let urls = self.redis_urls();
+        if urls.len() > 1 && !self.redis_cluster {
+            bail!("redis_url lists {} URLs: set redis_cluster = true for the seed nodes of a Redis Cluster, or give one URL", urls.len());
+        }
+        for url in urls {
+            redis::Client::open(url)
+                .map_err(|e| anyhow::anyhow!("redis_url: `{url}` is not a Redis URL: {e}"))?;
+        }
         if self.limits.gateway_instances == 0 {
             bail!("limits.gateway_instances must be at least 1");
         }
@@ -179,12 +205,33 @@ impl GatewayConfig {
         if self.auth.db_max_connections == 0 {
             bail!("auth.db_max_connections must be at least 1");
         }
+        if let Some(tls) = self.tls_addr()? {
+            if tls == self.listen_addr()? {
+                bail!("tls.listen must differ from listen ({tls})");
+            }
+            for (key, value) in [
+                ("tls.cert_path", &self.tls.cert_path),
+                ("tls.key_path", &self.tls.key_path),
+            ] {
+                if value.as_deref().is_none_or(str::is_empty) {
+                    bail!("tls.listen is set, so {key} must name a PEM file");
+                }
+            }
+        }
         Ok(())
     }
 
     /// `listen` resolved to one socket address.
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
         resolve_one(&self.listen).context("listen")
+    }
+
+    /// `tls.listen` resolved to one socket address; `None` when TLS is off.
+    pub fn tls_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        match self.tls.listen.as_deref() {
+            None | Some("") => Ok(None),
+            Some(addr) => resolve_one(addr).context("tls.listen").map(Some),
+        }
     }
 
     /// The pools served: `pools`, or the one [`PoolConfig::legacy`] pool of
@@ -202,12 +249,24 @@ impl GatewayConfig {
     /// # Errors
     /// When the URL does not parse as a Redis URL.
     pub fn redis_client(&self) -> anyhow::Result<Option<redis::Client>> {
-        match self.redis_url.as_deref() {
-            None | Some("") => Ok(None),
-            Some(url) => redis::Client::open(url)
+        match self.redis_urls().first() {
+            None => Ok(None),
+            Some(url) => redis::Client::open(*url)
                 .map(Some)
                 .map_err(|e| anyhow::anyhow!("redis_url is not a Redis URL: {e}")),
         }
+    }
+
+    /// The URLs of `redis_url`: one, or the seed nodes of a cluster (comma-separated);
+    /// empty when unset.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis_url
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 
     /// The database URL, or an error saying where to set it.
@@ -336,6 +395,55 @@ mod tests {
             assert_eq!(c.admin.token(), Some("op-secret"));
             assert_eq!(c.admin.listen, "127.0.0.1:7002");
             assert!(!format!("{c:?}").contains("op-secret"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_and_redis_cluster_keys() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert!(!c.tls.enabled() && !c.h2c && !c.redis_cluster);
+            assert_eq!(c.tls_addr().unwrap(), None);
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "127.0.0.1:8443");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("tls.cert_path must name a PEM file"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__CERT_PATH", "/c.pem");
+            jail.set_env("MAAS_GATEWAY_TLS__KEY_PATH", "/k.pem");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert_eq!(
+                c.tls_addr().unwrap(),
+                Some("127.0.0.1:8443".parse().unwrap())
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "127.0.0.1:8080");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("tls.listen must differ from listen"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_TLS__LISTEN", "");
+
+            jail.set_env(
+                "REDIS_URL",
+                "redis://127.0.0.1:7000, redis://127.0.0.1:7001",
+            );
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("set redis_cluster = true"),
+                "{e:#}"
+            );
+            jail.set_env("MAAS_GATEWAY_REDIS_CLUSTER", "true");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert_eq!(
+                c.redis_urls(),
+                vec!["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+            );
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:7000,http://x");
+            assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
             Ok(())
         });
     }

@@ -6,6 +6,6 @@ mod limiter;
 mod resolver;
 mod rules;
 
-pub use limiter::{Admission, Decision, Demand, LimitKind, Limiter, Permit};
+pub use limiter::{Admission, Decision, Demand, LimitKind, Limiter, Permit, RedisEndpoint};
 pub use resolver::LimitResolver;
 pub use rules::RequestLimits;

@@ -33,9 +33,35 @@ pub(super) async fn write_error(
     }
     insert_rate_headers(&mut resp, ctx)?;
     ctx.response_bytes += body.len() as u64;
+    drain_small_h2_body(session).await;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// Largest request body read and dropped before an HTTP/2 refusal, in bytes.
+const H2_DRAIN_LIMIT: u64 = 64 << 10;
+
+/// Read the rest of a small request body (a declared `Content-Length` of at most
+/// [`H2_DRAIN_LIMIT`]) on an HTTP/2 stream before the gateway answers it itself: pingora
+/// resets a stream whose request body is still unread when the answer ends, and clients
+/// (curl, nghttp2) then report a stream error instead of the refusal. HTTP/1.1 needs nothing
+/// (the connection is closed or drained by pingora); larger bodies are not read.
+async fn drain_small_h2_body(session: &mut Session) {
+    let downstream = session.as_mut();
+    if !downstream.is_http2() || downstream.is_body_done() {
+        return;
+    }
+    let small = downstream
+        .req_header()
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n <= H2_DRAIN_LIMIT);
+    if small {
+        let _ = downstream.drain_request_body().await;
+    }
 }
 
 /// Write a JSON answer of the gateway's own (`status`, `content-type: application/json`,

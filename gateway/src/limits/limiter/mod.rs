@@ -21,6 +21,7 @@
 //! (quotas and budgets are not enforced meanwhile; usage is still metered), `closed` answers
 //! 503. After a failure Redis is not tried again for `redis_retry_ms`; recovery is automatic.
 
+mod connection;
 mod headers;
 mod local;
 mod monthly;
@@ -45,6 +46,7 @@ use self::plan::{plan, Item, Kind};
 use self::redis::{RedisOutcome, Refusal, ADMIT_LUA};
 use crate::config::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 use crate::limits::rules::RequestLimits;
+pub use connection::{RedisConnection, RedisEndpoint};
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,8 +217,8 @@ impl LimiterStats {
 
 struct Inner {
     config: LimitsConfig,
-    redis: Option<::redis::Client>,
-    conn: Mutex<Option<::redis::aio::ConnectionManager>>,
+    redis: Option<RedisEndpoint>,
+    conn: Mutex<Option<RedisConnection>>,
     /// Held while connecting, so that one task connects and the others wait (bounded).
     connecting: tokio::sync::Mutex<()>,
     /// Redis is not tried before this instant (after a failure).
@@ -246,7 +248,7 @@ impl Limiter {
     ///
     /// # Errors
     /// The `redis` backend without a Redis URL.
-    pub fn new(config: &LimitsConfig, redis: Option<::redis::Client>) -> anyhow::Result<Self> {
+    pub fn new(config: &LimitsConfig, redis: Option<RedisEndpoint>) -> anyhow::Result<Self> {
         if config.backend == LimiterBackend::Redis && redis.is_none() {
             anyhow::bail!("limits.backend = \"redis\" needs redis_url (or REDIS_URL)");
         }
@@ -425,11 +427,13 @@ impl Limiter {
         &self,
         counter: &crate::limits::rules::CounterId,
     ) -> anyhow::Result<i64> {
-        let key = format!("{}{counter}:conc", plan::KEY_PREFIX);
+        let key = plan::redis_key(counter, "conc");
         match &self.inner.redis {
             None => Ok(*lock(&self.inner.local).concurrency.get(&key).unwrap_or(&0)),
-            Some(client) => {
-                let mut conn = client.get_multiplexed_async_connection().await?;
+            Some(endpoint) => {
+                let mut conn = endpoint
+                    .connect(Duration::from_secs(2), Duration::from_secs(2))
+                    .await?;
                 let now_us = Utc::now().timestamp_micros();
                 let n: i64 = ::redis::cmd("ZCOUNT")
                     .arg(&key)

@@ -11,6 +11,15 @@ use crate::limits::rules::{CounterId, RequestLimits};
 /// Prefix of every Redis key the limiter writes.
 pub const KEY_PREFIX: &str = "maas:rl:";
 
+/// The Redis key of `counter`'s limit `suffix`: `maas:rl:{<tenant id>}:<counter>:<suffix>`,
+/// e.g. `maas:rl:{6f1c...}:k:<key id>:gcra`. The braces are a Redis Cluster hash tag (Redis
+/// Cluster specification, "Hash tags"): only the tenant id is hashed, so every key one
+/// admission script touches (all the counters of one request belong to one tenant) lives in
+/// one slot, as a cluster requires of a script's keys.
+pub fn redis_key(counter: &CounterId, suffix: &str) -> String {
+    format!("{KEY_PREFIX}{{{}}}:{counter}:{suffix}", counter.tenant())
+}
+
 /// What one item limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -38,7 +47,7 @@ pub(super) enum Kind {
 pub(super) struct Item {
     /// Header item name, e.g. `key-rps`.
     pub(super) name: String,
-    /// Redis key (also the local map key): [`KEY_PREFIX`], the counter id, the limit's suffix.
+    /// Redis key (also the local map key): [`redis_key`] of the counter and the limit's suffix.
     pub(super) key: String,
     /// The counter, for the monthly rebuild and invalidation by tenant.
     pub(super) counter: CounterId,
@@ -76,10 +85,9 @@ pub(super) fn plan(
     let requests = i64::from(demand != Demand::Unbilled);
     let mut out = Vec::new();
     for (counter, rule) in &limits.rules {
-        let base = format!("{KEY_PREFIX}{counter}");
         let item = |suffix: &str, name: &str, kind: Kind| Item {
             name: format!("{}-{name}", counter.level().as_str()),
-            key: format!("{base}:{suffix}"),
+            key: redis_key(counter, suffix),
             counter: counter.clone(),
             kind,
         };

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use super::monthly::month_total;
 use super::plan::{Item, Kind};
-use super::{lock, Denial, Inner};
+use super::{lock, Denial, Inner, RedisConnection};
 
 /// The admission script. KEYS: one per item. ARGV: request id, lease (us), then three values
 /// per item: kind (`g` GCRA, `c` concurrency, `q` counter), a, b.
@@ -93,7 +93,7 @@ impl Inner {
 
     /// The shared connection, made on first use within `5 x redis_timeout_ms` (the
     /// ConnectionManager then reconnects by itself); `None` when Redis cannot be reached.
-    pub(super) async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
+    pub(super) async fn connection(&self) -> Option<RedisConnection> {
         if let Some(c) = lock(&self.conn).clone() {
             return Some(c);
         }
@@ -106,18 +106,8 @@ impl Inner {
         if let Some(c) = lock(&self.conn).clone() {
             return Some(c);
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(budget)
-            .set_response_timeout(Duration::from_millis(
-                self.config.redis_timeout_ms.max(1) * 10,
-            ))
-            .set_number_of_retries(1);
-        match tokio::time::timeout_at(
-            deadline,
-            redis::aio::ConnectionManager::new_with_config(client, config),
-        )
-        .await
-        {
+        let response = Duration::from_millis(self.config.redis_timeout_ms.max(1) * 10);
+        match tokio::time::timeout_at(deadline, client.connect(budget, response)).await {
             Ok(Ok(c)) => {
                 *lock(&self.conn) = Some(c.clone());
                 Some(c)
@@ -212,7 +202,7 @@ impl Inner {
     async fn rebuild(
         &self,
         pool: &PgPool,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut RedisConnection,
         item: &Item,
     ) -> anyhow::Result<()> {
         let total = month_total(pool, item).await?.unwrap_or(0);

@@ -193,7 +193,7 @@ async fn invalidating_a_tenant_forgets_its_key_counters_refusals() {
         ..LimitsConfig::default()
     };
     let client = ::redis::Client::open("redis://127.0.0.1:1/").unwrap();
-    let limiter = Limiter::new(&config, Some(client)).unwrap();
+    let limiter = Limiter::new(&config, Some(super::RedisEndpoint::Single(client))).unwrap();
     let (tenant, other) = (Uuid::now_v7(), Uuid::now_v7());
     let key_rules = |tenant: Uuid| RequestLimits {
         tenant_id: tenant,
