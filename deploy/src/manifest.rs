@@ -109,8 +109,7 @@ impl Container {
             .get(field)
             .cloned()
             .unwrap_or(Value::Array(Vec::new()));
-        serde_json::from_value(list)
-            .with_context(|| format!("{field} of {}", name_of(workload)))
+        serde_json::from_value(list).with_context(|| format!("{field} of {}", name_of(workload)))
     }
 
     /// The container port a probe or Service names: a number, or a port's `name`.
@@ -228,7 +227,10 @@ impl Probe {
             return Ok(ProbeAction::HttpGet { path, port });
         }
         if let Some(tcp) = &self.tcp_socket {
-            let port = tcp.get("port").cloned().context("tcpSocket without a port")?;
+            let port = tcp
+                .get("port")
+                .cloned()
+                .context("tcpSocket without a port")?;
             return Ok(ProbeAction::TcpSocket { port });
         }
         if self.exec.is_some() {

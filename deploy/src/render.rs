@@ -44,7 +44,12 @@ pub fn render(dir: &Path) -> anyhow::Result<(String, Manifest)> {
         .arg("kustomize")
         .arg(dir)
         .output()
-        .with_context(|| format!("running {} (scripts/setup.sh installs it)", kubectl().display()))?;
+        .with_context(|| {
+            format!(
+                "running {} (scripts/setup.sh installs it)",
+                kubectl().display()
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "kubectl kustomize {} failed: {}",

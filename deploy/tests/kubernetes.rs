@@ -53,7 +53,10 @@ fn every_overlay_renders_and_each_object_matches_the_kubernetes_api_schema() {
             "{overlay}: one verdict per object and version"
         );
         let bad = failures(&yaml);
-        assert!(bad.is_empty(), "{overlay}: objects not matching the schema: {bad:#?}");
+        assert!(
+            bad.is_empty(),
+            "{overlay}: objects not matching the schema: {bad:#?}"
+        );
         let kinds: BTreeSet<&str> = manifest
             .objects
             .iter()
@@ -70,7 +73,10 @@ fn every_overlay_renders_and_each_object_matches_the_kubernetes_api_schema() {
             "PersistentVolumeClaim",
             "Namespace",
         ] {
-            assert!(kinds.contains(kind), "{overlay} renders no {kind}: {kinds:?}");
+            assert!(
+                kinds.contains(kind),
+                "{overlay} renders no {kind}: {kinds:?}"
+            );
         }
     }
 }
@@ -94,7 +100,9 @@ fn the_schema_check_refuses_misspelt_and_mistyped_fields() {
             (Some("Deployment"), "maas-gateway") => {
                 let port = &mut o["spec"]["template"]["spec"]["containers"][0]["ports"][0];
                 let number = port["containerPort"].take();
-                port.as_object_mut().expect("a port").remove("containerPort");
+                port.as_object_mut()
+                    .expect("a port")
+                    .remove("containerPort");
                 port["containerPrt"] = number;
             }
             // A mistyped one.
@@ -177,7 +185,11 @@ fn each_overlay_fits_together() {
         // Services and PodDisruptionBudgets select pods that exist, on ports they have.
         for svc in m.of_kind("Service") {
             let pods = selected(&m, &svc["spec"]["selector"]);
-            assert!(!pods.is_empty(), "{overlay}: Service {} selects no pod", name_of(svc));
+            assert!(
+                !pods.is_empty(),
+                "{overlay}: Service {} selects no pod",
+                name_of(svc)
+            );
             for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
                 for w in &pods {
                     let c = Container::of(w, false).expect("containers");
@@ -193,7 +205,12 @@ fn each_overlay_fits_together() {
         }
         for pdb in m.of_kind("PodDisruptionBudget") {
             let sel = &pdb["spec"]["selector"]["matchLabels"];
-            assert_eq!(selected(&m, sel).len(), 1, "{overlay}: PDB {}", name_of(pdb));
+            assert_eq!(
+                selected(&m, sel).len(),
+                1,
+                "{overlay}: PDB {}",
+                name_of(pdb)
+            );
         }
         // A ServiceMonitor selects a Service that has the port it scrapes.
         for sm in m.of_kind("ServiceMonitor") {
@@ -202,7 +219,11 @@ fn each_overlay_fits_together() {
                 .of_kind("Service")
                 .filter(|s| labels_match(sel, &s["metadata"]["labels"]))
                 .collect();
-            assert!(!services.is_empty(), "{overlay}: {} selects no Service", name_of(sm));
+            assert!(
+                !services.is_empty(),
+                "{overlay}: {} selects no Service",
+                name_of(sm)
+            );
             for ep in sm["spec"]["endpoints"].as_array().into_iter().flatten() {
                 for s in &services {
                     assert!(
@@ -216,15 +237,29 @@ fn each_overlay_fits_together() {
                 }
             }
         }
-        let hpa = m.require("HorizontalPodAutoscaler", "maas-gateway").expect("HPA");
+        let hpa = m
+            .require("HorizontalPodAutoscaler", "maas-gateway")
+            .expect("HPA");
         assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "maas-gateway");
         // The Secret: generated in dev with every key read; external in production.
         let refs = secret_refs(&m);
         let names: BTreeSet<&str> = refs.iter().map(|(n, _)| n.as_str()).collect();
         if overlay == "production" {
-            assert_eq!(names, BTreeSet::from(["maas-secrets"]), "production reads one Secret");
-            assert_eq!(m.of_kind("Secret").count(), 0, "production holds no credential");
-            assert_eq!(m.of_kind("StatefulSet").count(), 0, "production's databases are external");
+            assert_eq!(
+                names,
+                BTreeSet::from(["maas-secrets"]),
+                "production reads one Secret"
+            );
+            assert_eq!(
+                m.of_kind("Secret").count(),
+                0,
+                "production holds no credential"
+            );
+            assert_eq!(
+                m.of_kind("StatefulSet").count(),
+                0,
+                "production's databases are external"
+            );
         } else {
             for (name, key) in &refs {
                 let secret = m.require("Secret", name).expect("a generated Secret");
@@ -233,7 +268,8 @@ fn each_overlay_fits_together() {
                 }
             }
             for db in ["maas-postgres", "maas-redis"] {
-                m.require("StatefulSet", db).expect("dev runs its own databases");
+                m.require("StatefulSet", db)
+                    .expect("dev runs its own databases");
             }
         }
         // Migrations run as a Job of the gateway image; the gateway does not run them.
@@ -242,7 +278,9 @@ fn each_overlay_fits_together() {
         assert_eq!(job.image, gateway.image);
         assert_eq!(job.args.first().map(String::as_str), Some("migrate"));
         // The backend pool: GPU in production, a headless Service, the model repository.
-        let backend_deployment = m.require("Deployment", "maas-backend-digits").expect("pool");
+        let backend_deployment = m
+            .require("Deployment", "maas-backend-digits")
+            .expect("pool");
         let backend = only_container(&m, "Deployment", "maas-backend-digits");
         let gpu = backend_deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
             ["limits"]["nvidia.com/gpu"]
@@ -250,8 +288,13 @@ fn each_overlay_fits_together() {
         if overlay == "production" {
             assert_eq!(gpu, json!("1"), "a production backend holds one GPU");
         }
-        let svc = m.require("Service", "maas-backend-digits").expect("headless");
-        assert_eq!(svc["spec"]["clusterIP"], "None", "the pool's Service is headless");
+        let svc = m
+            .require("Service", "maas-backend-digits")
+            .expect("headless");
+        assert_eq!(
+            svc["spec"]["clusterIP"], "None",
+            "the pool's Service is headless"
+        );
         let repo = backend.arg("--repo").expect("--repo");
         assert!(
             backend
@@ -327,17 +370,26 @@ fn check_gateway(overlay: &str, m: &Manifest) {
         ("metrics", &config.metrics.listen),
     ] {
         let (all, port) = port_of(addr);
-        assert!(all, "{overlay}: the gateway's {name} listener {addr} is reachable from the kubelet");
-        assert_eq!(ports.get(name), Some(&port), "{overlay}: containerPort {name} is {addr}'s port");
+        assert!(
+            all,
+            "{overlay}: the gateway's {name} listener {addr} is reachable from the kubelet"
+        );
+        assert_eq!(
+            ports.get(name),
+            Some(&port),
+            "{overlay}: containerPort {name} is {addr}'s port"
+        );
     }
-    assert!(!config.run_migrations, "{overlay}: the Job migrates, not each gateway");
+    assert!(
+        !config.run_migrations,
+        "{overlay}: the Job migrates, not each gateway"
+    );
     // The spool is on a volume of its own, and the grace period covers its drain.
     let spool = config.spool_dir();
     assert!(
-        gateway
-            .volume_mounts
-            .iter()
-            .any(|v| spool.starts_with(v["mountPath"].as_str().unwrap_or("-")) && v["readOnly"] != true),
+        gateway.volume_mounts.iter().any(|v| spool
+            .starts_with(v["mountPath"].as_str().unwrap_or("-"))
+            && v["readOnly"] != true),
         "{overlay}: the spool {} is on a writable volume",
         spool.display()
     );
@@ -356,7 +408,9 @@ fn check_gateway(overlay: &str, m: &Manifest) {
     for pool in &config.pools {
         for entry in &pool.backends {
             let (host, port) = entry.address().rsplit_once(':').expect("host:port");
-            let svc = m.require("Service", host).expect("a pool backend is a Service");
+            let svc = m
+                .require("Service", host)
+                .expect("a pool backend is a Service");
             assert_eq!(svc["spec"]["clusterIP"], "None", "{host} is headless");
             let sp = svc["spec"]["ports"]
                 .as_array()
@@ -374,7 +428,11 @@ fn check_gateway(overlay: &str, m: &Manifest) {
         }
     }
     // The Secret keys the gateway reads land in the variables its loader reads.
-    let env: BTreeSet<&str> = gateway.env.iter().filter_map(|e| e["name"].as_str()).collect();
+    let env: BTreeSet<&str> = gateway
+        .env
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
     for var in [
         "MAAS_GATEWAY_DATABASE_URL",
         "MAAS_GATEWAY_REDIS_URL",
@@ -388,8 +446,14 @@ fn check_backend(overlay: &str, m: &Manifest) {
     let backend = only_container(m, "Deployment", "maas-backend-digits");
     let (all, port) = port_of(backend.arg("--listen").expect("--listen"));
     assert!(all, "{overlay}: the backend listens on every interface");
-    assert_eq!(backend.port(&json!("http")), Some(port), "{overlay}: containerPort http");
-    let deployment = m.require("Deployment", "maas-backend-digits").expect("pool");
+    assert_eq!(
+        backend.port(&json!("http")),
+        Some(port),
+        "{overlay}: containerPort http"
+    );
+    let deployment = m
+        .require("Deployment", "maas-backend-digits")
+        .expect("pool");
     let grace = pod_spec(deployment).expect("pod")["terminationGracePeriodSeconds"]
         .as_u64()
         .expect("a grace period");
@@ -398,7 +462,10 @@ fn check_backend(overlay: &str, m: &Manifest) {
         .and_then(|s| s.parse().ok())
         .expect("--shutdown-timeout-s");
     assert!(backend.pre_stop_sleep_s() > 0, "{overlay}: a preStop sleep");
-    assert!(grace > backend.pre_stop_sleep_s() + drain, "{overlay}: grace covers the drain");
+    assert!(
+        grace > backend.pre_stop_sleep_s() + drain,
+        "{overlay}: grace covers the drain"
+    );
 }
 
 // ---- the binaries, started with the dev overlay's configuration --------------------------
@@ -409,7 +476,10 @@ fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 fn binary(name: &str) -> PathBuf {
@@ -484,7 +554,8 @@ fn port_number(c: &Container, action: &ProbeAction) -> u16 {
         ProbeAction::HttpGet { port, .. } | ProbeAction::TcpSocket { port } => port,
         ProbeAction::Exec => panic!("no port"),
     };
-    c.port(port).unwrap_or_else(|| panic!("{} has no port {port}", c.name))
+    c.port(port)
+        .unwrap_or_else(|| panic!("{} has no port {port}", c.name))
 }
 
 /// A database of its own on the test's PostgreSQL, empty (the Job migrates it).
@@ -505,7 +576,8 @@ fn fresh_database() -> String {
 async fn probes_and_ports_match_what_the_binaries_serve() {
     let (_, m) = rendered("dev");
     let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL (make test provides it)");
-    let work = std::env::temp_dir().join(format!("maas-deploy-run-{}", uuid::Uuid::new_v4().simple()));
+    let work =
+        std::env::temp_dir().join(format!("maas-deploy-run-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&work).expect("work dir");
     let bins = bin_dir();
     let path = format!(
@@ -516,7 +588,9 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
 
     // The backend: the init container's command writes the demo model, then the container's
     // own arguments serve it (its repository and address moved here).
-    let backend_deployment = m.require("Deployment", "maas-backend-digits").expect("pool");
+    let backend_deployment = m
+        .require("Deployment", "maas-backend-digits")
+        .expect("pool");
     let init = Container::of(backend_deployment, true).expect("init containers");
     let backend = only_container(&m, "Deployment", "maas-backend-digits");
     let models_mount = backend.arg("--repo").expect("--repo").to_string();
@@ -544,7 +618,10 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
         .iter()
         .map(|a| match a.as_str() {
             a if a == models_mount => repo.display().to_string(),
-            a if a.parse::<SocketAddr>().is_ok_and(|s| s.port() == backend_port) => {
+            a if a
+                .parse::<SocketAddr>()
+                .is_ok_and(|s| s.port() == backend_port) =>
+            {
                 backend_addr.to_string()
             }
             a => a.to_string(),
@@ -565,7 +642,11 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
     ] {
         let probe = probe.as_ref().unwrap_or_else(|| panic!("{what} probe"));
         let action = probe.action().expect("action");
-        assert_eq!(port_number(&backend, &action), backend_port, "{what} probes the listener");
+        assert_eq!(
+            port_number(&backend, &action),
+            backend_port,
+            "{what} probes the listener"
+        );
         passes(what, probe, backend_addr, &mut backend_proc).await;
     }
     let ready = reqwest::get(format!("http://{backend_addr}/v2/models/dense-demo/ready"))
@@ -595,11 +676,13 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
         }
     };
     let mut migrate = Command::new(binary("maas-gateway"));
-    migrate.args(
-        job.args
-            .iter()
-            .map(|a| if *a == config_arg { config_file.display().to_string() } else { a.clone() }),
-    );
+    migrate.args(job.args.iter().map(|a| {
+        if *a == config_arg {
+            config_file.display().to_string()
+        } else {
+            a.clone()
+        }
+    }));
     run_env(&mut migrate, &job);
     let status = migrate.status().expect("maas-gateway migrate");
     assert!(status.success(), "the migrations Job's command");
@@ -627,15 +710,19 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
     }
     std::fs::write(&config_file, toml::to_string(&doc).expect("TOML")).expect("write config");
     let mut serve = Command::new(binary("maas-gateway"));
-    serve.args(
-        gateway
-            .args
-            .iter()
-            .map(|a| if *a == config_arg { config_file.display().to_string() } else { a.clone() }),
-    );
+    serve.args(gateway.args.iter().map(|a| {
+        if *a == config_arg {
+            config_file.display().to_string()
+        } else {
+            a.clone()
+        }
+    }));
     run_env(&mut serve, &gateway);
     let mut gateway_proc = Running(
-        serve.stdout(Stdio::null()).spawn().expect("maas-gateway starts"),
+        serve
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("maas-gateway starts"),
         "maas-gateway",
     );
     for (what, probe) in [
@@ -660,11 +747,18 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
     // What the ServiceMonitors scrape answers with metrics.
     for (service, container, addr_of) in [
         ("maas-gateway", &gateway, &local),
-        ("maas-backend-digits", &backend, &BTreeMap::from([(backend_port, backend_addr)])),
+        (
+            "maas-backend-digits",
+            &backend,
+            &BTreeMap::from([(backend_port, backend_addr)]),
+        ),
     ] {
         let svc = m.require("Service", service).expect("Service");
         for sm in m.of_kind("ServiceMonitor") {
-            if !labels_match(&sm["spec"]["selector"]["matchLabels"], &svc["metadata"]["labels"]) {
+            if !labels_match(
+                &sm["spec"]["selector"]["matchLabels"],
+                &svc["metadata"]["labels"],
+            ) {
                 continue;
             }
             for ep in sm["spec"]["endpoints"].as_array().into_iter().flatten() {
@@ -673,8 +767,17 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
                     .and_then(|ps| ps.iter().find(|p| p["name"] == ep["port"]))
                     .expect("the scraped port");
                 let port = container.port(&sp["targetPort"]).expect("target port");
-                let url = format!("http://{}{}", addr_of[&port], ep["path"].as_str().unwrap_or("/metrics"));
-                let body = reqwest::get(&url).await.expect(&url).text().await.expect("body");
+                let url = format!(
+                    "http://{}{}",
+                    addr_of[&port],
+                    ep["path"].as_str().unwrap_or("/metrics")
+                );
+                let body = reqwest::get(&url)
+                    .await
+                    .expect(&url)
+                    .text()
+                    .await
+                    .expect("body");
                 assert!(body.contains("# TYPE maas_"), "{url} serves maas metrics");
             }
         }
@@ -696,7 +799,10 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
         if pools.to_string().contains("dense-demo") {
             break;
         }
-        assert!(Instant::now() < deadline, "the gateway's pool never listed dense-demo: {pools}");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway's pool never listed dense-demo: {pools}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(gateway_proc);
