@@ -34,10 +34,11 @@ impl Manifest {
     }
 
     /// The objects of `kind`.
-    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    pub fn of_kind<'a>(&'a self, kind: &str) -> impl Iterator<Item = &'a Value> + 'a {
+        let kind = kind.to_string();
         self.objects
             .iter()
-            .filter(move |o| o.get("kind").and_then(Value::as_str) == Some(kind))
+            .filter(move |o| o.get("kind").and_then(Value::as_str) == Some(kind.as_str()))
     }
 
     /// The object of `kind` named `name` (`metadata.name`).
