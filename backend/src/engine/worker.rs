@@ -511,6 +511,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_refuses_the_flooding_key_and_serves_the_other_in_turn() {
+        use crate::engine::{FairnessKey, Priority};
+        let (model, batches) = recorder(200);
+        let metrics = Arc::new(VersionMetrics::default());
+        let worker = Arc::new(
+            Worker::spawn(
+                "q/1".into(),
+                vec![model],
+                batching(2, 0, vec![], 4),
+                metrics.clone(),
+            )
+            .unwrap(),
+        );
+        let tenant = |bits| Fairness {
+            key: FairnessKey::from_bits(bits),
+            priority: Priority::DEFAULT,
+        };
+        let spawn = |bits: u128, value: f32| {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.infer_as(tenant(bits), 1, vec![value]).await })
+        };
+        // A's first job runs; four more of A fill the queue (4).
+        let mut flood = vec![spawn(1, 1.0)];
+        until(|| batches.lock().unwrap().len() == 1).await;
+        for _ in 0..4 {
+            flood.push(spawn(1, 1.0));
+        }
+        until(|| metrics.pending.load(Ordering::Acquire) == 4).await;
+        // A fifth of A is refused at once; B's job takes the place of A's newest.
+        let refused = worker.infer_as(tenant(1), 1, vec![1.0]).await;
+        assert!(
+            matches!(refused, Err(WorkerError::QueueFull(_))),
+            "{refused:?}"
+        );
+        let b = spawn(2, 2.0);
+        let evicted = flood.pop().unwrap().await.unwrap();
+        assert!(
+            matches!(evicted, Err(WorkerError::QueueFull(_))),
+            "{evicted:?}"
+        );
+        // B is served in the next batch, beside A's oldest waiting job, not after A's three.
+        let out = b.await.unwrap().unwrap();
+        assert_eq!(out.batch_rows, 2);
+        assert_eq!(batches.lock().unwrap()[1], 2);
+        for task in flood {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(metrics.pending.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_answers_at_once() {
         let (model, batches) = recorder(300);
         let metrics = Arc::new(VersionMetrics::default());
