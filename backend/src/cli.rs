@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::DeviceSpec;
 use crate::engine::WorkerOptions;
-use crate::http::{serve_until_signal, ServerOptions};
+use crate::http::{serve_until_signal, GatewaySecret, ServerOptions};
 use crate::repository::{load_stage, ModelRepository, RepositoryOptions};
 
 /// Open Inference Protocol v2 inference server for dense models on libtorch.
@@ -123,6 +123,16 @@ pub struct ServerArgs {
     /// Seconds to wait for the next piece of a request body before answering 408.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_idle_timeout_s: u64,
+    /// The secret the gateway sends in `x-maas-gateway-secret` (its `[upstream]
+    /// fairness_secret`): only requests carrying it have their fairness key and priority
+    /// level honoured by the batcher; without it every request shares one default key.
+    #[arg(
+        long,
+        env = "MAAS_GATEWAY_SECRET",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub gateway_secret: String,
     /// Seconds to let in-flight requests finish after SIGINT/SIGTERM before stopping anyway.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout_s: u64,
@@ -270,6 +280,7 @@ impl ServerArgs {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
                 body_idle_timeout: Duration::from_secs(self.body_idle_timeout_s),
             },
+            GatewaySecret::new(&self.gateway_secret),
             Duration::from_secs(self.shutdown_timeout_s),
         )
     }

@@ -24,7 +24,7 @@ use crate::metering::spool::{Spool, SpoolOptions};
 use crate::metering::{RefusalWriter, Refusals};
 use crate::metrics::{GatewayState, PoolState, RequestMetrics};
 use crate::pools::{PoolRefresher, Pools};
-use crate::proxy::Gateway;
+use crate::proxy::{FairnessHeaders, Gateway};
 use prometheus_client::registry::Registry;
 
 /// Connect a small pool for one-off commands (migrations, key management), on the current
@@ -163,7 +163,11 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     )
     .with_observability(request_metrics, config.metrics.access_log)
     .with_refusals(refusals.clone())
-    .with_max_body_bytes(config.max_body_bytes);
+    .with_max_body_bytes(config.max_body_bytes)
+    .with_fairness(FairnessHeaders::new(
+        &config.upstream.gateway_secret,
+        &config.upstream.fairness_hmac_key,
+    ));
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&listen.to_string());
     if config.h2c {

@@ -22,3 +22,19 @@ pub const MODEL_VERSION: &str = "x-maas-model-version";
 /// the client (or makes one) and forwards it to the backend with its own span as the parent;
 /// both write the trace id in their request log lines.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// Gateway request header: the opaque fairness key the backend's batcher queues the request
+/// under, 32 hex digits (the first 128 bits of HMAC-SHA256 of the tenant id under a key only
+/// the gateway holds, RFC 2104), so the backend tells tenants apart without knowing them.
+/// Honoured only with a matching [`GATEWAY_SECRET`]; the gateway removes it from clients.
+pub const FAIRNESS_KEY: &str = "x-maas-fairness-key";
+
+/// Gateway request header: the priority level of the tenant's plan (`plans.priority`), a
+/// decimal integer from 1 to 16, the weight of its fairness key in the batcher. Honoured only
+/// with a matching [`GATEWAY_SECRET`]; the gateway removes it from clients.
+pub const PRIORITY: &str = "x-maas-priority";
+
+/// Gateway request header: the secret shared by the gateway and the backends
+/// (`[upstream] fairness_secret`, the backend's `--gateway-secret`) that makes the backend
+/// trust [`FAIRNESS_KEY`] and [`PRIORITY`]. The gateway removes it from clients.
+pub const GATEWAY_SECRET: &str = "x-maas-gateway-secret";

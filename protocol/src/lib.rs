@@ -25,7 +25,10 @@ pub use binary::{
     BINARY_DATA_OUTPUT, BINARY_DATA_SIZE, HEADER_CONTENT_LENGTH,
 };
 pub use datatype::{Datatype, UnknownDatatype};
-pub use headers::{COMPUTE_US, INFERENCE_COUNT, MODEL_VERSION, REQUEST_ID, TRACEPARENT};
+pub use headers::{
+    COMPUTE_US, FAIRNESS_KEY, GATEWAY_SECRET, INFERENCE_COUNT, MODEL_VERSION, PRIORITY, REQUEST_ID,
+    TRACEPARENT,
+};
 pub use rest::{
     ErrorBody, InferRequest, InferResponse, JsonData, ModelMetadata, ModelReady, RequestInput,
     RequestOutput, ResponseOutput, ServerLive, ServerMetadata, ServerReady, TensorMetadata,

@@ -8,12 +8,17 @@
 //! splits a request, and a request that would overflow the batch waits for the next one. The
 //! full rules, with the reason for each, are on [`decide`]. A job whose client went away (its
 //! oneshot receiver dropped) is skipped before it runs.
+//!
+//! The queue holds one FIFO queue per fairness key ([`super::fairness`]) and lists its jobs to
+//! the rules in the order weighted deficit round robin serves them ([`super::drr`]); with one
+//! key (every request without one shares the default key) that order is arrival order.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::drr::{FairQueue, Scheduled};
+use super::fairness::Fairness;
 use super::InferJob;
 use crate::metrics::VersionMetrics;
 
@@ -49,7 +54,8 @@ impl BatchPolicy {
     }
 }
 
-/// The queue shared by a version's instance threads: the jobs not yet taken.
+/// The queue shared by a version's instance threads: the jobs not yet taken, one FIFO queue
+/// per fairness key served by weighted deficit round robin ([`super::drr`]).
 #[derive(Debug)]
 pub(super) struct Queue {
     state: Mutex<QueueState>,
@@ -61,9 +67,28 @@ pub(super) struct Queue {
 
 #[derive(Debug)]
 struct QueueState {
-    jobs: VecDeque<InferJob>,
+    jobs: FairQueue<InferJob>,
     /// No new jobs; the instances finish the queued ones and stop.
     closed: bool,
+}
+
+/// Why [`Queue::push`] did not queue a job.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// The queue is closed.
+    Closed,
+    /// The queue is full and the job's key has at least as many rows queued as any other.
+    Full,
+}
+
+impl Scheduled for InferJob {
+    fn rows(&self) -> i64 {
+        self.rows
+    }
+
+    fn fairness(&self) -> Fairness {
+        self.fairness
+    }
 }
 
 impl Queue {
@@ -71,7 +96,7 @@ impl Queue {
     pub(super) fn new(policy: BatchPolicy, metrics: Arc<VersionMetrics>) -> Queue {
         Queue {
             state: Mutex::new(QueueState {
-                jobs: VecDeque::new(),
+                jobs: FairQueue::new(),
                 closed: false,
             }),
             changed: Condvar::new(),
@@ -80,18 +105,38 @@ impl Queue {
         }
     }
 
-    /// Queues `job` and wakes the instances; gives it back when the queue is closed.
-    pub(super) fn push(&self, job: InferJob) -> Result<(), InferJob> {
+    /// Queues `job` and wakes the instances.
+    ///
+    /// When `max_queue_size` jobs are queued, the job refused is one of the key with the most
+    /// rows queued: the arriving job itself if its key would then have at least as many rows
+    /// as that key ([`Refused::Full`]), else that key's newest job, which is returned in `Ok`
+    /// for the caller to answer. With one key this is the FIFO queue's rule: the arriving job
+    /// is refused.
+    pub(super) fn push(&self, job: InferJob) -> Result<Option<InferJob>, Refused> {
         let mut state = self.lock();
         if state.closed {
-            return Err(job);
+            return Err(Refused::Closed);
         }
-        state.jobs.push_back(job);
+        let mut evicted = None;
+        if state.jobs.len() >= self.policy.max_queue_size.max(1) {
+            let key = job.fairness.key;
+            let after = state.jobs.rows_of(key).saturating_add(job.rows);
+            match state.jobs.heaviest() {
+                Some((heaviest, rows)) if heaviest != key && rows > after => {
+                    evicted = state.jobs.pop_newest(heaviest);
+                }
+                _ => return Err(Refused::Full),
+            }
+        }
+        state.jobs.push(job);
         drop(state);
+        if evicted.is_none() {
+            self.metrics.pending.fetch_add(1, Ordering::AcqRel);
+        }
         // Every waiting instance re-reads the queue: one may take a batch, the others go back
         // to waiting (there are few instances per version).
         self.changed.notify_all();
-        Ok(())
+        Ok(evicted)
     }
 
     /// Locks the state. No code panics while holding the lock, but a poisoned lock would
@@ -108,9 +153,18 @@ impl Queue {
 
     /// Waits until this (free) instance should run a batch by the rules of [`decide`] and
     /// takes it off the queue; `None` once the queue is closed and empty. `free_since` is when
-    /// the instance finished its previous forward pass (or started).
+    /// the instance finished its previous forward pass (or started). The rules see the jobs
+    /// in the order the round robin serves them.
     pub(super) fn next_batch(&self, free_since: Instant) -> Option<Vec<InferJob>> {
         let mut state = self.lock();
+        // A batch never holds more jobs than rows, but a lone job may exceed the batch size.
+        let window = if self.policy.batching {
+            usize::try_from(self.policy.max_batch_size)
+                .unwrap_or(0)
+                .saturating_add(1)
+        } else {
+            1
+        };
         loop {
             self.drop_abandoned(&mut state.jobs);
             if state.jobs.is_empty() {
@@ -124,7 +178,7 @@ impl Queue {
                 continue;
             }
             let now = Instant::now();
-            let jobs = state.jobs.iter().map(|job| Queued {
+            let jobs = state.jobs.order(window).into_iter().map(|job| Queued {
                 rows: job.rows,
                 alone: job.alone,
                 enqueued: job.enqueued,
@@ -132,7 +186,7 @@ impl Queue {
             match decide(&self.policy, jobs, free_since, state.closed, now) {
                 Decision::Take(count) => {
                     let count = count.clamp(1, state.jobs.len());
-                    let batch: Vec<InferJob> = state.jobs.drain(..count).collect();
+                    let batch = state.jobs.take(count);
                     drop(state);
                     let taken = i64::try_from(batch.len()).unwrap_or(i64::MAX);
                     self.metrics.pending.fetch_sub(taken, Ordering::AcqRel);
@@ -151,10 +205,9 @@ impl Queue {
     }
 
     /// Drops the jobs whose clients went away before they ran.
-    fn drop_abandoned(&self, jobs: &mut VecDeque<InferJob>) {
-        let before = jobs.len();
-        jobs.retain(|job| !job.reply.is_closed());
-        let dropped = i64::try_from(before - jobs.len()).unwrap_or(0);
+    fn drop_abandoned(&self, jobs: &mut FairQueue<InferJob>) {
+        let dropped = jobs.drain_where(|job| job.reply.is_closed()).len();
+        let dropped = i64::try_from(dropped).unwrap_or(0);
         if dropped > 0 {
             self.metrics.pending.fetch_sub(dropped, Ordering::AcqRel);
         }

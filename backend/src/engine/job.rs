@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::fairness::Fairness;
 use super::ForwardError;
 
 /// One request's rows for a forward pass.
@@ -16,6 +17,8 @@ pub struct InferJob {
     pub input: Vec<f32>,
     /// When the job was queued (the start of its queue time).
     pub enqueued: Instant,
+    /// Whose queue it joins in the batcher, and that queue's weight.
+    pub fairness: Fairness,
     /// Run at once, alone, without waiting for a batch to fill (warmup requests).
     pub alone: bool,
     /// Where the result goes.

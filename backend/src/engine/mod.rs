@@ -3,8 +3,9 @@
 //! - `dense` (with `safetensors`): a stack of fully connected layers from `model.safetensors`;
 //!   `torchscript`: a `model.pt` module; `pipeline`: a dense model split into stages (GPipe,
 //!   Huang et al. 2019), some of them in other processes. Each is a [`Forward`].
-//! - `batcher`: the dynamic batching queue of one model version and its rules; `job`: what a
-//!   request hands to it; `worker`: the instance threads that take batches off the queue and
+//! - `batcher`: the dynamic batching queue of one model version and its rules; `drr`: its
+//!   per-key queues served by weighted deficit round robin; `fairness`: the key and priority
+//!   a job is scheduled by; `job`: what a request hands to it; `worker`: the instance threads that take batches off the queue and
 //!   run them.
 //! - `error` and `forward`: why loading ([`LoadError`]) or a forward pass ([`ForwardError`])
 //!   fails.
@@ -15,7 +16,9 @@
 
 mod batcher;
 mod dense;
+mod drr;
 mod error;
+mod fairness;
 mod forward;
 mod job;
 mod pipeline;
@@ -26,6 +29,7 @@ mod worker;
 pub use batcher::BatchPolicy;
 pub use dense::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
 pub use error::{LoadError, RemoteStageError};
+pub use fairness::{Fairness, FairnessKey, Priority};
 pub use forward::{Forward, ForwardError};
 pub use job::{ForwardOutput, InferJob, WorkerError};
 pub use pipeline::{PipelineModel, PipelineVersion};

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::batcher::{BatchPolicy, Queue};
+use super::batcher::{BatchPolicy, Queue, Refused};
+use super::fairness::Fairness;
 use super::{Forward, ForwardError, ForwardOutput, InferJob, WorkerError};
 use crate::metrics::VersionMetrics;
 
@@ -56,7 +57,6 @@ pub struct Worker {
     queue: Arc<Queue>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<VersionMetrics>,
-    max_queue_size: usize,
 }
 
 impl Worker {
@@ -105,7 +105,6 @@ impl Worker {
             queue,
             threads,
             metrics,
-            max_queue_size: policy.max_queue_size.max(1),
         })
     }
 
@@ -119,11 +118,28 @@ impl Worker {
         &self.metrics
     }
 
-    /// Queues `rows` rows of validated input and waits for the forward pass.
+    /// Queues `rows` rows of validated input under the default fairness key and waits for
+    /// the forward pass.
     ///
     /// [`WorkerError::QueueFull`] at once when `max_queue_size` jobs are pending.
+    #[cfg(test)]
     pub async fn infer(&self, rows: i64, input: Vec<f32>) -> Result<ForwardOutput, WorkerError> {
-        let result = self.enqueue(rows, input, false)?;
+        self.infer_as(Fairness::default(), rows, input).await
+    }
+
+    /// Queues `rows` rows of validated input in the queue of `fairness.key` and waits for the
+    /// forward pass.
+    ///
+    /// [`WorkerError::QueueFull`] when `max_queue_size` jobs are pending and this key has at
+    /// least as many rows queued as any other (at once), or when a job of another key took
+    /// this one's place because this key had the most rows queued.
+    pub async fn infer_as(
+        &self,
+        fairness: Fairness,
+        rows: i64,
+        input: Vec<f32>,
+    ) -> Result<ForwardOutput, WorkerError> {
+        let result = self.enqueue(fairness, rows, input, false)?;
         result
             .await
             .map_err(|_| WorkerError::Stopped(self.label.clone()))?
@@ -133,7 +149,7 @@ impl Worker {
     /// async runtime (warmup while loading). Panics if called from within an async context
     /// (tokio's `blocking_recv` rule).
     pub fn infer_blocking(&self, rows: i64, input: Vec<f32>) -> Result<ForwardOutput, WorkerError> {
-        let result = self.enqueue(rows, input, true)?;
+        let result = self.enqueue(Fairness::default(), rows, input, true)?;
         result
             .blocking_recv()
             .map_err(|_| WorkerError::Stopped(self.label.clone()))?
@@ -141,28 +157,33 @@ impl Worker {
 
     fn enqueue(
         &self,
+        fairness: Fairness,
         rows: i64,
         input: Vec<f32>,
         alone: bool,
     ) -> Result<oneshot::Receiver<Result<ForwardOutput, WorkerError>>, WorkerError> {
-        let pending = self.metrics.pending.fetch_add(1, Ordering::AcqRel);
-        if usize::try_from(pending).unwrap_or(0) >= self.max_queue_size {
-            self.metrics.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(WorkerError::QueueFull(self.label.clone()));
-        }
         let (reply, result) = oneshot::channel();
         let job = InferJob {
             rows,
             input,
             enqueued: Instant::now(),
+            fairness,
             alone,
             reply,
         };
-        if self.queue.push(job).is_err() {
-            self.metrics.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(WorkerError::Stopped(self.label.clone()));
+        match self.queue.push(job) {
+            Ok(evicted) => {
+                if let Some(evicted) = evicted {
+                    // The client may be gone already; nothing to do then.
+                    let _ = evicted
+                        .reply
+                        .send(Err(WorkerError::QueueFull(self.label.clone())));
+                }
+                Ok(result)
+            }
+            Err(Refused::Full) => Err(WorkerError::QueueFull(self.label.clone())),
+            Err(Refused::Closed) => Err(WorkerError::Stopped(self.label.clone())),
         }
-        Ok(result)
     }
 }
 
@@ -487,6 +508,57 @@ mod tests {
             assert!(Instant::now() < deadline, "condition not reached in 10 s");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_the_flooding_key_and_serves_the_other_in_turn() {
+        use crate::engine::{FairnessKey, Priority};
+        let (model, batches) = recorder(200);
+        let metrics = Arc::new(VersionMetrics::default());
+        let worker = Arc::new(
+            Worker::spawn(
+                "q/1".into(),
+                vec![model],
+                batching(2, 0, vec![], 4),
+                metrics.clone(),
+            )
+            .unwrap(),
+        );
+        let tenant = |bits| Fairness {
+            key: FairnessKey::from_bits(bits),
+            priority: Priority::DEFAULT,
+        };
+        let spawn = |bits: u128, value: f32| {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.infer_as(tenant(bits), 1, vec![value]).await })
+        };
+        // A's first job runs; four more of A fill the queue (4).
+        let mut flood = vec![spawn(1, 1.0)];
+        until(|| batches.lock().unwrap().len() == 1).await;
+        for _ in 0..4 {
+            flood.push(spawn(1, 1.0));
+        }
+        until(|| metrics.pending.load(Ordering::Acquire) == 4).await;
+        // A fifth of A is refused at once; B's job takes the place of A's newest.
+        let refused = worker.infer_as(tenant(1), 1, vec![1.0]).await;
+        assert!(
+            matches!(refused, Err(WorkerError::QueueFull(_))),
+            "{refused:?}"
+        );
+        let b = spawn(2, 2.0);
+        let evicted = flood.pop().unwrap().await.unwrap();
+        assert!(
+            matches!(evicted, Err(WorkerError::QueueFull(_))),
+            "{evicted:?}"
+        );
+        // B is served in the next batch, beside A's oldest waiting job, not after A's three.
+        let out = b.await.unwrap().unwrap();
+        assert_eq!(out.batch_rows, 2);
+        assert_eq!(batches.lock().unwrap()[1], 2);
+        for task in flood {
+            task.await.unwrap().unwrap();
+        }
+        assert_eq!(metrics.pending.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]

@@ -14,9 +14,10 @@ use maas_protocol::{
 };
 
 use super::extract::{Body, ModelPath, PathParams};
+use super::fairness::fairness_of;
 use super::usage::Usage;
 use super::{AppState, Error};
-use crate::engine::Worker;
+use crate::engine::{Fairness, Worker};
 use crate::repository::LoadedModel;
 use crate::validation::{parse_json_part, split_body, validate};
 
@@ -48,7 +49,8 @@ async fn run_infer(
     let model = state.repository.model(model_name)?;
     let (number, worker) = model.version(version)?;
     let started = Instant::now();
-    let result = infer_version(&model, number, worker, headers, body).await;
+    let fairness = fairness_of(headers, state.gateway_secret.as_ref());
+    let result = infer_version(&model, number, worker, fairness, headers, body).await;
     let metrics = worker.metrics();
     let counter = match &result {
         Ok(_) => &metrics.success,
@@ -67,6 +69,7 @@ async fn infer_version(
     model: &LoadedModel,
     number: u64,
     worker: &Worker,
+    fairness: Fairness,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Error> {
@@ -76,7 +79,7 @@ async fn infer_version(
     let request: InferRequest = parse_json_part(json, has_binary_header)?;
     let request = validate(request, binary, model.config())?;
     let rows = request.rows;
-    let forward = worker.infer(rows, request.input).await?;
+    let forward = worker.infer_as(fairness, rows, request.input).await?;
 
     let config = model.config();
     let [output] = config.outputs.as_slice() else {

@@ -19,6 +19,7 @@
 mod control;
 mod error;
 mod extract;
+mod fairness;
 mod infer;
 mod metadata;
 mod serve;
@@ -37,6 +38,7 @@ use crate::repository::ModelRepository;
 use error::Error;
 use extract::BodyLimits;
 
+pub use fairness::GatewaySecret;
 pub use serve::serve_until_signal;
 
 /// The protocol extensions this server implements, as `GET /v2` reports them (Triton's names).
@@ -53,6 +55,8 @@ pub struct AppState {
     pub repository: Arc<ModelRepository>,
     /// Set when shutdown began: the server stops being ready while it drains.
     pub shutting_down: Arc<AtomicBool>,
+    /// The secret that makes the gateway's fairness headers count (`None`: they never do).
+    pub gateway_secret: Option<GatewaySecret>,
 }
 
 impl AppState {
@@ -61,6 +65,7 @@ impl AppState {
         AppState {
             repository,
             shutting_down: Arc::new(AtomicBool::new(false)),
+            gateway_secret: None,
         }
     }
 }

@@ -17,20 +17,23 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
-use super::{router, AppState, ServerOptions};
+use super::{router, AppState, GatewaySecret, ServerOptions};
 use crate::repository::ModelRepository;
 
 /// Binds `listen`, prints `maas-backend listening on <addr>` to stdout, serves `repository`
 /// until SIGINT or SIGTERM, then drains in-flight requests (at most `drain`) and stops the
-/// workers. `options`: the body limit and the timeouts.
+/// workers. `options`: the body limit and the timeouts; `gateway_secret`: the secret that makes
+/// the gateway's fairness headers count (`None`: every request shares the default key).
 pub fn serve_until_signal(
     repository: Arc<ModelRepository>,
     listen: &str,
     options: ServerOptions,
+    gateway_secret: Option<GatewaySecret>,
     drain: Duration,
 ) -> anyhow::Result<()> {
     let repo_root = repository.root().to_path_buf();
-    let state = AppState::new(repository);
+    let mut state = AppState::new(repository);
+    state.gateway_secret = gateway_secret;
     let app = router(state.clone(), options);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

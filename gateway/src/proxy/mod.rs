@@ -11,8 +11,8 @@
 //! - `upstream_peer`: a backend of the pools chosen by the pool's policy (`upstream`);
 //!   `fail_to_connect`, and `error_while_proxy` for a reset before any response byte, retry
 //!   once on another backend, and count towards its passive ejection;
-//! - `upstream_request_filter`: strip the client's credentials, set `x-request-id` and the
-//!   gateway's `traceparent`;
+//! - `upstream_request_filter`: strip the client's credentials and fairness headers, set
+//!   `x-request-id`, the gateway's `traceparent` and the tenant's fairness key (`fairness`);
 //! - `response_filter`: `x-request-id`, usage headers `x-maas-inference-count` and
 //!   `x-maas-compute-us` from the backend; for an authenticated request, the billable usage
 //!   event goes to the spool here, before the client sees the response header;
@@ -28,12 +28,14 @@
 mod body_limit;
 mod ctx;
 mod declared;
+mod fairness;
 mod local;
 mod respond;
 mod route;
 mod upstream;
 
 pub use ctx::RequestCtx;
+pub use fairness::FairnessHeaders;
 pub use route::{parse_route, Route};
 
 use std::sync::Arc;
@@ -73,6 +75,7 @@ pub struct Gateway {
     metrics: Option<Arc<RequestMetrics>>,
     access_log: AccessLogFormat,
     max_body_bytes: u64,
+    fairness: Option<FairnessHeaders>,
 }
 
 impl Gateway {
@@ -97,6 +100,7 @@ impl Gateway {
             metrics: None,
             access_log: AccessLogFormat::Off,
             max_body_bytes: u64::MAX,
+            fairness: None,
         }
     }
 
@@ -124,6 +128,13 @@ impl Gateway {
     /// limit.
     pub fn with_max_body_bytes(mut self, limit: u64) -> Self {
         self.max_body_bytes = limit;
+        self
+    }
+
+    /// The same, telling the backends each tenant's fairness key with the shared secret
+    /// (`None`: no fairness headers; a client's are removed either way).
+    pub fn with_fairness(mut self, fairness: Option<FairnessHeaders>) -> Self {
+        self.fairness = fairness;
         self
     }
 
@@ -370,6 +381,11 @@ impl ProxyHttp for Gateway {
         upstream_request.remove_header(&header::AUTHORIZATION);
         upstream_request.remove_header("x-api-key");
         upstream_request.insert_header(REQUEST_ID, ctx.request_id.to_string())?;
+        fairness::set_fairness_headers(
+            upstream_request,
+            self.fairness.as_ref(),
+            ctx.principal.map(|p| p.tenant_id),
+        )?;
         if let Some(trace) = &ctx.trace {
             upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;
         }
