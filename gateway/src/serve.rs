@@ -132,6 +132,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
         vec![auth.clone(), limits.clone(), Arc::new(limiter.clone())];
     let limiter_for_maintenance = limiter.clone();
     let auth_for_maintenance = auth.clone();
+    let readiness = crate::metrics::Readiness::new();
     let request_metrics = if config.metrics.enabled {
         let mut registry = Registry::default();
         let requests = Arc::new(RequestMetrics::new(
@@ -148,7 +149,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
             pools: pools.clone(),
         }));
         // Its own thread and runtime; bound before the readiness line.
-        crate::metrics::spawn(config.metrics_addr()?, registry)?;
+        crate::metrics::spawn(config.metrics_addr()?, registry, readiness.clone())?;
         Some(requests)
     } else {
         None
@@ -220,6 +221,7 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
     server.add_service(background_service(
         "announce",
         Announce {
+            readiness,
             listen,
             tls: tls.as_ref().map(|(addr, _)| *addr),
         },
@@ -354,14 +356,16 @@ impl TlsListener {
 
 /// Prints the readiness line once a TCP connection to the listener succeeds, then
 /// `maas-gateway listening on <addr> (tls)` once the TLS listener accepts too.
+/// Marks the gateway ready there, and draining when the graceful shutdown begins.
 struct Announce {
+    readiness: crate::metrics::Readiness,
     listen: SocketAddr,
     tls: Option<SocketAddr>,
 }
 
 #[async_trait]
 impl BackgroundService for Announce {
-    async fn start(&self, _shutdown: ShutdownWatch) {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
         if !accepts(self.listen).await {
             return;
         }
@@ -371,6 +375,11 @@ impl BackgroundService for Announce {
                 say(&format!("maas-gateway listening on {tls} (tls)"));
             }
         }
+        self.readiness.mark_ready();
+        // pingora broadcasts the shutdown when the graceful one begins (SIGTERM), before its
+        // grace period: from then on `/readyz` says 503 while connections drain.
+        let _ = shutdown.changed().await;
+        self.readiness.mark_draining();
     }
 }
 

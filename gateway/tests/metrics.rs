@@ -406,3 +406,60 @@ async fn metrics_off_serves_no_listener() {
     drop(gw);
     drop_database(pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_ready_while_serving_and_draining_once_sigterm_arrives() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    // A grace period long enough to look at /readyz while the gateway drains.
+    let gw = start_gateway(
+        &db_url,
+        &[backend],
+        &[("MAAS_GATEWAY_GRACE_PERIOD_S", "3".to_string())],
+    );
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        let url = format!("http://{}{path}", gw.metrics);
+        async move {
+            let r = client.get(url).send().await.expect("health answer");
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.expect("health JSON");
+            (status, body)
+        }
+    };
+    assert_eq!(
+        get("/livez").await,
+        (200, serde_json::json!({"status": "live"}))
+    );
+    // The readiness line was printed; the announcer marks ready right after it.
+    let mut ready = get("/readyz").await;
+    for _ in 0..100 {
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = get("/readyz").await;
+    }
+    assert_eq!(ready, (200, serde_json::json!({"status": "ready"})));
+
+    let pid = gw.child.0.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut draining = get("/readyz").await;
+    for _ in 0..100 {
+        if draining.0 != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        draining = get("/readyz").await;
+    }
+    assert_eq!(draining, (503, serde_json::json!({"status": "draining"})));
+    // Still live while it drains.
+    assert_eq!(get("/livez").await.0, 200);
+    drop(gw);
+    drop_database(pool).await;
+}

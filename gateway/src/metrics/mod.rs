@@ -17,14 +17,17 @@
 //! `model` is bounded by `metrics.max_models`. Served on their own listener by [`spawn`].
 //!
 //! Files: what became of a request (`outcome.rs`), the per-request families (`requests.rs`),
-//! the scrape-time collectors (`state.rs`; `pools.rs`), the listener (`server.rs`).
+//! the scrape-time collectors (`state.rs`; `pools.rs`), the gateway's own readiness
+//! (`health.rs`, served at `/livez` and `/readyz`), the listener (`server.rs`).
 
+mod health;
 mod outcome;
 mod pools;
 mod requests;
 mod server;
 mod state;
 
+pub use health::{Phase, Readiness};
 pub use outcome::Outcome;
 pub use pools::PoolState;
 pub use requests::{RequestMetrics, RequestObservation};
