@@ -6,6 +6,8 @@
 //! - `batcher`: the dynamic batching queue of one model version and its rules; `job`: what a
 //!   request hands to it; `worker`: the instance threads that take batches off the queue and
 //!   run them.
+//! - `transfer`: a batch from the host to the device and back, cast to and from the model's
+//!   precision (pinned memory and non-blocking copies on CUDA).
 //! - `error` and `forward`: why loading ([`LoadError`]) or a forward pass ([`ForwardError`])
 //!   fails.
 //!
@@ -21,6 +23,7 @@ mod job;
 mod pipeline;
 mod safetensors;
 mod torchscript;
+mod transfer;
 mod worker;
 
 pub use batcher::BatchPolicy;
