@@ -97,4 +97,21 @@ mod tests {
         let text = crate::metrics::render(Vec::new(), vec![Box::new(DeviceMemory::now())]);
         assert!(!text.contains("maas_gpu_memory_used_bytes"), "{text}");
     }
+
+    /// GPU half: after 256 MiB are allocated on cuda:0, the gauge reports at least that much
+    /// on some GPU.
+    #[test]
+    fn a_cuda_allocation_is_reported() {
+        let test = "device_memory::tests::a_cuda_allocation_is_reported";
+        let Some(cuda) = crate::testutil::cuda_or_skip(test) else {
+            return;
+        };
+        let block = tch::Tensor::zeros([64, 1024, 1024], (tch::Kind::Float, cuda));
+        tch::Cuda::synchronize(0);
+        let used: u64 = used_by_this_process().iter().map(|(_, b)| b).sum();
+        assert!(used >= 256 << 20, "{used} bytes");
+        let text = crate::metrics::render(Vec::new(), vec![Box::new(DeviceMemory::now())]);
+        assert!(text.contains("maas_gpu_memory_used_bytes{gpu="), "{text}");
+        drop(block);
+    }
 }

@@ -44,7 +44,7 @@ mod testutil;
 pub use cli::{init_tracing, Cli};
 pub use config::{
     dense_classifier, Activation, ConfigError, DeviceSpec, DeviceUnavailable, LayerConfig,
-    ModelConfig, Platform, TensorConfig, CONFIG_FILE,
+    ModelConfig, Platform, Precision, TensorConfig, CONFIG_FILE,
 };
 pub use engine::{
     activate, bias_name, weight_name, DenseModel, ForwardError, LoadError, WEIGHTS_FILE,

@@ -430,6 +430,51 @@ mod tests {
         assert!(worst < 0.01, "largest difference {worst}");
     }
 
+    /// GPU half: the same weights in BF16 and FP16 on cuda:0 are within the CPU tests'
+    /// tolerances of FP32 on the CPU, and FP32 on cuda:0 within 1e-4 (cuBLAS sums in another
+    /// order; TF32 is off unless the environment turns it on).
+    #[test]
+    fn reduced_precision_on_cuda_is_within_tolerance_of_fp32_on_cpu() {
+        let test =
+            "engine::dense::tests::reduced_precision_on_cuda_is_within_tolerance_of_fp32_on_cpu";
+        let Some(cuda) = crate::testutil::cuda_or_skip(test) else {
+            return;
+        };
+        let (_, cpu) = random_pair(Precision::Fp32);
+        let x: Vec<f32> =
+            Vec::try_from(Tensor::randn([64 * 64], (Kind::Float, Device::Cpu))).unwrap();
+        let full = cpu.forward_rows(&x, 64).unwrap();
+        for (precision, tolerance) in [
+            (Precision::Fp32, 1e-4f32),
+            (Precision::Bf16, 0.02),
+            (Precision::Fp16, 0.01),
+        ] {
+            let config = ModelConfig {
+                precision,
+                ..dense_classifier(64, 128, 10)
+            };
+            let tensors = cpu
+                .layers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| {
+                    let b = l.bias.as_ref().map(|b| b.copy());
+                    [(weight_name(i), Some(l.weight.copy())), (bias_name(i), b)]
+                })
+                .filter_map(|(n, t)| Some((n, t?)))
+                .collect();
+            let model = DenseModel::from_tensors(&config, tensors, cuda).unwrap();
+            assert_eq!(model.layers[0].weight.device(), cuda);
+            let got = model.forward_rows(&x, 64).unwrap();
+            let worst = got
+                .iter()
+                .zip(&full)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < tolerance, "{precision}: largest difference {worst}");
+        }
+    }
+
     #[test]
     fn tf32_is_refused_on_cpu() {
         let config = ModelConfig {

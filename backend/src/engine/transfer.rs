@@ -63,4 +63,24 @@ mod tests {
         let same = host_to_device(&data, &[4], Device::Cpu, Kind::Float).unwrap();
         assert_eq!(device_to_host(&same).unwrap(), data.to_vec());
     }
+
+    /// GPU half: rows reach cuda:0 (through pinned memory) cast there, and come back equal.
+    #[test]
+    fn rows_reach_cuda_and_come_back() {
+        let test = "engine::transfer::tests::rows_reach_cuda_and_come_back";
+        let Some(cuda) = crate::testutil::cuda_or_skip(test) else {
+            return;
+        };
+        let data: Vec<f32> = (0..4096).map(|i| i as f32 / 8.0).collect();
+        let x = host_to_device(&data, &[64, 64], cuda, Kind::BFloat16).unwrap();
+        assert_eq!((x.device(), x.kind()), (cuda, Kind::BFloat16));
+        let back = device_to_host(&x).unwrap();
+        let rounded: Vec<f32> = data
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(back, rounded);
+        let x = host_to_device(&data, &[4096], cuda, Kind::Float).unwrap();
+        assert_eq!(device_to_host(&x).unwrap(), data);
+    }
 }
