@@ -36,6 +36,16 @@ DRY=0
 [ "${2:-}" = "--dry-run" ] && DRY=1
 BIN="${MAAS_GPU_CHECK_BIN:-$ROOT/.data/gpu-check/bin}"
 
+# The backend's unit-test binary (cargo's JSON messages name it), built with extra arguments.
+lib_test_binary() {
+    cargo test "$@" -p maas-backend --lib --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print(m["executable"])'
+}
+
 case "$MODE" in
 build)
     # Release builds of the three binaries and the example, and the unit-test binary of the
@@ -45,12 +55,7 @@ build)
     mkdir -p "$BIN/tests"
     cargo build --release -p maas-backend -p maas-train -p maas-loadtest --bins
     cargo build --release -p maas-backend --example gpu_check
-    test_bin=$(cargo test --release -p maas-backend --lib --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
-        print(m["executable"])')
+    test_bin=$(lib_test_binary --release)
     cp target/release/maas-backend target/release/maas-train target/release/maas-loadtest \
         target/release/examples/gpu_check "$BIN/"
     cp "$test_bin" "$BIN/tests/maas_backend_lib"
@@ -112,14 +117,14 @@ wait_ready() { # url seconds
 # 1. Test binaries (their GPU halves); in a dry run the debug build's backend unit tests.
 TESTS=("$BIN"/tests/*)
 if [ "$DRY" = 1 ] && [ ! -d "$BIN/tests" ]; then
-    TESTS=("$(ls -t "$ROOT"/target/debug/deps/maas_backend-* | grep -v '\.d$' | head -1)")
+    TESTS=("$(cd "$ROOT" && lib_test_binary)")
 fi
 : > "$WORK/tests.txt"
 for t in "${TESTS[@]}"; do
     [ -x "$t" ] || continue
     if "$t" --test-threads 2 > "$WORK/test.log" 2>&1; then status=passed; else status=failed; fi
     skipped=$(grep -c "^SKIPPED .*(GPU half)" "$WORK/test.log" || true)
-    summary=$(grep "^test result" "$WORK/test.log" | tail -1)
+    summary=$(grep "^test result" "$WORK/test.log" | tail -1 || true)
     echo "$(basename "$t")|$status|$skipped|$summary" >> "$WORK/tests.txt"
     echo "gpu-check: tests $(basename "$t"): $status, $skipped GPU halves skipped; $summary"
 done
@@ -155,11 +160,12 @@ kill "${PIDS[-1]}" 2>/dev/null || true
 echo "gpu-check: http $(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["ok_throughput_rps"], "req/s")' "$WORK/http.json")"
 
 # 5. Training on the device against the CPU, same seed.
+DIGITS="$BIN/digits.csv.gz"
+[ -f "$DIGITS" ] || DIGITS="$ROOT/data/digits.csv.gz"
 for d in "$DEVICE" cpu; do
-    "$BIN/maas-train" train --data "$BIN/digits.csv.gz" --repo "$WORK/train-${d//:/-}" --model digits \
+    "$BIN/maas-train" train --data "$DIGITS" --repo "$WORK/train-${d//:/-}" --model digits \
         --epochs "$EPOCHS" --devices "$d" > "$WORK/train-${d//:/-}.txt" 2>"$WORK/train-${d//:/-}.log"
 done
-[ -f "$BIN/digits.csv.gz" ] || true
 
 # 6. A pipeline with one stage on the device and one on the CPU, against the whole on the CPU.
 pipe_cfg=$(printf 'max_batch_size = 64\n[pipeline]\nmicro_batches = 4\n[[pipeline.stages]]\nlayers = [0, 1]\ndevice = "%s"\n[[pipeline.stages]]\nlayers = [1, 2]\ndevice = "cpu"\n' "$DEVICE")

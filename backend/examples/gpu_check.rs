@@ -130,6 +130,7 @@ fn forward(
     let rows_per_s = passes as f64 * batch as f64 / seconds;
     Ok(serde_json::json!({
         "mode": "forward", "model": model, "device": config.instances.device.to_string(),
+        "layers": config.layers.len(),
         "precision": serde_json::to_value(config.precision)?, "batch": batch, "passes": passes,
         "seconds": seconds, "ms_per_pass": seconds * 1e3 / passes as f64,
         "rows_per_s": rows_per_s, "tflops": 2.0 * macs * rows_per_s / 1e12,
