@@ -776,6 +776,52 @@ SECTIONS = [
 ]
 
 
+def gpu_section(res):
+    """The "GPU" section from results/gpu.json, written by scripts/gpu-check.sh on a GPU machine.
+
+    A dry run (on a CPU, small sizes) only proves the script: its figures are not shown."""
+    title = "## GPU"
+    path = os.path.join(res, "gpu.json")
+    if not os.path.exists(path):
+        return [title, "", "- not run: no GPU machine (`scripts/gpu-check.sh run` writes this section)", ""]
+    with open(path) as f:
+        g = json.load(f)
+    if g.get("dry_run"):
+        return [title, "", "- not run: no GPU machine. The last `scripts/gpu-check.sh run --dry-run` "
+                f"({g['date']}, {g['machine']}, device {g['device']}, {g['seconds']} s) ran every step on "
+                "small sizes; its figures are not GPU figures and are not shown.", ""]
+    d, h, t, p, c = g["dense"], g["http"], g["training"], g["pipeline"], g["ceiling"]
+    tests_ok = all(x["status"] == "passed" and x["gpu_halves_skipped"] == 0 for x in g["tests"])
+    lines = [
+        title, "",
+        f"Run by `scripts/gpu-check.sh run` on {g['machine']} ({g['gpu']}, device {g['device']}, "
+        f"PyTorch {g['torch']}), {g['date']}, in {g['seconds']} s.", "",
+        "| Figure | Measured | Target | Verdict |",
+        "|---|---|---|---|",
+        "| GPU halves of the tests | " + "; ".join(
+            f"{x['binary']}: {x['status']}, {x['gpu_halves_skipped']} skipped" for x in g["tests"])
+        + f" | all pass, none skipped | {verdict(tests_ok)} |",
+        f"| raw bf16 matmul {c['n']}^3 (the ceiling) | {c['tflops']:.1f} TFLOP/s | - | - |",
+        f"| dense {d.get('layers', '?')} layers, bf16, batch {d['batch']}, in process | "
+        f"{d['tflops']:.1f} TFLOP/s = {d['percent_of_ceiling']:.0f}% of the ceiling | >= {d['target_percent']}% | "
+        f"{verdict(d['percent_of_ceiling'] >= d['target_percent'])} |",
+        f"| backend over HTTP, dynamic batching, batch {h['batch']} | {h['rows_per_s']:.0f} rows/s = "
+        f"{h['ratio_to_forward']:.2f} of the in-process forward ({d['rows_per_s']:.0f} rows/s) | >= {h['target_ratio']} | "
+        f"{verdict(h['ratio_to_forward'] >= h['target_ratio'])} |",
+        f"| training on digits, {g['device']} vs cpu | test accuracy {t['device_accuracy']:.4f} vs "
+        f"{t['cpu_accuracy']:.4f} | within {t['target_difference']} | {verdict(t['difference'] <= t['target_difference'])} |",
+        f"| pipeline {' + '.join(p['stages'])} vs one piece on cpu | max difference {p['max_abs_difference']:.2e} "
+        f"over {p['elements']} outputs | <= {p['target_max_abs_difference']} | "
+        f"{verdict(p['max_abs_difference'] <= p['target_max_abs_difference'])} |",
+        "",
+    ]
+    memory = h.get("gpu_memory_used_bytes") or {}
+    if memory:
+        lines += ["GPU memory of the serving backend after the HTTP run (`maas_gpu_memory_used_bytes`): "
+                  + ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in memory.items()) + ".", ""]
+    return lines
+
+
 def render_section(res, key, title, fn):
     why = None
     for suffix in ("failed", "skipped"):
@@ -825,6 +871,7 @@ def main():
     ]
     for key, title, fn in SECTIONS:
         lines += render_section(res, key, title, fn)
+    lines += gpu_section(res)
     with open(out, "w") as f:
         f.write("\n".join(lines))
 

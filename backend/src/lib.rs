@@ -16,6 +16,7 @@
 //! - `engine`: the batching queue, the instance threads and the models they run (dense,
 //!   TorchScript, pipeline stages);
 //! - `config`: a model's `config.toml`; `metrics`: the counters and their exposition;
+//!   `device_memory`: the GPU memory the process uses (NVML), a process-wide metric;
 //!   `bench`: benchmark models; `cli`: the command line.
 //!
 //! Dependencies point one way: `cli` → `http` → `validation`, `repository` → `engine` →
@@ -30,6 +31,7 @@
 mod bench;
 mod cli;
 mod config;
+mod device_memory;
 mod engine;
 mod http;
 mod metrics;
@@ -42,7 +44,7 @@ mod testutil;
 pub use cli::{init_tracing, Cli};
 pub use config::{
     dense_classifier, Activation, ConfigError, DeviceSpec, DeviceUnavailable, LayerConfig,
-    ModelConfig, Platform, TensorConfig, CONFIG_FILE,
+    ModelConfig, Platform, Precision, TensorConfig, CONFIG_FILE,
 };
 pub use engine::{
     activate, bias_name, weight_name, DenseModel, ForwardError, LoadError, WEIGHTS_FILE,

@@ -29,3 +29,19 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `Some(cuda:0)` where libtorch sees a CUDA device; else `None`, after writing
+/// `SKIPPED <test> (GPU half): no CUDA device here` to the stderr handle (not through
+/// `eprintln!`, which libtest captures), so that a skipped GPU check says so in every run and
+/// `scripts/gpu-check.sh` can count what ran.
+pub fn cuda_or_skip(test: &str) -> Option<tch::Device> {
+    if tch::Cuda::is_available() {
+        return Some(tch::Device::Cuda(0));
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test} (GPU half): no CUDA device here"
+    );
+    None
+}

@@ -234,3 +234,111 @@ async fn a_module_returning_a_tuple_is_refused_or_serves_its_first_tensor() {
     drop(server);
     let _ = std::fs::remove_dir_all(&repo);
 }
+
+/// `precision = "bf16"` with a BF16 output: the module's parameters are cast to BF16 at load and
+/// each batch on the device; the output comes back as BF16 (binary: 2 bytes per element, JSON:
+/// numbers that are BF16 values) within 0.04 of PyTorch's FP32 output. The module's outputs are
+/// in [-2, 2], where bfloat16's spacing is at most 2^-6 (0.016); the error of the cast weights
+/// and inputs through tanh adds about as much again. `tf32` on this CPU is refused naming the
+/// mode.
+#[tokio::test]
+async fn a_module_in_bf16_serves_bf16_outputs_close_to_fp32() {
+    let repo = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("torchscript-bf16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&repo);
+    for model in ["small_bf16", "small_tf32"] {
+        std::fs::create_dir_all(repo.join(model).join("1")).unwrap();
+    }
+    let bf16_config = format!("precision = \"bf16\"\n{CONFIG}").replace(
+        "name = \"y\"\ndatatype = \"FP32\"",
+        "name = \"y\"\ndatatype = \"BF16\"",
+    );
+    std::fs::write(repo.join("small_bf16/config.toml"), bf16_config).unwrap();
+    std::fs::write(
+        repo.join("small_tf32/config.toml"),
+        format!("precision = \"tf32\"\n{CONFIG}"),
+    )
+    .unwrap();
+    let want = script(
+        &repo,
+        "tensor",
+        &[
+            repo.join("small_bf16/1/model.pt"),
+            repo.join("small_tf32/1/model.pt"),
+        ],
+    );
+
+    let server = Server::start(&repo, &[]);
+    let client = reqwest::Client::new();
+    let close = |got: &[f64]| {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.04, "{got:?} vs {want:?}");
+            assert_eq!((*g as f32).to_bits() & 0xffff, 0, "{g} is not a BF16 value");
+        }
+    };
+    let request = json!({"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32",
+        "data": ROWS}]});
+    let response = client
+        .post(server.url("/v2/models/small_bf16/infer"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["outputs"][0]["datatype"], "BF16");
+    let got: Vec<f64> = body["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    close(&got);
+
+    // Binary output: 9 BF16 elements are 18 bytes after the JSON header.
+    let mut binary = request.clone();
+    binary["outputs"] = json!([{"name": "y", "parameters": {"binary_data": true}}]);
+    let response = client
+        .post(server.url("/v2/models/small_bf16/infer"))
+        .json(&binary)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let json_len: usize = response.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = response.bytes().await.unwrap();
+    let header: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
+    assert_eq!(header["outputs"][0]["datatype"], "BF16");
+    assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 18);
+    let decoded: Vec<f64> = bytes[json_len..]
+        .chunks(2)
+        .map(|b| {
+            f64::from(f32::from_bits(
+                u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+            ))
+        })
+        .collect();
+    assert_eq!(decoded, got, "binary and JSON outputs differ");
+
+    let response = client
+        .get(server.url("/v2/models/small_tf32/versions/1/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("precision \"tf32\" is a CUDA tensor-core mode"),
+        "{body}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&repo);
+}

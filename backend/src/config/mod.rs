@@ -39,6 +39,7 @@ mod error;
 mod instances;
 mod layers;
 mod pipeline;
+mod precision;
 mod tensor;
 mod versions;
 
@@ -53,6 +54,7 @@ pub use error::ConfigError;
 pub use instances::Instances;
 pub use layers::{Activation, LayerConfig};
 pub use pipeline::{stage_config, stage_model_name, Pipeline, STAGE_INPUT, STAGE_OUTPUT};
+pub use precision::{Precision, PrecisionUnavailable};
 pub use tensor::TensorConfig;
 pub use versions::{VersionPolicy, Warmup};
 
@@ -84,6 +86,12 @@ pub struct ModelConfig {
     /// list whose first element is the output tensor (the others are ignored).
     #[serde(default, skip_serializing_if = "TorchScriptOutput::is_default")]
     pub torchscript_output: TorchScriptOutput,
+    /// `precision`: the format weights are kept and computed in, `"fp32"` (the default),
+    /// `"tf32"` (CUDA only), `"bf16"` or `"fp16"` (see [`Precision`]). Weights are cast once at
+    /// load, inputs on the device; a version whose device cannot run it fails to load saying
+    /// so. The input and output may declare `"FP32"` or the precision's own datatype.
+    #[serde(default, skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
     /// `[dynamic_batching]`: gather the rows of several requests into one forward pass (needs
     /// `max_batch_size > 0`). Absent: each request is its own forward pass.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,7 +245,12 @@ impl ModelConfig {
 
     /// A TorchScript model: one FP32 input and one FP32 output with positive dims, no layers.
     fn validate_torchscript(&self) -> Result<(), ConfigError> {
-        tensor::single_input_and_output(&self.inputs, &self.outputs, "a TorchScript model")?;
+        tensor::single_input_and_output(
+            &self.inputs,
+            &self.outputs,
+            "a TorchScript model",
+            self.precision,
+        )?;
         if !self.layers.is_empty() {
             return Err(ConfigError::Invalid(
                 "[[layers]] is for dense models; a TorchScript model's layers are in model.pt"
@@ -254,8 +267,12 @@ impl ModelConfig {
     }
 
     fn validate_dense(&self) -> Result<(), ConfigError> {
-        let (input, output) =
-            tensor::single_input_and_output(&self.inputs, &self.outputs, "a dense model")?;
+        let (input, output) = tensor::single_input_and_output(
+            &self.inputs,
+            &self.outputs,
+            "a dense model",
+            self.precision,
+        )?;
         layers::check_chain(&self.layers, input, output)?;
         match &self.pipeline {
             Some(pipeline) => pipeline.check(self.layers.len(), &self.instances),
@@ -272,6 +289,7 @@ pub fn dense_classifier(features: i64, hidden: i64, classes: i64) -> ModelConfig
         max_batch_size: 0,
         max_request_rows: None,
         torchscript_output: TorchScriptOutput::Tensor,
+        precision: Precision::Fp32,
         dynamic_batching: None,
         instances: Instances::default(),
         version_policy: VersionPolicy::All,
@@ -340,6 +358,53 @@ bias = true
         let config = ModelConfig::from_toml(DIGITS).unwrap();
         assert_eq!(config, dense_classifier(64, 128, 10));
         assert_eq!(config.inputs[0].batched_shape(), vec![-1, 64]);
+    }
+
+    #[test]
+    fn precision_parses_and_decides_the_datatypes() {
+        assert_eq!(
+            ModelConfig::from_toml(DIGITS).unwrap().precision,
+            Precision::Fp32
+        );
+        for (name, precision) in [
+            ("fp32", Precision::Fp32),
+            ("tf32", Precision::Tf32),
+            ("bf16", Precision::Bf16),
+            ("fp16", Precision::Fp16),
+        ] {
+            let config =
+                ModelConfig::from_toml(&format!("precision = \"{name}\"\n{DIGITS}")).unwrap();
+            assert_eq!(config.precision, precision);
+            assert_eq!(ModelConfig::from_toml(&config.to_toml()).unwrap(), config);
+        }
+        let e = error_of(&format!("precision = \"fp8\"\n{DIGITS}"));
+        assert!(
+            e.contains("unknown variant `fp8`, expected one of `fp32`, `tf32`, `bf16`, `fp16`"),
+            "{e}"
+        );
+        // The output may declare the precision's own datatype, and only that besides FP32.
+        let bf16_output = format!(
+            "precision = \"bf16\"\n{}",
+            DIGITS.replacen(
+                "datatype = \"FP32\"\ndims = [10]",
+                "datatype = \"BF16\"\ndims = [10]",
+                1
+            )
+        );
+        assert_eq!(
+            ModelConfig::from_toml(&bf16_output).unwrap().outputs[0].datatype,
+            Datatype::Bf16
+        );
+        let e = error_of(&bf16_output.replace("precision = \"bf16\"", "precision = \"fp16\""));
+        assert_eq!(
+            e,
+            "[[outputs]] 'probabilities': a dense model with precision = \"fp16\" takes datatype FP32 or FP16, got BF16"
+        );
+        let e = error_of(&bf16_output.replace("precision = \"bf16\"\n", ""));
+        assert!(
+            e.contains("precision = \"fp32\" takes datatype FP32, got BF16"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -655,7 +720,10 @@ address = "127.0.0.1:8011"
             "datatype = \"FP32\"\ndims = [64]",
             "datatype = \"INT32\"\ndims = [64]",
         ));
-        assert!(e.contains("computes in FP32, got datatype INT32"), "{e}");
+        assert!(
+            e.contains("with precision = \"fp32\" takes datatype FP32, got INT32"),
+            "{e}"
+        );
         let e = error_of(&DIGITS.replace("dims = [10]", "dims = [0]"));
         assert!(e.contains("at least 1"), "{e}");
         let e = error_of(&DIGITS.replace("name = \"probabilities\"", "name = \"input\""));

@@ -231,6 +231,7 @@ pub fn stage_config(
         max_batch_size: 0,
         max_request_rows: None,
         torchscript_output: super::TorchScriptOutput::Tensor,
+        precision: config.precision,
         dynamic_batching: None,
         instances: Instances {
             count: 1,

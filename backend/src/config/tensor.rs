@@ -3,7 +3,7 @@
 use maas_protocol::Datatype;
 use serde::{Deserialize, Serialize};
 
-use super::ConfigError;
+use super::{ConfigError, Precision};
 
 /// One input or output tensor of a model (`[[inputs]]` / `[[outputs]]` in `config.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,9 +11,10 @@ use super::ConfigError;
 pub struct TensorConfig {
     /// `name`: the tensor's name in infer requests and responses (`"input"`).
     pub name: String,
-    /// `datatype`: the element type, an Open Inference Protocol name. A dense model computes in
-    /// `"FP32"`, the only datatype it accepts here; a request may still send its input in any
-    /// numeric datatype (see the validation of requests).
+    /// `datatype`: the element type, an Open Inference Protocol name. `"FP32"`, or the model's
+    /// `precision` format (`"BF16"` for `bf16`, `"FP16"` for `fp16`): an output is written in
+    /// it; a request may still send its input in any numeric datatype (see the validation of
+    /// requests).
     pub datatype: Datatype,
     /// `dims`: the shape of one row, without the batch dimension; every entry at least 1. A
     /// request's shape is `[batch, ...dims]`; metadata reports `[-1, ...dims]`.
@@ -34,12 +35,13 @@ impl TensorConfig {
     }
 }
 
-/// The one tensor of a model's `inputs` or `outputs`, checked to be FP32 with positive dims;
-/// `kind` ("a dense model") names the model in errors.
+/// The one tensor of a model's `inputs` or `outputs`, checked to have a datatype its precision
+/// allows and positive dims; `kind` ("a dense model") names the model in errors.
 pub(super) fn single_tensor<'a>(
     key: &str,
     tensors: &'a [TensorConfig],
     kind: &str,
+    precision: Precision,
 ) -> Result<&'a TensorConfig, ConfigError> {
     let [tensor] = tensors else {
         return Err(ConfigError::Invalid(format!(
@@ -52,10 +54,14 @@ pub(super) fn single_tensor<'a>(
             "[[{key}]]: name must not be empty"
         )));
     }
-    if tensor.datatype != Datatype::Fp32 {
+    let allowed = precision.datatypes();
+    if !allowed.contains(&tensor.datatype) {
+        let names: Vec<String> = allowed.iter().map(|d| d.to_string()).collect();
         return Err(ConfigError::Invalid(format!(
-            "[[{key}]] '{}': {kind} computes in FP32, got datatype {}",
-            tensor.name, tensor.datatype
+            "[[{key}]] '{}': {kind} with precision = \"{precision}\" takes datatype {}, got {}",
+            tensor.name,
+            names.join(" or "),
+            tensor.datatype
         )));
     }
     if let Some(bad) = tensor.dims.iter().find(|&&d| d < 1) {
@@ -84,9 +90,10 @@ pub(super) fn single_input_and_output<'a>(
     inputs: &'a [TensorConfig],
     outputs: &'a [TensorConfig],
     kind: &str,
+    precision: Precision,
 ) -> Result<(&'a TensorConfig, &'a TensorConfig), ConfigError> {
-    let input = single_tensor("inputs", inputs, kind)?;
-    let output = single_tensor("outputs", outputs, kind)?;
+    let input = single_tensor("inputs", inputs, kind, precision)?;
+    let output = single_tensor("outputs", outputs, kind, precision)?;
     if input.name == output.name {
         return Err(ConfigError::Invalid(format!(
             "input and output are both named '{}'; names must differ",

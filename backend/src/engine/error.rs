@@ -2,7 +2,7 @@
 
 use maas_protocol::Datatype;
 
-use crate::config::{ConfigError, DeviceUnavailable};
+use crate::config::{ConfigError, DeviceUnavailable, PrecisionUnavailable};
 
 /// Why the engine cannot load a model instance (a dense model's weights, a TorchScript module,
 /// the stages of a pipeline). The messages name the tensor, stage or address at fault and say
@@ -83,6 +83,9 @@ pub enum LoadError {
     /// The configured device is not on this machine.
     #[error(transparent)]
     Device(#[from] DeviceUnavailable),
+    /// The configured device cannot run the model's `precision`.
+    #[error(transparent)]
+    Precision(#[from] PrecisionUnavailable),
     /// A TorchScript model's configuration lacks its input or output.
     #[error("a TorchScript model needs one [[inputs]] and one [[outputs]]")]
     TorchScriptTensors,

@@ -7,6 +7,8 @@
 //!   per-key queues served by weighted deficit round robin; `fairness`: the key and priority
 //!   a job is scheduled by; `job`: what a request hands to it; `worker`: the instance threads that take batches off the queue and
 //!   run them.
+//! - `transfer`: a batch from the host to the device and back, cast to and from the model's
+//!   precision (pinned memory and non-blocking copies on CUDA).
 //! - `error` and `forward`: why loading ([`LoadError`]) or a forward pass ([`ForwardError`])
 //!   fails.
 //!
@@ -24,6 +26,7 @@ mod job;
 mod pipeline;
 mod safetensors;
 mod torchscript;
+mod transfer;
 mod worker;
 
 pub use batcher::BatchPolicy;

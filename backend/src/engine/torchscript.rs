@@ -7,6 +7,10 @@
 //! `[[outputs]]` in `config.toml`; with `torchscript_output = "first"` it returns a tuple or
 //! list whose first element is that tensor. It runs in eval mode, without gradients.
 //!
+//! With `precision = "bf16"` or `"fp16"` the module's floating-point parameters and buffers are
+//! cast to it once at load (`torch::jit::Module::to`), each batch is cast to it on the device,
+//! and the output is cast back to FP32 on the device (`transfer.rs`).
+//!
 //! What the module returns is checked once at load, by a forward pass of one row of zeros: a
 //! module returning a tuple where one tensor is configured (or the reverse) is refused then,
 //! with the key to set, instead of failing (and being logged) on every request.
@@ -15,6 +19,7 @@ use std::path::Path;
 
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
+use super::transfer::{device_to_host, host_to_device};
 use super::{Forward, ForwardError, LoadError};
 use crate::config::{ModelConfig, TorchScriptOutput};
 
@@ -29,6 +34,7 @@ pub struct TorchScriptModel {
     output_dims: Vec<i64>,
     out_features: i64,
     device: Device,
+    kind: Kind,
     returns: TorchScriptOutput,
 }
 
@@ -81,8 +87,9 @@ fn output_tensor(
 }
 
 impl TorchScriptModel {
-    /// Loads `model.pt` onto `device` in eval mode. Errors when libtorch cannot load the file
-    /// ([`LoadError::TorchScript`]) or the configuration lacks its input or output.
+    /// Loads `model.pt` onto `device` in eval mode, in the configuration's precision. Errors
+    /// when libtorch cannot load the file ([`LoadError::TorchScript`]), the device cannot run
+    /// the precision ([`LoadError::Precision`]) or the configuration lacks its input or output.
     pub fn load(
         config: &ModelConfig,
         path: &Path,
@@ -91,14 +98,20 @@ impl TorchScriptModel {
         let (Some(input), Some(output)) = (config.inputs.first(), config.outputs.first()) else {
             return Err(LoadError::TorchScriptTensors);
         };
+        config.precision.check(device)?;
+        let kind = config.precision.kind();
         let mut module = CModule::load_on_device(path, device).map_err(LoadError::TorchScript)?;
         module.set_eval();
+        if kind != Kind::Float {
+            module.to(device, kind, false);
+        }
         let model = TorchScriptModel {
             module,
             input_dims: input.dims.clone(),
             output_dims: output.dims.clone(),
             out_features: output.row_elements(),
             device,
+            kind,
             returns: config.torchscript_output,
         };
         model.probe()?;
@@ -122,9 +135,7 @@ impl TorchScriptModel {
         let shape: Vec<i64> = std::iter::once(rows)
             .chain(self.input_dims.iter().copied())
             .collect();
-        let x = Tensor::f_from_slice(input)?
-            .f_view(shape.as_slice())?
-            .f_to_device(self.device)?;
+        let x = host_to_device(input, &shape, self.device, self.kind)?;
         tch::no_grad(|| self.module.forward_is(&[IValue::Tensor(x)]))
     }
 }
@@ -148,14 +159,7 @@ impl Forward for TorchScriptModel {
                 expected,
             });
         }
-        let unreadable = |e: tch::TchError| ForwardError::ReadOutput(e.to_string());
-        let y = y
-            .f_to_device(Device::Cpu)
-            .and_then(|y| y.f_to_kind(Kind::Float))
-            .and_then(|y| y.f_contiguous())
-            .and_then(|y| y.f_view([-1]))
-            .map_err(unreadable)?;
-        Vec::<f32>::try_from(&y).map_err(unreadable)
+        device_to_host(&y).map_err(|e| ForwardError::ReadOutput(e.to_string()))
     }
 
     fn out_features(&self) -> i64 {

@@ -9,8 +9,10 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use half::{bf16, f16};
 use maas_protocol::{
-    encode, BinaryBody, InferRequest, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH,
+    encode, BinaryBody, Datatype, InferRequest, InferResponse, ResponseOutput,
+    HEADER_CONTENT_LENGTH,
 };
 
 use super::extract::{Body, ModelPath, PathParams};
@@ -109,7 +111,7 @@ async fn infer_version(
             .collect();
         if requested.binary {
             let before = binary_part.len();
-            encode(&forward.data, &mut binary_part);
+            encode_as(output.datatype, &forward.data, &mut binary_part)?;
             outputs.push(ResponseOutput::binary(
                 output.name.clone(),
                 output.datatype,
@@ -154,6 +156,29 @@ async fn infer_version(
     let body = BinaryBody::new(&response, &binary_part)
         .map_err(|e| Error::Internal(format!("cannot encode the response: {e}")))?;
     Ok(binary_response(body, usage.headers()))
+}
+
+/// Appends `data` to a binary part in `datatype`, the output's declared datatype: FP32 as is;
+/// FP16 and BF16 as their 16-bit patterns, little-endian (Triton's binary tensor data
+/// extension), from values the model computed in that format, so the conversion is exact.
+fn encode_as(datatype: Datatype, data: &[f32], out: &mut Vec<u8>) -> Result<(), Error> {
+    match datatype {
+        Datatype::Fp32 => encode(data, out),
+        Datatype::Fp16 => {
+            let bits: Vec<u16> = data.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+            encode(&bits, out);
+        }
+        Datatype::Bf16 => {
+            let bits: Vec<u16> = data.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
+            encode(&bits, out);
+        }
+        other => {
+            return Err(Error::Internal(format!(
+                "output datatype {other} is not one a model computes in"
+            )))
+        }
+    }
+    Ok(())
 }
 
 /// A response of a JSON header and binary output bytes: `Content-Type:

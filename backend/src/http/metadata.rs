@@ -140,7 +140,10 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
         )],
-        crate::metrics::render(versions, Vec::new()),
+        crate::metrics::render(
+            versions,
+            vec![Box::new(crate::device_memory::DeviceMemory::now())],
+        ),
     )
         .into_response()
 }
