@@ -27,7 +27,7 @@ mod requests;
 mod server;
 mod state;
 
-pub use health::{Phase, Readiness};
+pub use health::Readiness;
 pub use outcome::Outcome;
 pub use pools::PoolState;
 pub use requests::{RequestMetrics, RequestObservation};
