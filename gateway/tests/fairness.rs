@@ -125,8 +125,15 @@ fn send(
     })
 }
 
-/// `maas_inference_pending_request_count` of digits v1 on the backend at `backend`.
-async fn pending(client: &reqwest::Client, backend: SocketAddr) -> f64 {
+/// The digits series `name` with label `label` (any when `None`) on the backend at `backend`,
+/// from its `GET /metrics` (parsed with a Prometheus text parser): a counter's or gauge's
+/// value, a histogram's count (its `+Inf` bucket); `None` when there is no such series.
+async fn backend_metric(
+    client: &reqwest::Client,
+    backend: SocketAddr,
+    name: &str,
+    label: Option<(&str, &str)>,
+) -> Option<f64> {
     let text = client
         .get(format!("http://{backend}/metrics"))
         .send()
@@ -141,14 +148,54 @@ async fn pending(client: &reqwest::Client, backend: SocketAddr) -> f64 {
         .samples
         .iter()
         .find(|s| {
-            s.metric == "maas_inference_pending_request_count"
+            s.metric == name
                 && s.labels.get("model") == Some("digits")
+                && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
         })
-        .map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
             _ => f64::NAN,
         })
-        .unwrap_or_else(|| panic!("no pending count for digits in\n{text}"))
+}
+
+/// `maas_inference_pending_request_count` of digits v1 on the backend at `backend`.
+async fn pending(client: &reqwest::Client, backend: SocketAddr) -> f64 {
+    backend_metric(
+        client,
+        backend,
+        "maas_inference_pending_request_count",
+        None,
+    )
+    .await
+    .expect("a pending count for digits")
+}
+
+/// `maas_inference_refused_total{reason}` of digits v1.
+async fn refused(client: &reqwest::Client, backend: SocketAddr, reason: &str) -> f64 {
+    backend_metric(
+        client,
+        backend,
+        "maas_inference_refused_total",
+        Some(("reason", reason)),
+    )
+    .await
+    .unwrap_or_else(|| panic!("no refusal count for {reason}"))
+}
+
+/// `maas_inference_queue_depth{priority}` of digits v1 (`None` before the level was used).
+async fn depth(client: &reqwest::Client, backend: SocketAddr, level: &str) -> Option<f64> {
+    backend_metric(
+        client,
+        backend,
+        "maas_inference_queue_depth",
+        Some(("priority", level)),
+    )
+    .await
 }
 
 /// Waits (5 s at most) until the backend's digits queue holds `n` requests.
@@ -234,6 +281,19 @@ async fn a_flooding_tenant_gets_the_503s_and_the_other_tenant_is_served() {
     assert_eq!(a_ok, QUEUE / 2, "A keeps the rest of the queue");
     assert_eq!(a_refused, 4 * QUEUE - QUEUE / 2);
 
+    // The backend counts the refusals by reason: on arrival (A's flood beyond the queue and
+    // the forged request) and taken out of the queue for B.
+    assert_eq!(
+        refused(&client, backend, "queue_full").await,
+        (3 * QUEUE + 1) as f64
+    );
+    assert_eq!(
+        refused(&client, backend, "evicted").await,
+        (QUEUE / 2) as f64
+    );
+    assert_eq!(refused(&client, backend, "closed").await, 0.0);
+    assert_eq!(depth(&client, backend, "1").await, Some(0.0));
+
     drop(gw);
     let _ = std::fs::remove_dir_all(&repo);
     drop_database(pool).await;
@@ -261,18 +321,40 @@ async fn a_client_calling_the_backend_directly_cannot_forge_a_fairness_key() {
     // Without any secret: the same.
     assert_eq!(send(&client, &url, None, &forged[..2]).await.unwrap(), 503);
     assert_eq!(pending(&client, backend).await, QUEUE as f64);
+    // Only the default level was queued at.
+    assert_eq!(depth(&client, backend, "1").await, Some(QUEUE as f64));
+    assert_eq!(depth(&client, backend, "16").await, None);
 
-    // With the gateway's secret the key is honoured: the request is queued in place of one of
-    // the default key's.
+    // With the gateway's secret the key and level are honoured: the request is queued at its
+    // level in place of one of the default key's.
     let honoured = [
         (FAIRNESS_KEY, another),
-        (PRIORITY, "1"),
+        (PRIORITY, "3"),
         (GATEWAY_SECRET, SECRET),
     ];
     let gateway = send(&client, &url, None, &honoured);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while depth(&client, backend, "3").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "level 3 never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(depth(&client, backend, "1").await, Some((QUEUE - 1) as f64));
     assert_eq!(gateway.await.unwrap(), 200);
-    let (ok, refused) = outcomes(held).await;
-    assert_eq!((ok, refused), (QUEUE - 1, 1));
+    let (ok, evicted) = outcomes(held).await;
+    assert_eq!((ok, evicted), (QUEUE - 1, 1));
+
+    // The refusals by reason, and the queue time per level: one request at level 3, the
+    // default key's served ones at level 1.
+    assert_eq!(refused(&client, backend, "queue_full").await, 2.0);
+    assert_eq!(refused(&client, backend, "evicted").await, 1.0);
+    let histogram = "maas_inference_queue_priority_duration_seconds";
+    let count = |level: &'static str| {
+        let client = client.clone();
+        async move { backend_metric(&client, backend, histogram, Some(("priority", level))).await }
+    };
+    assert_eq!(count("3").await, Some(1.0));
+    assert_eq!(count("1").await, Some((QUEUE - 1) as f64));
+    assert_eq!(depth(&client, backend, "3").await, Some(0.0));
 
     let _ = std::fs::remove_dir_all(&repo);
 }
