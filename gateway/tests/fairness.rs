@@ -242,6 +242,16 @@ async fn a_flooding_tenant_gets_the_503s_and_the_other_tenant_is_served() {
     );
     let key_a = create_key(&db_url, "tenant-a", None);
     let key_b = create_key(&db_url, "tenant-b", None);
+    // B's plan has priority level 4 (`plans.priority`), which the gateway sends as
+    // x-maas-priority; A stays on the default plan, level 1.
+    sqlx::query("INSERT INTO plans (name, priority) VALUES ('gold', 4)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET plan = 'gold' WHERE name = 'tenant-b'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let url = format!("http://{}/v2/models/digits/infer", gw.listen);
 
@@ -293,6 +303,15 @@ async fn a_flooding_tenant_gets_the_503s_and_the_other_tenant_is_served() {
     );
     assert_eq!(refused(&client, backend, "closed").await, 0.0);
     assert_eq!(depth(&client, backend, "1").await, Some(0.0));
+    assert_eq!(depth(&client, backend, "4").await, Some(0.0));
+    // B's requests waited at its plan's level, A's at the default one.
+    let histogram = "maas_inference_queue_priority_duration_seconds";
+    let served = |level: &'static str| {
+        let client = client.clone();
+        async move { backend_metric(&client, backend, histogram, Some(("priority", level))).await }
+    };
+    assert_eq!(served("4").await, Some((QUEUE / 2) as f64));
+    assert_eq!(served("1").await, Some((QUEUE / 2) as f64));
 
     drop(gw);
     let _ = std::fs::remove_dir_all(&repo);
