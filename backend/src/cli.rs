@@ -124,7 +124,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_idle_timeout_s: u64,
     /// The secret the gateway sends in `x-maas-gateway-secret` (its `[upstream]
-    /// fairness_secret`): only requests carrying it have their fairness key and priority
+    /// gateway_secret`): only requests carrying it have their fairness key and priority
     /// level honoured by the batcher; without it every request shares one default key.
     #[arg(
         long,

@@ -66,6 +66,43 @@ pub struct VersionMetrics {
     pub batch_size: Histogram,
     /// For a model split into pipeline stages (`[pipeline]`), the stages' counters.
     pub pipeline: OnceLock<Arc<PipelineMetrics>>,
+    /// Per priority level (index `level - 1`, levels 1..=[`PRIORITY_LEVELS`]): requests
+    /// queued at that level. Updated with [`VersionMetrics::queued`].
+    pub pending_by_priority: [AtomicI64; PRIORITY_LEVELS],
+    /// Per priority level: seconds each request of that level waited in the queue; set once a
+    /// request of the level was queued, so that only levels in use are exposed.
+    pub queue_duration_by_priority: [OnceLock<Histogram>; PRIORITY_LEVELS],
+    /// Requests the queue refused, by [`Refusal`] (index `Refusal as usize`).
+    pub refused: [AtomicU64; Refusal::ALL.len()],
+}
+
+/// Priority levels of the batcher (1..=16, Triton's priority levels); the `priority` label.
+pub const PRIORITY_LEVELS: usize = 16;
+
+/// Why the batcher refused a request (the `reason` label of `maas_inference_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The queue was full and the request's fairness key had the most rows queued: refused on
+    /// arrival (503).
+    QueueFull = 0,
+    /// Queued, then taken out of a full queue for a request of a key with fewer rows (503).
+    Evicted = 1,
+    /// The model version was unloading (503).
+    Closed = 2,
+}
+
+impl Refusal {
+    /// Every reason, in index order.
+    pub const ALL: [Refusal; 3] = [Refusal::QueueFull, Refusal::Evicted, Refusal::Closed];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::QueueFull => "queue_full",
+            Refusal::Evicted => "evicted",
+            Refusal::Closed => "closed",
+        }
+    }
 }
 
 impl Default for VersionMetrics {
@@ -83,6 +120,9 @@ impl Default for VersionMetrics {
             compute_duration: Histogram::new(duration_buckets()),
             batch_size: Histogram::new(batch_buckets()),
             pipeline: OnceLock::new(),
+            pending_by_priority: std::array::from_fn(|_| AtomicI64::new(0)),
+            queue_duration_by_priority: std::array::from_fn(|_| OnceLock::new()),
+            refused: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -119,6 +159,31 @@ impl PipelineMetrics {
 }
 
 impl VersionMetrics {
+    /// The slot of priority `level` (1..=16; out of range clamps).
+    fn level_index(level: u8) -> usize {
+        usize::from(level.clamp(1, PRIORITY_LEVELS as u8)) - 1
+    }
+
+    /// `delta` requests of priority `level` joined (positive) or left (negative) the queue.
+    pub fn queued(&self, level: u8, delta: i64) {
+        let i = Self::level_index(level);
+        self.queue_duration_by_priority[i].get_or_init(|| Histogram::new(duration_buckets()));
+        self.pending_by_priority[i].fetch_add(delta, Ordering::AcqRel);
+    }
+
+    /// A request of priority `level` waited `waited` in the queue before its forward pass.
+    pub fn observe_queue(&self, level: u8, waited: Duration) {
+        let i = Self::level_index(level);
+        self.queue_duration_by_priority[i]
+            .get_or_init(|| Histogram::new(duration_buckets()))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// The queue refused a request for `reason`.
+    pub fn refuse(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds `duration` in whole microseconds to `counter`.
     pub fn add_us(counter: &AtomicU64, duration: Duration) {
         let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
@@ -256,6 +321,51 @@ impl Collector for Versions {
             let labels = Self::labels(model, *version);
             ConstGauge::new(m.pending.load(Ordering::Relaxed))
                 .encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "maas_inference_refused",
+            "Infer requests the batcher's queue refused, by reason (queue_full, evicted, closed).",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (model, version, m) in &self.0 {
+            for reason in Refusal::ALL {
+                let [mo, v] = Self::labels(model, *version);
+                let labels = [mo, v, ("reason", reason.label().to_string())];
+                ConstCounter::new(m.refused[reason as usize].load(Ordering::Relaxed))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "maas_inference_queue_depth",
+            "Requests queued, by priority level (the levels requests were queued at).",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (model, version, m) in &self.0 {
+            for (i, used) in m.queue_duration_by_priority.iter().enumerate() {
+                if used.get().is_some() {
+                    let [mo, v] = Self::labels(model, *version);
+                    let labels = [mo, v, ("priority", (i + 1).to_string())];
+                    ConstGauge::new(m.pending_by_priority[i].load(Ordering::Relaxed))
+                        .encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "maas_inference_queue_priority_duration_seconds",
+            "Seconds each request waited in the queue before its forward pass, by priority level.",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (model, version, m) in &self.0 {
+            for (i, histogram) in m.queue_duration_by_priority.iter().enumerate() {
+                if let Some(histogram) = histogram.get() {
+                    let [mo, v] = Self::labels(model, *version);
+                    let labels = [mo, v, ("priority", (i + 1).to_string())];
+                    histogram.encode(family.encode_family(&labels)?)?;
+                }
+            }
         }
         for (name, help, read) in HISTOGRAMS {
             let mut family = encoder.encode_descriptor(

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use super::drr::{FairQueue, Scheduled};
 use super::fairness::Fairness;
 use super::InferJob;
-use crate::metrics::VersionMetrics;
+use crate::metrics::{Refusal, VersionMetrics};
 
 /// How one version's instances form batches (from `max_batch_size` and `[dynamic_batching]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,7 @@ impl Queue {
     pub(super) fn push(&self, job: InferJob) -> Result<Option<InferJob>, Refused> {
         let mut state = self.lock();
         if state.closed {
+            self.metrics.refuse(Refusal::Closed);
             return Err(Refused::Closed);
         }
         let mut evicted = None;
@@ -125,12 +126,20 @@ impl Queue {
                 Some((heaviest, rows)) if heaviest != key && rows > after => {
                     evicted = state.jobs.pop_newest(heaviest);
                 }
-                _ => return Err(Refused::Full),
+                _ => {
+                    self.metrics.refuse(Refusal::QueueFull);
+                    return Err(Refused::Full);
+                }
             }
         }
+        let level = job.fairness.priority.level();
         state.jobs.push(job);
         drop(state);
-        if evicted.is_none() {
+        self.metrics.queued(level, 1);
+        if let Some(evicted) = &evicted {
+            self.metrics.queued(evicted.fairness.priority.level(), -1);
+            self.metrics.refuse(Refusal::Evicted);
+        } else {
             self.metrics.pending.fetch_add(1, Ordering::AcqRel);
         }
         // Every waiting instance re-reads the queue: one may take a batch, the others go back
@@ -188,6 +197,9 @@ impl Queue {
                     let count = count.clamp(1, state.jobs.len());
                     let batch = state.jobs.take(count);
                     drop(state);
+                    for job in &batch {
+                        self.metrics.queued(job.fairness.priority.level(), -1);
+                    }
                     let taken = i64::try_from(batch.len()).unwrap_or(i64::MAX);
                     self.metrics.pending.fetch_sub(taken, Ordering::AcqRel);
                     return Some(batch);
@@ -206,8 +218,11 @@ impl Queue {
 
     /// Drops the jobs whose clients went away before they ran.
     fn drop_abandoned(&self, jobs: &mut FairQueue<InferJob>) {
-        let dropped = jobs.drain_where(|job| job.reply.is_closed()).len();
-        let dropped = i64::try_from(dropped).unwrap_or(0);
+        let dropped = jobs.drain_where(|job| job.reply.is_closed());
+        for job in &dropped {
+            self.metrics.queued(job.fairness.priority.level(), -1);
+        }
+        let dropped = i64::try_from(dropped.len()).unwrap_or(0);
         if dropped > 0 {
             self.metrics.pending.fetch_sub(dropped, Ordering::AcqRel);
         }

@@ -75,7 +75,6 @@ impl Priority {
     }
 
     /// The level as a number, `1..=16`.
-    #[cfg(test)]
     pub fn level(self) -> u8 {
         self.0
     }

@@ -280,6 +280,8 @@ impl Instance {
                     let queue = started.saturating_duration_since(job.enqueued);
                     VersionMetrics::add_us(&self.metrics.queue_us, queue);
                     self.metrics.queue_duration.observe(queue.as_secs_f64());
+                    self.metrics
+                        .observe_queue(job.fairness.priority.level(), queue);
                     let share = share_of(compute, job.rows, rows);
                     // The receiver may be gone (client disconnected); nothing to do then.
                     let _ = job.reply.send(Ok(ForwardOutput {

@@ -175,6 +175,7 @@ impl Authenticator {
         let principal = Principal {
             tenant_id: tenant.id,
             api_key_id: None,
+            priority: tenant.plan_priority,
         };
         let refuse = |error| Rejection {
             principal: Some(principal),
@@ -357,6 +358,7 @@ mod tests {
             Some(Arc::new(TenantRecord {
                 id: r1.tenant_id,
                 status: "active".into(),
+                plan_priority: 1,
             })),
         );
         a.invalidate_tenant(r1.tenant_id);

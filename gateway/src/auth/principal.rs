@@ -15,6 +15,9 @@ pub struct Principal {
     pub tenant_id: Uuid,
     /// `api_keys.id`; `None` for a JWT.
     pub api_key_id: Option<Uuid>,
+    /// `plans.priority` of the tenant's plan (1..=16), sent to the backends as
+    /// `x-maas-priority`.
+    pub priority: i16,
 }
 
 /// A refused request, with who sent it when the key itself was recognised (for the usage
@@ -42,6 +45,7 @@ impl KeyRecord {
         Principal {
             tenant_id: self.tenant_id,
             api_key_id: Some(self.key_id),
+            priority: self.plan_priority,
         }
     }
 
@@ -95,6 +99,7 @@ pub(super) mod tests {
             expires_at: None,
             revoked_at: None,
             tenant_status: "active".into(),
+            plan_priority: 1,
         }
     }
 

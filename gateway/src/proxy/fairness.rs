@@ -49,18 +49,20 @@ impl FairnessHeaders {
     }
 }
 
-/// Removes any fairness header the client sent, then, with `settings` and a known `tenant`,
-/// sets the tenant's fairness key and the shared secret.
+/// Removes any fairness header the client sent, then, with `settings` and a known `tenant`
+/// (its id and its plan's priority level, `plans.priority`), sets the tenant's fairness key,
+/// its priority level and the shared secret.
 pub(super) fn set_fairness_headers(
     request: &mut RequestHeader,
     settings: Option<&FairnessHeaders>,
-    tenant: Option<Uuid>,
+    tenant: Option<(Uuid, i16)>,
 ) -> pingora::Result<()> {
     request.remove_header(FAIRNESS_KEY);
     request.remove_header(PRIORITY);
     request.remove_header(GATEWAY_SECRET);
-    if let (Some(settings), Some(tenant)) = (settings, tenant) {
+    if let (Some(settings), Some((tenant, priority))) = (settings, tenant) {
         request.insert_header(FAIRNESS_KEY, settings.key_of(tenant))?;
+        request.insert_header(PRIORITY, priority.to_string())?;
         request.insert_header(GATEWAY_SECRET, settings.secret.clone())?;
     }
     Ok(())
@@ -89,13 +91,14 @@ mod tests {
         request.insert_header(FAIRNESS_KEY, "f".repeat(32)).unwrap();
         request.insert_header(PRIORITY, "16").unwrap();
         request.insert_header(GATEWAY_SECRET, "guess").unwrap();
-        set_fairness_headers(&mut request, Some(&settings), Some(a)).unwrap();
+        set_fairness_headers(&mut request, Some(&settings), Some((a, 2))).unwrap();
         assert_eq!(request.headers[FAIRNESS_KEY], key.as_str());
         assert_eq!(request.headers[GATEWAY_SECRET], "shared");
-        assert!(request.headers.get(PRIORITY).is_none());
+        assert_eq!(request.headers[PRIORITY], "2");
         // Without a tenant (or settings) nothing of the client's reaches the backend.
         set_fairness_headers(&mut request, Some(&settings), None).unwrap();
         assert!(request.headers.get(FAIRNESS_KEY).is_none());
         assert!(request.headers.get(GATEWAY_SECRET).is_none());
+        assert!(request.headers.get(PRIORITY).is_none());
     }
 }

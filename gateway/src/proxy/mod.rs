@@ -384,7 +384,7 @@ impl ProxyHttp for Gateway {
         fairness::set_fairness_headers(
             upstream_request,
             self.fairness.as_ref(),
-            ctx.principal.map(|p| p.tenant_id),
+            ctx.principal.map(|p| (p.tenant_id, p.priority)),
         )?;
         if let Some(trace) = &ctx.trace {
             upstream_request.insert_header(TRACEPARENT, trace.traceparent())?;

@@ -76,6 +76,9 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// `tenants.status`: `active` or `suspended`.
     pub tenant_status: String,
+    /// `plans.priority` of the tenant's plan: its level in the backends' fair batchers,
+    /// 1..=16 (1 when the plan is not found).
+    pub plan_priority: i16,
 }
 
 /// Store `key` under a new id (UUIDv7) and return it as listed.
@@ -152,7 +155,7 @@ pub async fn revoke_key(db: impl PgExecutor<'_>, id: Uuid) -> Result<Option<ApiK
     .await
 }
 
-/// The key whose secret hashes to `secret_sha256`, with its tenant's status.
+/// The key whose secret hashes to `secret_sha256`, with its tenant's status and plan priority.
 ///
 /// # Errors
 /// When PostgreSQL fails.
@@ -162,8 +165,10 @@ pub async fn key_by_hash(
 ) -> Result<Option<KeyRecord>, sqlx::Error> {
     sqlx::query_as(
         "SELECT k.id AS key_id, k.tenant_id, k.secret_sha256, k.allowed_models, \
-                k.expires_at, k.revoked_at, t.status AS tenant_status \
+                k.expires_at, k.revoked_at, t.status AS tenant_status, \
+                coalesce(p.priority, 1::smallint) AS plan_priority \
          FROM api_keys k JOIN tenants t ON t.id = k.tenant_id \
+         LEFT JOIN plans p ON p.name = t.plan \
          WHERE k.secret_sha256 = $1",
     )
     .bind(secret_sha256)

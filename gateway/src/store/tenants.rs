@@ -58,6 +58,8 @@ pub struct TenantRecord {
     pub id: Uuid,
     /// `tenants.status`: `active` or `suspended`.
     pub status: String,
+    /// `plans.priority` of the tenant's plan, 1..=16 (1 when the plan is not found).
+    pub plan_priority: i16,
 }
 
 /// Create tenant `name` (active) on `plan`; `None` when a tenant of that name exists.
@@ -147,10 +149,13 @@ pub async fn tenant_by_id(
     db: impl PgExecutor<'_>,
     id: Uuid,
 ) -> Result<Option<TenantRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status FROM tenants WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT t.id, t.status, coalesce(p.priority, 1::smallint) AS plan_priority \
+         FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await
 }
 
 /// Tenant `name` as the data path caches it.
@@ -161,10 +166,13 @@ pub async fn tenant_by_name(
     db: impl PgExecutor<'_>,
     name: &str,
 ) -> Result<Option<TenantRecord>, sqlx::Error> {
-    sqlx::query_as("SELECT id, status FROM tenants WHERE name = $1")
-        .bind(name)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as(
+        "SELECT t.id, t.status, coalesce(p.priority, 1::smallint) AS plan_priority \
+         FROM tenants t LEFT JOIN plans p ON p.name = t.plan WHERE t.name = $1",
+    )
+    .bind(name)
+    .fetch_optional(db)
+    .await
 }
 
 /// Tenant `name` as the admin API shows it; `None` when there is none.
