@@ -196,6 +196,13 @@ impl GatewayConfig {
             redis::Client::open(url)
                 .map_err(|e| anyhow::anyhow!("redis_url: `{url}` is not a Redis URL: {e}"))?;
         }
+        let up = &self.upstream;
+        if up.gateway_secret.is_empty() != up.fairness_hmac_key.is_empty() {
+            bail!("upstream.gateway_secret and upstream.fairness_hmac_key go together: set both (tenant-fair batching) or neither");
+        }
+        if http::HeaderValue::from_str(&up.gateway_secret).is_err() {
+            bail!("upstream.gateway_secret must be visible ASCII (it is sent as a header value)");
+        }
         if self.limits.gateway_instances == 0 {
             bail!("limits.gateway_instances must be at least 1");
         }
@@ -444,6 +451,23 @@ mod tests {
             );
             jail.set_env("REDIS_URL", "redis://127.0.0.1:7000,http://x");
             assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn fairness_settings_come_as_a_pair_of_header_safe_values() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__GATEWAY_SECRET", "shared");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(format!("{e:#}").contains("go together"), "{e:#}");
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__FAIRNESS_HMAC_KEY", "k");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert_eq!(c.upstream.gateway_secret, "shared");
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__GATEWAY_SECRET", "new\nline");
+            let e = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+            assert!(format!("{e:#}").contains("visible ASCII"), "{e:#}");
             Ok(())
         });
     }

@@ -5,6 +5,7 @@
 //! is removed first, so a client can neither forge a key nor learn the secret.
 
 use hmac::{Hmac, Mac};
+use http::HeaderValue;
 use maas_protocol::{FAIRNESS_KEY, GATEWAY_SECRET, PRIORITY};
 use pingora::http::RequestHeader;
 use sha2::Sha256;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct FairnessHeaders {
     /// Sent in `x-maas-gateway-secret`; the backends' `--gateway-secret`.
-    secret: String,
+    secret: HeaderValue,
     /// The HMAC key, known to the gateway only.
     mac: Hmac<Sha256>,
 }
@@ -34,7 +35,7 @@ impl FairnessHeaders {
         }
         let mac = Hmac::<Sha256>::new_from_slice(hmac_key.as_bytes()).ok()?;
         Some(FairnessHeaders {
-            secret: secret.to_owned(),
+            secret: HeaderValue::from_str(secret).ok()?,
             mac,
         })
     }
@@ -45,7 +46,7 @@ impl FairnessHeaders {
         let mut mac = self.mac.clone();
         mac.update(tenant.as_bytes());
         let tag = mac.finalize().into_bytes();
-        tag.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&tag[..16])
     }
 }
 
@@ -62,7 +63,7 @@ pub(super) fn set_fairness_headers(
     request.remove_header(GATEWAY_SECRET);
     if let (Some(settings), Some((tenant, priority))) = (settings, tenant) {
         request.insert_header(FAIRNESS_KEY, settings.key_of(tenant))?;
-        request.insert_header(PRIORITY, priority.to_string())?;
+        request.insert_header(PRIORITY, HeaderValue::from(priority))?;
         request.insert_header(GATEWAY_SECRET, settings.secret.clone())?;
     }
     Ok(())
