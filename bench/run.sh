@@ -15,7 +15,7 @@
 #   backend     4. dynamic batching: a dense 1024 -> 4096 -> 4096 -> 1024 FP32
 #                  model on CPU, release maas-backend, binary tensor bodies of random rows:
 #                  (a) HTTP rows/s at concurrency 64 with batching / raw in-process forward of
-#                  the same batch size (`maas-backend forward-bench`); (b) batched / unbatched at
+#                  the same batch size (`maas-bench forward`); (b) batched / unbatched at
 #                  concurrency 64; (c) p50 at concurrency 1, batched minus unbatched, against
 #                  max_queue_delay_us.
 #   auth        7. authentication on a cache hit (API key, RS256 JWT), criterion.
@@ -54,7 +54,7 @@
 #   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
-#   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, forward-bench,
+#   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, maas-bench forward,
 #                                        TorchServe's worker)
 #   MAAS_BENCH_INGEST_EVENTS=200000      usage events per ingest run (ingest)
 #   MAAS_BENCH_SPLIT_DURATION=8          seconds per measured run (split)
@@ -387,8 +387,8 @@ section_backend() {
         "$BE_MAX_BATCH" "$BE_DELAY_US" "$common")
     # Same model, no [dynamic_batching]: every request is its own forward pass.
     unbatched=$(printf 'max_batch_size = %s\n%s' "$BE_MAX_BATCH" "$common")
-    "$BIN/maas-backend" init-dense --repo "$repo" --model dense-batched --dims "$BE_DIMS" --seed 42 --config "$batched"
-    "$BIN/maas-backend" init-dense --repo "$repo" --model dense-unbatched --dims "$BE_DIMS" --seed 42 --config "$unbatched"
+    "$BIN/maas-bench" init-dense --repo "$repo" --model dense-batched --dims "$BE_DIMS" --seed 42 --config "$batched"
+    "$BIN/maas-bench" init-dense --repo "$repo" --model dense-unbatched --dims "$BE_DIMS" --seed 42 --config "$unbatched"
     port="$(free_port)"
     start_backend "$repo" "$port" "$OUT/logs/backend.log"
     base="http://127.0.0.1:$port"
@@ -419,7 +419,7 @@ JSON
     # idle meanwhile); taken before and after the batched HTTP run, the report keeps the faster.
     raw_forward() { # part
         echo "bench: 4. raw in-process forward, batch $BE_MAX_BATCH, $THREADS threads"
-        "$BIN/maas-backend" forward-bench --repo "$repo" --model dense-batched --batch "$BE_MAX_BATCH" \
+        "$BIN/maas-bench" forward --repo "$repo" --model dense-batched --batch "$BE_MAX_BATCH" \
             --threads "$THREADS" --seconds "$short" | tail -n 1 > "$RES/be-forward-b$BE_MAX_BATCH.$1.json"
         cat "$RES/be-forward-b$BE_MAX_BATCH.$1.json"
     }
@@ -439,7 +439,7 @@ execs = a["maas_inference_exec_count_total"] - b["maas_inference_exec_count_tota
 print(max(1, round(rows / execs)) if execs else 1)' \
         "$RES/be-dense-batched-c$BE_CONCURRENCY.before.json" "$RES/be-dense-batched-c$BE_CONCURRENCY.after.json")"
     echo "bench: 4. raw in-process forward at the observed average batch, $observed rows"
-    "$BIN/maas-backend" forward-bench --repo "$repo" --model dense-batched --batch "$observed" \
+    "$BIN/maas-bench" forward --repo "$repo" --model dense-batched --batch "$observed" \
         --threads "$THREADS" --seconds "$short" | tail -n 1 > "$RES/be-forward-observed.json"
     be_run dense-unbatched "$BE_CONCURRENCY" "$BE_DURATION"
     # (c): a difference of two p50s of a few ms on a shared machine, so in the order
@@ -708,7 +708,7 @@ section_split() {
     batching=$(printf 'max_batch_size = %s\n[dynamic_batching]\nmax_queue_delay_us = 2000\n' \
         "$((SPLIT_BATCH * SPLIT_CONCURRENCY))")
     echo "bench: 9. split: writing the 8 x 4096 x 4096 model"
-    "$BIN/maas-backend" init-dense --repo "$repo" --model dense8 --dims "$SPLIT_DIMS" --seed 42 \
+    "$BIN/maas-bench" init-dense --repo "$repo" --model dense8 --dims "$SPLIT_DIMS" --seed 42 \
         --config "$(printf '%s\n[instances]\nintra_op_threads = %s\n' "$batching" "$THREADS")"
     # The same weights (a link to version 1) as: the whole model on 1 thread, and 2 stages.
     sport="$(free_port)"
@@ -973,7 +973,7 @@ section_soak_inner() {
     mkdir -p "$repo"
     # The digits model's shape (64 -> 128 relu -> 10) with random weights: what matters here is
     # the servers' memory and descriptors, not the answers.
-    "$BIN/maas-backend" init-dense --repo "$repo" --model digits --dims 64,128,10 >/dev/null
+    "$BIN/maas-bench" init-dense --repo "$repo" --model digits --dims 64,128,10 >/dev/null
     BE_PORT="$(free_port)"
     start_backend "$repo" "$BE_PORT" "$OUT/logs/soak-backend.log"
     be_pid="${pids[-1]}"
@@ -1067,10 +1067,11 @@ if { want gateway || want pools || want metrics; } && ! command -v nginx >/dev/n
     else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
 fi
 
-# The backend and the load generator are needed by every section but ingest; the gateway and
-# billing only by the gateway section, whose build failure must not stop the others.
+# The backend, the load generator and the bench's own tools (maas-bench: benchmark models,
+# in-process timings) are needed by every section but ingest; the gateway and billing only by
+# the gateway section, whose build failure must not stop the others.
 if want gateway || want backend || want torchserve || want split || want pools || want metrics || want soak; then
-    cargo build --release -p maas-backend -p maas-loadtest
+    cargo build --release -p maas-backend -p maas-loadtest -p maas-bench
 fi
 export GATEWAY_BUILD_FAILED=""
 if want gateway || want pools || want metrics || want soak; then

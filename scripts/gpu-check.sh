@@ -27,7 +27,7 @@
 #                the same weights in one piece on the CPU: equal outputs (within 1e-4)
 #
 # libtorch comes from the machine's own PyTorch (`python3 -c 'import torch'`) through
-# LD_LIBRARY_PATH; the model repository is made there by `maas-backend init-dense`.
+# LD_LIBRARY_PATH; the model repository is made there by `maas-bench init-dense`.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -48,19 +48,18 @@ for l in sys.stdin:
 
 case "$MODE" in
 build)
-    # Release builds of the three binaries and the example, and the unit-test binary of the
+    # Release builds of the four binaries and the unit-test binary of the
     # backend (its GPU halves need no services or files). Stripped: debug info is most of a
     # binary's size and the 64 MiB carry limit of the GPU machine is for all of them together.
     cd "$ROOT"
     mkdir -p "$BIN/tests"
-    cargo build --release -p maas-backend -p maas-train -p maas-loadtest --bins
-    cargo build --release -p maas-backend --example gpu_check
+    cargo build --release -p maas-backend -p maas-train -p maas-loadtest -p maas-bench --bins
     test_bin=$(lib_test_binary --release)
     cp target/release/maas-backend target/release/maas-train target/release/maas-loadtest \
-        target/release/examples/gpu_check "$BIN/"
+        target/release/maas-bench "$BIN/"
     cp "$test_bin" "$BIN/tests/maas_backend_lib"
     cp data/digits.csv.gz "$BIN/"
-    strip "$BIN"/maas-backend "$BIN"/maas-train "$BIN"/maas-loadtest "$BIN"/gpu_check "$BIN"/tests/*
+    strip "$BIN"/maas-backend "$BIN"/maas-train "$BIN"/maas-loadtest "$BIN"/maas-bench "$BIN"/tests/*
     du -b "$BIN"/* "$BIN"/tests/* | sort -n
     echo "gpu-check: total $(du -cb "$BIN" | tail -1 | cut -f1) bytes in $BIN (limit 67108864)"
     exit 0
@@ -89,13 +88,10 @@ if [ "$DRY" = 1 ]; then
     PY="${MAAS_GPU_CHECK_PYTHON:-$ROOT/.venv/bin/python}"
     # Here the binaries may be the debug build's.
     [ -x "$BIN/maas-backend" ] || BIN="$ROOT/target/debug"
-    GPU_CHECK="$BIN/gpu_check"
-    [ -x "$GPU_CHECK" ] || GPU_CHECK="$BIN/examples/gpu_check"
 else
     DEVICE="${MAAS_GPU_CHECK_DEVICE:-cuda:0}"
     WIDTH=8192 LAYERS=8 BATCH=4096 N=8192 SECONDS_EACH=5 HTTP_S=15 EPOCHS=30
     PY="${MAAS_GPU_CHECK_PYTHON:-python3}"
-    GPU_CHECK="$BIN/gpu_check"
 fi
 TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
 export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -130,7 +126,7 @@ for t in "${TESTS[@]}"; do
 done
 
 # 2. The ceiling: raw bf16 matmul.
-"$GPU_CHECK" matmul --device "$DEVICE" --n "$N" --kind bf16 --seconds "$SECONDS_EACH" > "$WORK/ceiling.json"
+"$BIN/maas-bench" matmul --device "$DEVICE" --n "$N" --kind bf16 --seconds "$SECONDS_EACH" > "$WORK/ceiling.json"
 echo "gpu-check: ceiling $(cat "$WORK/ceiling.json")"
 
 # 3. The dense model in bf16, in process.
@@ -138,8 +134,8 @@ dims=$(printf "$WIDTH%.0s," $(seq 0 "$LAYERS")); dims="${dims%,}"
 REPO="$WORK/repo"
 mkdir -p "$REPO"
 serve_cfg=$(printf 'precision = "bf16"\nmax_batch_size = %s\n[dynamic_batching]\nmax_queue_delay_us = 2000\n[instances]\ndevice = "%s"\n' "$BATCH" "$DEVICE")
-"$BIN/maas-backend" init-dense --repo "$REPO" --model dense --dims "$dims" --seed 1 --config "$serve_cfg" >/dev/null
-"$GPU_CHECK" forward --repo "$REPO" --model dense --batch "$BATCH" --seconds "$SECONDS_EACH" > "$WORK/dense.json"
+"$BIN/maas-bench" init-dense --repo "$REPO" --model dense --dims "$dims" --seed 1 --config "$serve_cfg" >/dev/null
+"$BIN/maas-bench" forward --repo "$REPO" --model dense --batch "$BATCH" --seconds "$SECONDS_EACH" > "$WORK/dense.json"
 echo "gpu-check: dense $(cat "$WORK/dense.json")"
 
 # 4. The same model over HTTP with dynamic batching, requests of BATCH rows; 2 in flight so
@@ -169,8 +165,8 @@ done
 
 # 6. A pipeline with one stage on the device and one on the CPU, against the whole on the CPU.
 pipe_cfg=$(printf 'max_batch_size = 64\n[pipeline]\nmicro_batches = 4\n[[pipeline.stages]]\nlayers = [0, 1]\ndevice = "%s"\n[[pipeline.stages]]\nlayers = [1, 2]\ndevice = "cpu"\n' "$DEVICE")
-"$BIN/maas-backend" init-dense --repo "$WORK/pipe" --model split --dims 64,256,10 --seed 3 --config "$pipe_cfg" >/dev/null
-"$BIN/maas-backend" init-dense --repo "$WORK/pipe" --model whole --dims 64,256,10 --seed 3 --config 'max_batch_size = 64' >/dev/null
+"$BIN/maas-bench" init-dense --repo "$WORK/pipe" --model split --dims 64,256,10 --seed 3 --config "$pipe_cfg" >/dev/null
+"$BIN/maas-bench" init-dense --repo "$WORK/pipe" --model whole --dims 64,256,10 --seed 3 --config 'max_batch_size = 64' >/dev/null
 port=$(free_port)
 "$BIN/maas-backend" serve --repo "$WORK/pipe" --listen "127.0.0.1:$port" > "$WORK/pipe.log" 2>&1 &
 PIDS+=($!)

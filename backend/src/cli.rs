@@ -1,5 +1,5 @@
-//! The command line: `maas-backend serve`, `serve-stage`, `init-dense` and `forward-bench`
-//! (training and imports are `maas-train`'s).
+//! The command line: `maas-backend serve` and `serve-stage` (training and imports are
+//! `maas-train`'s; benchmark models and timings are `maas-bench`'s).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -30,55 +30,6 @@ pub enum Command {
     /// Serve a range of a dense model's layers (one pipeline stage) over HTTP, for a front
     /// `serve` whose config.toml names this address in `[[pipeline.stages]]`.
     ServeStage(ServeStageArgs),
-    /// Write a dense model with random weights (version 1), for benchmarks.
-    InitDense(InitDenseArgs),
-    /// Time the raw in-process forward pass of a model version (no HTTP, no batcher);
-    /// prints one JSON line.
-    ForwardBench(ForwardBenchArgs),
-}
-
-/// `maas-backend init-dense`.
-#[derive(Debug, Args)]
-pub struct InitDenseArgs {
-    /// The model repository.
-    #[arg(long, env = "MAAS_BACKEND_REPO")]
-    pub repo: PathBuf,
-    /// The new model's name (its folder must not exist).
-    #[arg(long)]
-    pub model: String,
-    /// Feature counts, input first, comma-separated: 1024,4096,4096,1024 is three layers.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub dims: Vec<i64>,
-    /// Seed of the random weights.
-    #[arg(long, default_value_t = 42)]
-    pub seed: i64,
-    /// Extra config.toml text whose keys and tables override the generated ones, e.g.
-    /// "max_batch_size = 64\n[dynamic_batching]\nmax_queue_delay_us = 500".
-    #[arg(long, default_value = "")]
-    pub config: String,
-}
-
-/// `maas-backend forward-bench`.
-#[derive(Debug, Args)]
-pub struct ForwardBenchArgs {
-    /// The model repository.
-    #[arg(long, env = "MAAS_BACKEND_REPO")]
-    pub repo: PathBuf,
-    /// The dense model to time.
-    #[arg(long)]
-    pub model: String,
-    /// The version to time.
-    #[arg(long, default_value_t = 1)]
-    pub version: u64,
-    /// Rows per forward pass.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(i64).range(1..))]
-    pub batch: i64,
-    /// libtorch intra-op threads.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
-    pub threads: i32,
-    /// Timed seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub seconds: f64,
 }
 
 /// `maas-backend serve`.
@@ -195,35 +146,6 @@ impl Cli {
         match self.command {
             Command::Serve(args) => args.run(),
             Command::ServeStage(args) => args.run(),
-            Command::InitDense(args) => {
-                let config = args.config.replace("\\n", "\n");
-                let dir = crate::bench::init_dense(
-                    &args.repo,
-                    &args.model,
-                    &args.dims,
-                    args.seed,
-                    &config,
-                )?;
-                println!("wrote {}", dir.display());
-                Ok(())
-            }
-            Command::ForwardBench(args) => {
-                let seconds = if args.seconds.is_finite() && args.seconds > 0.0 {
-                    args.seconds
-                } else {
-                    anyhow::bail!("--seconds must be positive")
-                };
-                let result = crate::bench::forward_bench(
-                    &args.repo,
-                    &args.model,
-                    args.version,
-                    args.batch,
-                    args.threads,
-                    Duration::from_secs_f64(seconds),
-                )?;
-                println!("{}", serde_json::to_string(&result)?);
-                Ok(())
-            }
         }
     }
 }

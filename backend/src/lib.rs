@@ -17,7 +17,7 @@
 //!   TorchScript, pipeline stages);
 //! - `config`: a model's `config.toml`; `metrics`: the counters and their exposition;
 //!   `device_memory`: the GPU memory the process uses (NVML), a process-wide metric;
-//!   `bench`: benchmark models; `cli`: the command line.
+//!   `cli`: the command line.
 //!
 //! Dependencies point one way: `cli` → `http` → `validation`, `repository` → `engine` →
 //! `config` (and `metrics`); `validation` → `config`. No module uses one that uses it.
@@ -28,7 +28,6 @@
 
 #![warn(missing_docs)]
 
-mod bench;
 mod cli;
 mod config;
 mod device_memory;

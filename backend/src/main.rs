@@ -1,4 +1,4 @@
-//! The `maas-backend` command: `serve`, `serve-stage`, `init-dense`, `forward-bench` (see
+//! The `maas-backend` command: `serve` and `serve-stage` (see
 //! [`maas_backend::Cli`]).
 
 use std::process::ExitCode;

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{digits_rows, trained_repo, Server, BIN};
+use common::{digits_rows, trained_repo, workspace_bin, Server, BIN};
 use serde_json::{json, Value};
 
 const TOLERANCE: f32 = 1e-5;
@@ -105,9 +105,10 @@ fn assert_close(split: &[f32], whole: &[f32], what: &str) {
 /// including 1 and sizes not divisible by micro_batches, matches the unsplit model.
 #[test]
 fn split_model_answers_what_the_unsplit_model_answers() {
-    // A 4-layer model with random weights: init-dense writes it, the split copy shares them.
+    // A 4-layer model with random weights: `maas-bench init-dense` writes it, the split copy
+    // shares them.
     let repo = repo_with_digits("equal", &["digits", "digits_split"]);
-    let output = Command::new(BIN)
+    let output = workspace_bin("maas-bench")
         .args(["init-dense", "--repo"])
         .arg(&repo)
         .args(["--model", "wide", "--dims", "64,48,40,32,10", "--seed", "7"])

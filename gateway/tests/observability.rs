@@ -160,12 +160,12 @@ fn promtool_accepts_the_alert_rules() {
 
 /// A `maas-backend serve` on a free port with one small dense model `dense`.
 fn start_real_backend(repo: &Path) -> (ChildGuard, String) {
-    let out = Command::new(workspace_bin("maas-backend"))
+    let out = Command::new(workspace_bin("maas-bench"))
         .args(["init-dense", "--repo"])
         .arg(repo)
         .args(["--model", "dense", "--dims", "4,8,2"])
         .output()
-        .expect("run maas-backend init-dense");
+        .expect("run maas-bench init-dense");
     assert!(
         out.status.success(),
         "{}",

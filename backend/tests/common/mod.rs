@@ -33,7 +33,7 @@ pub fn trained_repo() -> &'static Path {
         let repo = tmp.join(format!("protocol-repo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&repo);
         std::fs::create_dir_all(&repo).unwrap();
-        let output = trainer()
+        let output = workspace_bin("maas-train")
             .args(["train", "--epochs", "15", "--data"])
             .arg(data_path())
             .arg("--repo")
@@ -64,17 +64,16 @@ pub fn trained_repo() -> &'static Path {
     })
 }
 
-/// The training crate's `maas-train`, next to `maas-backend` (the workspace's binaries share
-/// one target folder; `make test` builds them all first).
-fn trainer() -> Command {
-    let maas_train =
-        Path::new(BIN).with_file_name(format!("maas-train{}", std::env::consts::EXE_SUFFIX));
+/// Another binary of the workspace (`maas-train`, `maas-bench`), next to `maas-backend` (the
+/// workspace's binaries share one target folder; `make test` builds them all first).
+pub fn workspace_bin(name: &str) -> Command {
+    let path = Path::new(BIN).with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
-        maas_train.is_file(),
+        path.is_file(),
         "{} not found: run `cargo build --workspace --bins` first (make test does)",
-        maas_train.display()
+        path.display()
     );
-    Command::new(maas_train)
+    Command::new(path)
 }
 
 /// Removes `protocol-repo-<pid>` folders of test processes that are gone.

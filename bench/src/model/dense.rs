@@ -1,27 +1,23 @@
-//! Helpers for benchmarks: a dense model with random weights (`maas-backend init-dense`) and
-//! the raw in-process forward pass of a served version (`maas-backend forward-bench`), the
-//! baseline that HTTP throughput is compared against (see BENCHMARKS.md).
+//! A dense model with random weights, written as a model repository entry that `maas-backend
+//! serve` loads (`config.toml` and `1/model.safetensors`).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde::Serialize;
-use tch::{Device, Kind, Tensor};
-
-use maas_protocol::Datatype;
-
-use crate::config::{
-    dense_classifier, Activation, LayerConfig, ModelConfig, TensorConfig, CONFIG_FILE,
+use maas_backend::{
+    bias_name, dense_classifier, weight_name, Activation, Datatype, LayerConfig, ModelConfig,
+    TensorConfig, CONFIG_FILE, WEIGHTS_FILE,
 };
-use crate::engine::{bias_name, weight_name, DenseModel, WEIGHTS_FILE};
+use tch::{Device, Kind, Tensor};
 
 /// Writes `<repo>/<model>/config.toml` (FP32 `input` → relu layers → `output`, no activation
 /// on the last layer) and version 1 with weights drawn from N(0, 1/in) with `seed`, biases 0.
 ///
 /// `dims` are the feature counts, input first: `[1024, 4096, 4096, 1024]` is three layers.
-/// `extra_config` (TOML text) overrides or adds top-level keys and tables (batching, instances). Errors when
-/// the model folder exists or `dims` has fewer than two entries.
+/// `extra_config` (TOML text) overrides or adds top-level keys and tables (batching, instances,
+/// precision). Returns the model's folder. Errors when the model folder exists, `dims` has
+/// fewer than two entries or a count below 1, or `extra_config` is not TOML that makes a valid
+/// model configuration.
 pub fn init_dense(
     repo: &Path,
     model: &str,
@@ -94,82 +90,32 @@ pub fn init_dense(
     Ok(dir)
 }
 
-/// What [`forward_bench`] measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct ForwardBench {
-    /// Rows per forward pass.
-    pub batch: i64,
-    /// libtorch intra-op threads.
-    pub threads: i32,
-    /// Timed forward passes.
-    pub passes: u64,
-    /// Timed seconds.
-    pub seconds: f64,
-    /// Mean milliseconds per pass (input to the model, forward, output to the host).
-    pub ms_per_pass: f64,
-    /// Rows per second: the in-process ceiling for HTTP throughput at this batch size.
-    pub rows_per_s: f64,
-}
-
-/// Loads `<repo>/<model>/<version>/model.safetensors` as the server does and runs
-/// `forward_rows` on random rows of `batch` for `duration` after one untimed pass, on this
-/// thread with `threads` intra-op threads and no autograd.
-pub fn forward_bench(
-    repo: &Path,
-    model: &str,
-    version: u64,
-    batch: i64,
-    threads: i32,
-    duration: Duration,
-) -> anyhow::Result<ForwardBench> {
-    let dir = repo.join(model);
-    let config = ModelConfig::from_file(&dir.join(CONFIG_FILE))
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join(CONFIG_FILE).display()))?;
-    let weights = dir.join(version.to_string()).join(WEIGHTS_FILE);
-    let dense = DenseModel::load(&config, &weights, Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", weights.display()))?;
-    tch::set_num_threads(threads.max(1));
-    let _no_grad = tch::no_grad_guard();
-    let input: Vec<f32> = Vec::try_from(Tensor::rand(
-        [batch * dense.in_features()],
-        (Kind::Float, Device::Cpu),
-    ))?;
-    dense.forward_rows(&input, batch)?;
-    let started = Instant::now();
-    let mut passes = 0u64;
-    while passes == 0 || started.elapsed() < duration {
-        dense.forward_rows(&input, batch)?;
-        passes += 1;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(ForwardBench {
-        batch,
-        threads,
-        passes,
-        seconds,
-        ms_per_pass: seconds * 1e3 / passes as f64,
-        rows_per_s: (passes as f64) * (batch as f64) / seconds,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TempDir;
+    use crate::testutil::TempRepo;
 
     #[test]
-    fn init_then_measure_a_tiny_model() {
-        let repo = TempDir::new("bench");
+    fn writes_a_model_the_server_configuration_reads() {
+        let repo = TempRepo::new("init-dense");
         let extra = "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 100";
         let dir = init_dense(repo.path(), "tiny", &[4, 8, 2], 1, extra).unwrap();
         let config = ModelConfig::from_file(&dir.join(CONFIG_FILE)).unwrap();
         assert_eq!(config.max_batch_size, 8);
         assert_eq!(config.layers.len(), 2);
+        assert_eq!(
+            (config.layers[0].in_features, config.layers[0].out_features),
+            (4, 8)
+        );
+        assert_eq!(config.layers[0].activation, Activation::Relu);
         assert_eq!(config.layers[1].activation, Activation::None);
-        let result =
-            forward_bench(repo.path(), "tiny", 1, 8, 1, Duration::from_millis(20)).unwrap();
-        assert!(result.passes >= 1 && result.rows_per_s > 0.0, "{result:?}");
-        assert!(init_dense(repo.path(), "tiny", &[4, 2], 1, "").is_err());
-        assert!(init_dense(repo.path(), "other", &[4], 1, "").is_err());
+        assert!(dir.join("1").join(WEIGHTS_FILE).is_file());
+        // The folder exists now; too few dims; a bad extra config.
+        let err = init_dense(repo.path(), "tiny", &[4, 2], 1, "").unwrap_err();
+        assert!(err.to_string().contains("exists"), "{err}");
+        let err = init_dense(repo.path(), "other", &[4], 1, "").unwrap_err();
+        assert!(err.to_string().contains("--dims"), "{err}");
+        let err = init_dense(repo.path(), "third", &[4, 2], 1, "max_batch_size = 0").unwrap_err();
+        assert!(err.to_string().contains("--config"), "{err}");
     }
 }
