@@ -432,9 +432,14 @@ async fn call(
 
 /// The open loop: `size.rps` requests per second for `size.seconds` to `base`, alternating
 /// between the pools' models, each on its own TCP connection (so haproxy spreads them over the
-/// gateways one by one). Returns every sample and the requests skipped because
-/// [`MAX_IN_FLIGHT`] were waiting.
-async fn open_loop(base: String, key: String, size: Size, t0: Instant) -> (Vec<Sample>, u64) {
+/// gateways one by one). Returns every sample and when (on `t0`'s clock) requests were
+/// skipped because [`MAX_IN_FLIGHT`] were waiting.
+async fn open_loop(
+    base: String,
+    key: String,
+    size: Size,
+    t0: Instant,
+) -> (Vec<Sample>, Vec<Duration>) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -444,12 +449,12 @@ async fn open_loop(base: String, key: String, size: Size, t0: Instant) -> (Vec<S
     let in_flight = Arc::new(AtomicUsize::new(0));
     let start = tokio::time::Instant::now();
     let period = Duration::from_secs_f64(1.0 / size.rps as f64);
-    let mut skipped = 0;
+    let mut skipped = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..size.rps * size.seconds {
         tokio::time::sleep_until(start + period.mul_f64(i as f64)).await;
         if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-            skipped += 1;
+            skipped.push(t0.elapsed());
             continue;
         }
         in_flight.fetch_add(1, Ordering::Relaxed);
@@ -757,8 +762,24 @@ async fn a_fleet_behind_haproxy_bills_exactly_once_and_keeps_its_limits_through_
         .collect();
     let ok_set: HashSet<Uuid> = ok_ids.iter().copied().collect();
     let cut_off = ok.iter().filter(|s| !s.whole).count();
+    let mut latencies: Vec<Duration> = ledger.iter().map(|s| s.done - s.sent).collect();
+    latencies.sort_unstable();
+    let quantile = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let slowest = ledger.iter().max_by_key(|s| s.done - s.sent).unwrap();
     println!(
-        "fleet: {} rps x {} s offered, tenant limit {}/s burst {BURST}: {} sent ({skipped} skipped), \
+        "fleet: latency p50 {:?}, p99 {:?}, max {:?} (sent at {:?}, status {}); {} skipped \
+         (first at {:?}, last at {:?})",
+        quantile(0.5),
+        quantile(0.99),
+        slowest.done - slowest.sent,
+        slowest.sent,
+        slowest.status,
+        skipped.len(),
+        skipped.first(),
+        skipped.last(),
+    );
+    println!(
+        "fleet: {} rps x {} s offered, tenant limit {}/s burst {BURST}: {} sent, \
          {} 2xx ({cut_off} with the body cut off), {refused} 429, {} errors; window {window:?}; \
          {in_flight_at_kill} in flight at the gateway kill ({killed_at:?}, reaped {dead_at:?}, \
          restarted {restarted_at:?}); backend killed at {backend_killed_at:?}; \
