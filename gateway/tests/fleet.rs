@@ -83,9 +83,11 @@ const BACKEND_KILL_AT: f64 = 0.6;
 /// One request's deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gateways' usage flush interval, milliseconds; the first run of the gateway that is
-/// killed uses [`VICTIM_FLUSH_MS`], longer than the run, so its usage is all in its spool.
+/// killed uses [`VICTIM_FLUSH_MS`] and [`VICTIM_BATCH`], more than the run lasts and holds,
+/// so its usage is all in its spool when it dies.
 const FLUSH_MS: u64 = 100;
 const VICTIM_FLUSH_MS: u64 = 600_000;
+const VICTIM_BATCH: u64 = 100_000;
 
 /// The load's size: the constants, or `MAAS_FLEET_RPS` / `MAAS_FLEET_SECONDS` (`make fleet`).
 #[derive(Debug, Clone, Copy)]
@@ -547,17 +549,23 @@ async fn a_fleet_behind_haproxy_bills_exactly_once_and_keeps_its_limits_through_
         })
         .collect();
 
-    // Three gateways; gateway 0, the one to be killed, first runs with a flush interval longer
-    // than the whole run: what it serves before its death is only in its spool.
+    // Three gateways; gateway 0, the one to be killed, first runs with a flush interval and a
+    // batch size beyond the whole run: what it serves before its death is only in its spool.
     let mut gateways: Vec<FleetGateway> = (0..GATEWAYS)
         .map(|i| FleetGateway::new(&work.join(format!("gw{i}")), &db_url, &pools_toml))
         .collect();
     for (i, gw) in gateways.iter_mut().enumerate() {
         let env = if i == 0 {
-            vec![(
-                "MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS",
-                VICTIM_FLUSH_MS.to_string(),
-            )]
+            vec![
+                (
+                    "MAAS_GATEWAY_METERING__FLUSH_INTERVAL_MS",
+                    VICTIM_FLUSH_MS.to_string(),
+                ),
+                (
+                    "MAAS_GATEWAY_METERING__BATCH_SIZE",
+                    VICTIM_BATCH.to_string(),
+                ),
+            ]
         } else {
             Vec::new()
         };
