@@ -6,20 +6,20 @@
 //! model per pool.
 //!
 //! An open-loop load of `LOAD_RPS` requests per second for `LOAD_SECONDS` goes through
-//! haproxy, half to each pool's model, with one tenant whose rate limit (`RATE` per second,
-//! burst `BURST`) the load exceeds. Mid-run one gateway is SIGKILLed and started again
+//! haproxy, half to each pool's model, with one tenant whose rate limit (`RATE_OF_LOAD` of
+//! the load per second, burst `BURST`) the load exceeds. Mid-run one gateway is SIGKILLed and started again
 //! `GATEWAY_DOWN` later on the same spool folder and addresses, and one backend of pool `a`
 //! is SIGKILLed (not restarted). After a graceful stop (SIGTERM) of every gateway:
 //!
 //! - **usage**: every 2xx the client saw (its `x-request-id`) has exactly one usage row, and
 //!   the rows with no 2xx the client saw are only requests cut off by the kill after the
 //!   backend had answered; with none of those, usage rows = client 2xx exactly. The killed
-//!   gateway writes nothing before its death (its flush interval is longer than the run), so
-//!   everything it served is billed from its spool by the restarted process. A response counts
-//!   as seen once its 2xx header is (the spool's *billable* record is written before that
-//!   header leaves the gateway, ARCHITECTURE.md "Exactly-once metering"). The hourly rollup
-//!   agrees, and no spool holds an event that PostgreSQL lacks.
-//! - **limits**: client 2xx <= `RATE` x window + `BURST` across the three gateways (window:
+//!   gateway writes nothing before its death (its flush interval and batch size exceed the
+//!   run), so everything it served is billed from its spool by the restarted process. A
+//!   response counts as seen once its 2xx header is (the spool's *billable* record is written
+//!   before that header leaves the gateway, ARCHITECTURE.md "Exactly-once metering"). The
+//!   hourly rollup agrees, and no spool holds an event that PostgreSQL lacks.
+//! - **limits**: client 2xx <= rate x window + `BURST` across the three gateways (window:
 //!   first request sent to last answer received), and some requests were refused (429).
 //! - **errors**: client errors (not 2xx, not 429, or no answer) are at most the requests in
 //!   flight at the kill, measured in the client over the whole fleet (sent before the killed
@@ -871,7 +871,8 @@ async fn a_fleet_behind_haproxy_bills_exactly_once_and_keeps_its_limits_through_
     );
     // The graceful stop drained every spool: nothing in any of them is missing from PostgreSQL.
     for gw in &stopped {
-        let left = maas_gateway::read_dir_events(&gw.spool).unwrap_or_default();
+        let left =
+            maas_gateway::read_dir_events(&gw.spool).expect("read a stopped gateway's spool");
         let undrained = left
             .iter()
             .filter(|e| !rows.contains_key(&e.request_id))
