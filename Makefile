@@ -25,7 +25,7 @@ test: build
 ## The fleet fault test (gateway/tests/fleet.rs, also in `make test` at 300 requests/s for
 ## 20 s) at a larger size: three gateways behind haproxy, one killed and restarted, one
 ## backend killed; `make fleet FLEET_RPS=1000 FLEET_SECONDS=120` sets another size.
-FLEET_RPS ?= 600
+FLEET_RPS ?= 450
 FLEET_SECONDS ?= 60
 fleet: build
 	@MAAS_FLEET_RPS=$(FLEET_RPS) MAAS_FLEET_SECONDS=$(FLEET_SECONDS) scripts/with-services.sh \
