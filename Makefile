@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: setup build release run test lint fmt bench clean
+.PHONY: setup build release run test fleet lint fmt bench clean
 
 ## Install system packages and libtorch (.venv); idempotent.
 setup:
@@ -21,6 +21,15 @@ run: release
 ## The whole suite against a real PostgreSQL and Redis (started privately when needed).
 test: build
 	@scripts/with-services.sh $(CARGO) test --workspace
+
+## The fleet fault test (gateway/tests/fleet.rs, also in `make test` at 300 requests/s for
+## 20 s) at a larger size: three gateways behind haproxy, one killed and restarted, one
+## backend killed; `make fleet FLEET_RPS=1000 FLEET_SECONDS=120` sets another size.
+FLEET_RPS ?= 450
+FLEET_SECONDS ?= 60
+fleet: build
+	@MAAS_FLEET_RPS=$(FLEET_RPS) MAAS_FLEET_SECONDS=$(FLEET_SECONDS) scripts/with-services.sh \
+		$(CARGO) test -p maas-gateway --test fleet -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

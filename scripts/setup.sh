@@ -6,7 +6,8 @@
 #    `make run`), pkg-config and libssl-dev, libhdf5-dev (the backend's Keras HDF5 import;
 #    hdf5-metno finds it through pkg-config), prometheus (its server and promtool, for the
 #    observability tests; its service is not started), redis-tools (redis-cli, for the Redis
-#    Cluster test) and curl (the TLS / HTTP/2 test).
+#    Cluster test), curl (the TLS / HTTP/2 test) and haproxy (the L4 balancer in front of
+#    the fleet test's gateways; its service is not started).
 # 2. Creates `.venv` with PyPI's torch==2.11.0 (the libtorch that `tch =0.24.0` expects) and
 #    points `.venv/libtorch` at its package folder. `.cargo/config.toml` sets LIBTORCH to that
 #    link, so a plain `cargo build` / `cargo test` works afterwards.
@@ -32,6 +33,8 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
 # The TLS test drives the gateway with curl (HTTP/2 through nghttp2).
 command -v curl >/dev/null || need+=(curl)
+# The fleet test runs three gateways behind haproxy (mode tcp), started in the foreground.
+command -v haproxy >/dev/null || need+=(haproxy)
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -e /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 [ -e /usr/include/hdf5/serial/hdf5.h ] || [ -e /usr/include/hdf5.h ] || need+=(libhdf5-dev)

@@ -6,14 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::backend::Backend;
 use common::{
     admin_request, create_key, drop_database, free_addr, fresh_database, gateway_command,
     ChildGuard,
@@ -70,69 +70,6 @@ fn repo(names: &[&str]) -> PathBuf {
         .unwrap();
     }
     dir
-}
-
-/// A running `maas-backend serve`, SIGKILLed on drop.
-struct Backend {
-    child: Option<ChildGuard>,
-    addr: SocketAddr,
-    repo: PathBuf,
-}
-
-impl Backend {
-    /// On a free port.
-    fn start(repo: &Path) -> Backend {
-        Backend::start_at(repo, "127.0.0.1:0")
-    }
-
-    /// On `listen` (retried for a few seconds while the port is still taken).
-    fn start_at(repo: &Path, listen: &str) -> Backend {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let mut child = Command::new(bin("maas-backend"))
-                .args(["serve", "--repo"])
-                .arg(repo)
-                .args(["--listen", listen])
-                .env("RUST_LOG", "error")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start maas-backend");
-            let mut line = String::new();
-            let stdout = child.stdout.take().unwrap();
-            let mut reader = BufReader::new(stdout);
-            let _ = reader.read_line(&mut line);
-            if let Some(addr) = line.trim().strip_prefix("maas-backend listening on ") {
-                std::thread::spawn(move || {
-                    let mut sink = Vec::new();
-                    let _ = reader.read_to_end(&mut sink);
-                });
-                return Backend {
-                    addr: addr.parse().unwrap(),
-                    child: Some(ChildGuard(child)),
-                    repo: repo.to_path_buf(),
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            assert!(
-                Instant::now() < deadline,
-                "maas-backend did not start on {listen}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGKILL, now.
-    fn kill(&mut self) {
-        self.child.take();
-    }
-
-    /// Start again on the same address.
-    fn restart(&mut self) {
-        let mut again = Backend::start_at(&self.repo, &self.addr.to_string());
-        self.child = again.child.take();
-    }
 }
 
 /// A gateway serving `pools_toml` (a TOML fragment of `[[pools]]` entries), with the admin API.

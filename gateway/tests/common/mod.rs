@@ -1,9 +1,12 @@
 //! Shared harness of the gateway's integration tests: a fresh PostgreSQL database per test, a
-//! fake OIP backend, and the `maas-gateway` binary started on free loopback ports.
+//! fake OIP backend, real `maas-backend` processes ([`backend`]), and the `maas-gateway`
+//! binary started on free loopback ports.
 //!
 //! Needs `DATABASE_URL` (a role allowed to CREATE DATABASE) and, for the tests that use it,
 //! `REDIS_URL`; `make test` provides both (scripts/with-services.sh).
 #![allow(dead_code)]
+
+pub mod backend;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
