@@ -89,11 +89,18 @@ pub enum Refusal {
     Evicted = 1,
     /// The model version was unloading (503).
     Closed = 2,
+    /// Waited in the queue longer than its priority level's queue timeout (503).
+    Timeout = 3,
 }
 
 impl Refusal {
     /// Every reason, in index order.
-    pub const ALL: [Refusal; 3] = [Refusal::QueueFull, Refusal::Evicted, Refusal::Closed];
+    pub const ALL: [Refusal; 4] = [
+        Refusal::QueueFull,
+        Refusal::Evicted,
+        Refusal::Closed,
+        Refusal::Timeout,
+    ];
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -101,6 +108,7 @@ impl Refusal {
             Refusal::QueueFull => "queue_full",
             Refusal::Evicted => "evicted",
             Refusal::Closed => "closed",
+            Refusal::Timeout => "timeout",
         }
     }
 }
@@ -324,7 +332,7 @@ impl Collector for Versions {
         }
         let mut family = encoder.encode_descriptor(
             "maas_inference_refused",
-            "Infer requests the batcher's queue refused, by reason (queue_full, evicted, closed).",
+            "Infer requests the batcher's queue refused, by reason (queue_full, evicted, closed, timeout).",
             None,
             prometheus_client::metrics::MetricType::Counter,
         )?;

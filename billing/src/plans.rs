@@ -154,6 +154,76 @@ pub async fn plan_prices(pool: &PgPool, plan: &str) -> Result<Vec<ModelPrice>, B
     .await?)
 }
 
+/// A plan's priority level in the backends' fair batchers (`plans.priority`, migration
+/// `20261203000100_plan_priority.sql`): 1 to 16, default 1. Its tenants' requests are queued at
+/// this level, their weight in the batchers' deficit round robin (rows per round) and the level
+/// whose queue timeout applies; the gateway sends it as `x-maas-priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i16")]
+pub struct PlanPriority(i16);
+
+impl PlanPriority {
+    /// The level of a plan created without one.
+    pub const DEFAULT: PlanPriority = PlanPriority(1);
+    /// The highest level.
+    pub const MAX: i16 = 16;
+
+    /// The level as stored.
+    pub fn level(self) -> i16 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for PlanPriority {
+    type Error = BillingError;
+
+    /// [`BillingError::Invalid`] outside `1..=16`.
+    fn try_from(level: i64) -> Result<Self, BillingError> {
+        i16::try_from(level)
+            .ok()
+            .filter(|l| (1..=Self::MAX).contains(l))
+            .map(PlanPriority)
+            .ok_or_else(|| {
+                BillingError::Invalid(format!(
+                    "priority must be an integer from 1 to {} (the plan's level in the backends' fair batchers), got {level}",
+                    Self::MAX
+                ))
+            })
+    }
+}
+
+impl From<PlanPriority> for i16 {
+    fn from(p: PlanPriority) -> i16 {
+        p.0
+    }
+}
+
+/// Creates `plan` if it does not exist (description empty and priority
+/// [`PlanPriority::DEFAULT`] unless given) and sets the fields given.
+///
+/// # Errors
+/// Any database error.
+pub async fn set_plan(
+    pool: &PgPool,
+    plan: &str,
+    description: Option<&str>,
+    priority: Option<PlanPriority>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO plans (name, description, priority) \
+         VALUES ($1, coalesce($2, ''), coalesce($3, 1::smallint)) \
+         ON CONFLICT (name) DO UPDATE SET \
+             description = coalesce($2, plans.description), \
+             priority = coalesce($3, plans.priority)",
+    )
+    .bind(plan)
+    .bind(description)
+    .bind(priority.map(PlanPriority::level))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// A plan with its prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -162,6 +232,9 @@ pub struct Plan {
     pub name: String,
     /// Free text.
     pub description: String,
+    /// Priority level of the plan's tenants in the backends' fair batchers, 1 to 16.
+    #[cfg_attr(feature = "openapi", schema(value_type = i16, minimum = 1, maximum = 16))]
+    pub priority: PlanPriority,
     /// Its price rows, by model name (`*`: every model without its own row).
     pub prices: Vec<ModelPrice>,
 }
@@ -171,8 +244,8 @@ pub struct Plan {
 /// # Errors
 /// Any database error.
 pub async fn list_plans(pool: &PgPool) -> Result<Vec<Plan>, sqlx::Error> {
-    let plans: Vec<(String, String)> =
-        sqlx::query_as("SELECT name, description FROM plans ORDER BY name")
+    let plans: Vec<(String, String, i16)> =
+        sqlx::query_as("SELECT name, description, priority FROM plans ORDER BY name")
             .fetch_all(pool)
             .await?;
     #[derive(sqlx::FromRow)]
@@ -191,7 +264,9 @@ pub async fn list_plans(pool: &PgPool) -> Result<Vec<Plan>, sqlx::Error> {
     .await?;
     Ok(plans
         .into_iter()
-        .map(|(name, description)| Plan {
+        .map(|(name, description, priority)| Plan {
+            // The column's CHECK keeps it in 1..=16.
+            priority: PlanPriority::try_from(i64::from(priority)).unwrap_or(PlanPriority::DEFAULT),
             prices: rows
                 .iter()
                 .filter(|r| r.plan == name)

@@ -305,6 +305,7 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
         ("/admin/v1/tenants/{tenant_id}/account", "get"),
         ("/admin/v1/plans", "get"),
         ("/admin/v1/plans/{plan}", "get"),
+        ("/admin/v1/plans/{plan}", "put"),
         ("/admin/v1/plans/{plan}/prices/{model}", "put"),
     ] {
         assert!(
@@ -320,6 +321,105 @@ async fn admin_api_manages_tenants_and_keys_seen_by_the_data_path() {
     assert!(body["error"].is_string());
 
     drop(gw_process);
+    drop_database(pool).await;
+}
+
+#[tokio::test]
+async fn operators_set_and_read_a_plans_priority() {
+    let (pool, db_url) = fresh_database().await;
+    let backend = start_backend().await;
+    let (_gw, _listen, admin_addr) = start(&db_url, backend, Some(TOKEN));
+    let admin = Admin {
+        client: reqwest::Client::new(),
+        base: format!("http://{admin_addr}"),
+    };
+    let put = |path: &'static str, body: Value| {
+        let admin = &admin;
+        async move {
+            admin
+                .send(reqwest::Method::PUT, path, Some(body), Some(TOKEN))
+                .await
+        }
+    };
+
+    // The default plan has level 1; a new plan is created with the level given.
+    let (status, plans) = admin.get("/admin/v1/plans").await;
+    assert_eq!(status, 200, "{plans}");
+    assert_eq!(plans[0]["name"], "default");
+    assert_eq!(plans[0]["priority"], 1);
+    let (status, plan) = put(
+        "/admin/v1/plans/gold",
+        json!({"description": "gold support", "priority": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["name"], "gold");
+    assert_eq!(plan["description"], "gold support");
+    assert_eq!(plan["priority"], 8);
+    assert_eq!(plan["prices"], json!([]));
+
+    // An update changes only what it names; prices set later keep the level.
+    let (status, plan) = put("/admin/v1/plans/gold", json!({"priority": 16})).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["priority"], 16);
+    assert_eq!(plan["description"], "gold support");
+    let (status, plan) = put(
+        "/admin/v1/plans/gold/prices/*",
+        json!({"per_request_micro_usd": 5}),
+    )
+    .await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["priority"], 16);
+    let (status, plan) = admin.get("/admin/v1/plans/gold").await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["priority"], 16);
+    assert_eq!(plan["prices"][0]["per_request_micro_usd"], 5);
+    let stored: i16 = sqlx::query_scalar("SELECT priority FROM plans WHERE name = 'gold'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 16);
+
+    // Out of range or not an integer: a 400 JSON error saying what was expected; nothing
+    // changes, and no plan is created.
+    for bad in [
+        json!(0),
+        json!(17),
+        json!(-3),
+        json!(70000),
+        json!(2.5),
+        json!("high"),
+    ] {
+        let (status, body) = put("/admin/v1/plans/gold", json!({ "priority": bad })).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains("priority"), "{bad}: {error}");
+        let (status, body) = put("/admin/v1/plans/silver", json!({ "priority": bad })).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (_, body) = put("/admin/v1/plans/gold", json!({"priority": 0})).await;
+    assert_eq!(
+        body["error"],
+        "priority must be an integer from 1 to 16 (the plan's level in the backends' fair batchers), got 0"
+    );
+    let (status, body) = put("/admin/v1/plans/gold", json!({"level": 3})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, plan) = admin.get("/admin/v1/plans/gold").await;
+    assert_eq!(status, 200);
+    assert_eq!(plan["priority"], 16);
+    let (status, _) = admin.get("/admin/v1/plans/silver").await;
+    assert_eq!(status, 404);
+
+    // The OpenAPI document describes the field and its range.
+    let (_, doc) = admin
+        .send(reqwest::Method::GET, "/admin/v1/openapi.json", None, None)
+        .await;
+    let body_schema = &doc["components"]["schemas"]["PlanBody"]["properties"]["priority"];
+    assert_eq!(body_schema["minimum"], 1, "{body_schema}");
+    assert_eq!(body_schema["maximum"], 16, "{body_schema}");
+    let plan_schema = &doc["components"]["schemas"]["Plan"]["properties"]["priority"];
+    assert_eq!(plan_schema["maximum"], 16, "{plan_schema}");
+
     drop_database(pool).await;
 }
 

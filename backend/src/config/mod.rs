@@ -518,12 +518,36 @@ bias = true
             Some(DynamicBatching {
                 max_queue_delay_us: 500,
                 preferred_batch_sizes: vec![8, 16],
-                max_queue_size: 64
+                max_queue_size: 64,
+                ..DynamicBatching::default()
             })
         );
         assert_eq!(config.instances.count, 2);
         assert_eq!(config.instances.device, DeviceSpec::Cuda(1));
         assert_eq!(ModelConfig::from_toml(&config.to_toml()).unwrap(), config);
+
+        // Queue timeouts per priority level: a default and overrides (0: none for that level).
+        let timed = text.replace(
+            "max_queue_size = 64\n",
+            "max_queue_size = 64\ndefault_timeout_us = 50000\npriority_timeout_us = { 2 = 0, 16 = 5000 }\n",
+        );
+        let batching = ModelConfig::from_toml(&timed)
+            .unwrap()
+            .dynamic_batching
+            .unwrap();
+        assert_eq!(
+            [1, 2, 3, 16].map(|level| batching.timeout_us(level)),
+            [50000, 0, 50000, 5000]
+        );
+        let reread = ModelConfig::from_toml(&ModelConfig::from_toml(&timed).unwrap().to_toml());
+        assert_eq!(reread.unwrap().dynamic_batching, Some(batching));
+        for bad in ["17", "0", "high"] {
+            let e = error_of(&timed.replace("16 = 5000", &format!("{bad} = 5000")));
+            assert!(
+                e.contains("a key is a priority level from 1 to 16") && e.contains(bad),
+                "{e}"
+            );
+        }
 
         let e = error_of(&text.replace("max_batch_size = 32", "max_batch_size = 0"));
         assert!(e.contains("needs max_batch_size > 0"), "{e}");

@@ -12,14 +12,20 @@
 //! The queue holds one FIFO queue per fairness key ([`super::fairness`]) and lists its jobs to
 //! the rules in the order weighted deficit round robin serves them ([`super::drr`]); with one
 //! key (every request without one shares the default key) that order is arrival order.
+//!
+//! A job may carry a deadline, its priority level's queue timeout after its arrival
+//! ([`QueueTimeouts`], Triton's `default_timeout_microseconds` per priority level with
+//! `timeout_action: REJECT`): a job still queued at its deadline is answered
+//! [`WorkerError::QueueTimeout`] and never runs. The waiting request's own timer takes it out
+//! at the deadline ([`Queue::expire`]), and an instance forming a batch skips expired jobs.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::drr::{FairQueue, Scheduled};
-use super::fairness::Fairness;
-use super::InferJob;
+use super::fairness::{Fairness, Priority};
+use super::{InferJob, WorkerError};
 use crate::metrics::{Refusal, VersionMetrics};
 
 /// How one version's instances form batches (from `max_batch_size` and `[dynamic_batching]`).
@@ -38,6 +44,39 @@ pub struct BatchPolicy {
     pub max_queue_size: usize,
     /// libtorch intra-op threads per instance. At least 1.
     pub intra_op_threads: i32,
+    /// The longest a job of each priority level may wait in the queue.
+    pub queue_timeouts: QueueTimeouts,
+}
+
+/// The queue timeout of each priority level (`[dynamic_batching] default_timeout_us` and
+/// `priority_timeout_us`): how long a job of that level may wait from its arrival to the start
+/// of its forward pass; `None`: as long as it takes. Default: no timeout at any level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueTimeouts {
+    /// Index `level - 1`.
+    by_level: [Option<Duration>; Priority::MAX.level() as usize],
+}
+
+impl QueueTimeouts {
+    /// `timeout(level)` for each level 1 to 16 (`None` or zero: no timeout).
+    pub fn from_levels(timeout: impl Fn(u8) -> Option<Duration>) -> QueueTimeouts {
+        QueueTimeouts {
+            by_level: std::array::from_fn(|i| {
+                u8::try_from(i + 1)
+                    .ok()
+                    .and_then(&timeout)
+                    .filter(|t| !t.is_zero())
+            }),
+        }
+    }
+
+    /// The timeout of `priority`, if it has one.
+    pub fn of(&self, priority: Priority) -> Option<Duration> {
+        self.by_level
+            .get(usize::from(priority.level()).saturating_sub(1))
+            .copied()
+            .flatten()
+    }
 }
 
 impl BatchPolicy {
@@ -50,6 +89,7 @@ impl BatchPolicy {
             preferred_batch_sizes: Vec::new(),
             max_queue_size: queue,
             intra_op_threads: threads,
+            queue_timeouts: QueueTimeouts::default(),
         }
     }
 }
@@ -58,6 +98,8 @@ impl BatchPolicy {
 /// per fairness key served by weighted deficit round robin ([`super::drr`]).
 #[derive(Debug)]
 pub(super) struct Queue {
+    /// The version's label (`model/version`), for the errors of jobs refused after queueing.
+    label: String,
     state: Mutex<QueueState>,
     /// Signalled when a job is queued, an instance becomes free, or the queue closes.
     changed: Condvar,
@@ -92,9 +134,11 @@ impl Scheduled for InferJob {
 }
 
 impl Queue {
-    /// An open, empty queue whose batches follow `policy`; `metrics.pending` counts its jobs.
-    pub(super) fn new(policy: BatchPolicy, metrics: Arc<VersionMetrics>) -> Queue {
+    /// An open, empty queue of version `label` whose batches follow `policy`;
+    /// `metrics.pending` counts its jobs.
+    pub(super) fn new(label: String, policy: BatchPolicy, metrics: Arc<VersionMetrics>) -> Queue {
         Queue {
+            label,
             state: Mutex::new(QueueState {
                 jobs: FairQueue::new(),
                 closed: false,
@@ -175,7 +219,8 @@ impl Queue {
             1
         };
         loop {
-            self.drop_abandoned(&mut state.jobs);
+            let now = Instant::now();
+            self.drop_finished(&mut state.jobs, now);
             if state.jobs.is_empty() {
                 if state.closed {
                     return None;
@@ -186,7 +231,6 @@ impl Queue {
                     .unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            let now = Instant::now();
             let jobs = state.jobs.order(window).into_iter().map(|job| Queued {
                 rows: job.rows,
                 alone: job.alone,
@@ -216,16 +260,49 @@ impl Queue {
         }
     }
 
-    /// Drops the jobs whose clients went away before they ran.
-    fn drop_abandoned(&self, jobs: &mut FairQueue<InferJob>) {
-        let dropped = jobs.drain_where(|job| job.reply.is_closed());
+    /// Answers the queued jobs whose deadline is at or before `now` with
+    /// [`WorkerError::QueueTimeout`] (and drops those whose clients went away) and wakes the
+    /// instances; the jobs refused for their timeout.
+    pub(super) fn expire(&self, now: Instant) -> usize {
+        let mut state = self.lock();
+        let expired = self.drop_finished(&mut state.jobs, now);
+        drop(state);
+        if expired > 0 {
+            self.changed.notify_all();
+        }
+        expired
+    }
+
+    /// Drops the jobs whose clients went away before they ran, and answers those whose
+    /// deadline is at or before `now` with [`WorkerError::QueueTimeout`]; the jobs timed out.
+    fn drop_finished(&self, jobs: &mut FairQueue<InferJob>, now: Instant) -> usize {
+        let dropped =
+            jobs.drain_where(|job| job.reply.is_closed() || job.deadline.is_some_and(|d| d <= now));
+        if dropped.is_empty() {
+            return 0;
+        }
+        let mut expired = 0;
         for job in &dropped {
             self.metrics.queued(job.fairness.priority.level(), -1);
         }
-        let dropped = i64::try_from(dropped.len()).unwrap_or(0);
-        if dropped > 0 {
-            self.metrics.pending.fetch_sub(dropped, Ordering::AcqRel);
+        let count = i64::try_from(dropped.len()).unwrap_or(0);
+        self.metrics.pending.fetch_sub(count, Ordering::AcqRel);
+        for job in dropped {
+            if job.reply.is_closed() {
+                continue;
+            }
+            expired += 1;
+            self.metrics.refuse(Refusal::Timeout);
+            let priority = job.fairness.priority;
+            let error = WorkerError::QueueTimeout {
+                label: self.label.clone(),
+                priority: priority.level(),
+                timeout: self.policy.queue_timeouts.of(priority).unwrap_or_default(),
+            };
+            // The client may be gone meanwhile; nothing to do then.
+            let _ = job.reply.send(Err(error));
         }
+        expired
     }
 }
 
@@ -333,6 +410,7 @@ pub(super) fn batching(max: i64, delay_ms: u64, preferred: Vec<i64>, queue: usiz
         preferred_batch_sizes: preferred,
         max_queue_size: queue,
         intra_op_threads: 1,
+        queue_timeouts: QueueTimeouts::default(),
     }
 }
 
@@ -350,6 +428,103 @@ mod tests {
             alone: false,
             enqueued: t0 + ms(at_ms),
         }
+    }
+
+    #[test]
+    fn jobs_past_their_level_timeout_are_answered_and_never_run() {
+        use super::super::fairness::FairnessKey;
+        use crate::metrics::Refusal;
+        use tokio::sync::oneshot;
+
+        // Level 1 may wait 20 ms, level 2 50 ms, level 3 as long as it takes.
+        let mut policy = batching(8, 0, vec![], 16);
+        policy.queue_timeouts = QueueTimeouts::from_levels(|level| match level {
+            1 => Some(ms(20)),
+            2 => Some(ms(50)),
+            _ => None,
+        });
+        let timeouts = policy.queue_timeouts;
+        let metrics = Arc::new(VersionMetrics::default());
+        let queue = Queue::new("m/1".into(), policy, metrics.clone());
+        // The schedule starts a second ago, so that the instance's own clock is past it.
+        let t0 = Instant::now() - Duration::from_secs(1);
+        let mut replies = Vec::new();
+        for (level, at_ms) in [(1, 0), (2, 0), (3, 0), (1, 10)] {
+            let (reply, answer) = oneshot::channel();
+            let priority = Priority::new(level).unwrap();
+            let enqueued = t0 + ms(at_ms);
+            queue
+                .push(InferJob {
+                    rows: 1,
+                    input: vec![f32::from(level)],
+                    enqueued,
+                    fairness: Fairness {
+                        key: FairnessKey::from_bits(u128::from(level)),
+                        priority,
+                    },
+                    deadline: timeouts.of(priority).map(|t| enqueued + t),
+                    alone: false,
+                    reply,
+                })
+                .unwrap();
+            replies.push(answer);
+        }
+        let timed_out = |answer: &mut oneshot::Receiver<_>| match answer.try_recv() {
+            Ok(Err(WorkerError::QueueTimeout {
+                label,
+                priority,
+                timeout,
+            })) => Some((label, priority, timeout)),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            other => panic!("{other:?}"),
+        };
+        // Nothing is due before 20 ms; at 20 ms the first level-1 job, at 30 ms the second.
+        assert_eq!(queue.expire(t0 + ms(19)), 0);
+        assert_eq!(queue.expire(t0 + ms(20)), 1);
+        assert_eq!(
+            timed_out(&mut replies[0]),
+            Some(("m/1".to_string(), 1, ms(20)))
+        );
+        assert_eq!(queue.expire(t0 + ms(29)), 0);
+        assert_eq!(queue.expire(t0 + ms(30)), 1);
+        assert_eq!(
+            timed_out(&mut replies[3]),
+            Some(("m/1".to_string(), 1, ms(20)))
+        );
+        assert_eq!(timed_out(&mut replies[1]), None);
+        assert_eq!(metrics.pending.load(Ordering::Acquire), 2);
+        // An instance forming a batch now (a second on) skips the level-2 job, due at 50 ms,
+        // and runs the level-3 job alone.
+        let batch = queue.next_batch(t0).expect("a batch");
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].fairness.priority.level(), 3);
+        assert_eq!(
+            timed_out(&mut replies[1]),
+            Some(("m/1".to_string(), 2, ms(50)))
+        );
+        assert_eq!(
+            metrics.refused[Refusal::Timeout as usize].load(Ordering::Relaxed),
+            3
+        );
+        assert_eq!(metrics.pending.load(Ordering::Acquire), 0);
+        assert_eq!(metrics.pending_by_priority[1].load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn without_timeouts_no_job_has_a_deadline() {
+        let policy = batching(8, 0, vec![], 16);
+        for level in 1..=16 {
+            assert_eq!(
+                policy.queue_timeouts.of(Priority::new(level).unwrap()),
+                None
+            );
+        }
+        let zero = QueueTimeouts::from_levels(|_| Some(Duration::ZERO));
+        assert_eq!(
+            zero,
+            QueueTimeouts::default(),
+            "0 is no timeout, as in Triton"
+        );
     }
 
     #[test]

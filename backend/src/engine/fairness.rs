@@ -75,7 +75,7 @@ impl Priority {
     }
 
     /// The level as a number, `1..=16`.
-    pub fn level(self) -> u8 {
+    pub const fn level(self) -> u8 {
         self.0
     }
 

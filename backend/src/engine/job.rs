@@ -19,6 +19,10 @@ pub struct InferJob {
     pub enqueued: Instant,
     /// Whose queue it joins in the batcher, and that queue's weight.
     pub fairness: Fairness,
+    /// When the job is answered [`WorkerError::QueueTimeout`] if it has not started its
+    /// forward pass by then: `enqueued` plus its priority level's queue timeout; `None`: no
+    /// timeout.
+    pub deadline: Option<Instant>,
     /// Run at once, alone, without waiting for a batch to fill (warmup requests).
     pub alone: bool,
     /// Where the result goes.
@@ -48,6 +52,18 @@ pub enum WorkerError {
     /// The queue is full: the model version is overloaded.
     #[error("{0}: too many requests waiting; retry later")]
     QueueFull(String),
+    /// The job waited in the queue longer than its priority level's queue timeout
+    /// (`[dynamic_batching] default_timeout_us` / `priority_timeout_us`) and was taken out
+    /// without running.
+    #[error("{label}: waited longer than the queue timeout of priority level {priority} ({} ms); retry later", timeout.as_secs_f64() * 1e3)]
+    QueueTimeout {
+        /// The worker's label (`model/version`).
+        label: String,
+        /// The job's priority level, 1 to 16.
+        priority: u8,
+        /// That level's queue timeout.
+        timeout: Duration,
+    },
     /// The worker threads have stopped (shutdown, or they died).
     #[error("{0}: the worker has stopped")]
     Stopped(String),

@@ -29,7 +29,7 @@ mod torchscript;
 mod transfer;
 mod worker;
 
-pub use batcher::BatchPolicy;
+pub use batcher::{BatchPolicy, QueueTimeouts};
 pub use dense::{activate, bias_name, weight_name, DenseModel, WEIGHTS_FILE};
 pub use error::{LoadError, RemoteStageError};
 pub use fairness::{Fairness, FairnessKey, Priority};

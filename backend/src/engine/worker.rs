@@ -24,10 +24,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::batcher::{BatchPolicy, Queue, Refused};
+use super::batcher::{BatchPolicy, Queue, QueueTimeouts, Refused};
 use super::fairness::Fairness;
 use super::{Forward, ForwardError, ForwardOutput, InferJob, WorkerError};
 use crate::metrics::VersionMetrics;
+
+/// Where a job's answer comes.
+type Reply = oneshot::Receiver<Result<ForwardOutput, WorkerError>>;
 
 /// Server-wide defaults for workers (command line), which a model's `config.toml` may override.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +60,7 @@ pub struct Worker {
     queue: Arc<Queue>,
     threads: Vec<JoinHandle<()>>,
     metrics: Arc<VersionMetrics>,
+    timeouts: QueueTimeouts,
 }
 
 impl Worker {
@@ -73,7 +77,7 @@ impl Worker {
                 "a worker needs at least one instance",
             ));
         }
-        let queue = Arc::new(Queue::new(policy.clone(), metrics.clone()));
+        let queue = Arc::new(Queue::new(label.clone(), policy.clone(), metrics.clone()));
         // Every instance is free from now on, before any job can be queued.
         let started = Instant::now();
         let mut threads = Vec::with_capacity(instances.len());
@@ -105,6 +109,7 @@ impl Worker {
             queue,
             threads,
             metrics,
+            timeouts: policy.queue_timeouts,
         })
     }
 
@@ -132,14 +137,37 @@ impl Worker {
     ///
     /// [`WorkerError::QueueFull`] when `max_queue_size` jobs are pending and this key has at
     /// least as many rows queued as any other (at once), or when a job of another key took
-    /// this one's place because this key had the most rows queued.
+    /// this one's place because this key had the most rows queued;
+    /// [`WorkerError::QueueTimeout`] when its level has a queue timeout and the job is still
+    /// queued when it has passed (answered then, not when an instance gets to it).
     pub async fn infer_as(
         &self,
         fairness: Fairness,
         rows: i64,
         input: Vec<f32>,
     ) -> Result<ForwardOutput, WorkerError> {
-        let result = self.enqueue(fairness, rows, input, false)?;
+        let (mut result, deadline) = self.enqueue(fairness, rows, input, false)?;
+        if let Some(deadline) = deadline {
+            tokio::select! {
+                answer = &mut result => {
+                    return answer.map_err(|_| WorkerError::Stopped(self.label.clone()))?;
+                }
+                () = tokio::time::sleep_until(deadline.into()) => {}
+            }
+            // The deadline passed. Unless the answer is in already (the forward pass ended
+            // meanwhile, or another request's timer expired this job too), take every expired
+            // job out of the queue: this one, if still queued, is answered QueueTimeout now;
+            // if it is in a forward pass, its answer follows.
+            match result.try_recv() {
+                Ok(answer) => return answer,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(WorkerError::Stopped(self.label.clone()))
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    self.queue.expire(Instant::now());
+                }
+            }
+        }
         result
             .await
             .map_err(|_| WorkerError::Stopped(self.label.clone()))?
@@ -149,25 +177,36 @@ impl Worker {
     /// async runtime (warmup while loading). Panics if called from within an async context
     /// (tokio's `blocking_recv` rule).
     pub fn infer_blocking(&self, rows: i64, input: Vec<f32>) -> Result<ForwardOutput, WorkerError> {
-        let result = self.enqueue(Fairness::default(), rows, input, true)?;
+        let (result, _) = self.enqueue(Fairness::default(), rows, input, true)?;
         result
             .blocking_recv()
             .map_err(|_| WorkerError::Stopped(self.label.clone()))?
     }
 
+    /// Queues the job; where its answer comes, and its deadline (none for a job that runs
+    /// alone: warmup waits for nothing but the instance).
     fn enqueue(
         &self,
         fairness: Fairness,
         rows: i64,
         input: Vec<f32>,
         alone: bool,
-    ) -> Result<oneshot::Receiver<Result<ForwardOutput, WorkerError>>, WorkerError> {
+    ) -> Result<(Reply, Option<Instant>), WorkerError> {
         let (reply, result) = oneshot::channel();
+        let enqueued = Instant::now();
+        let deadline = if alone {
+            None
+        } else {
+            self.timeouts
+                .of(fairness.priority)
+                .and_then(|timeout| enqueued.checked_add(timeout))
+        };
         let job = InferJob {
             rows,
             input,
-            enqueued: Instant::now(),
+            enqueued,
             fairness,
+            deadline,
             alone,
             reply,
         };
@@ -179,7 +218,7 @@ impl Worker {
                         .reply
                         .send(Err(WorkerError::QueueFull(self.label.clone())));
                 }
-                Ok(result)
+                Ok((result, deadline))
             }
             Err(Refused::Full) => Err(WorkerError::QueueFull(self.label.clone())),
             Err(Refused::Closed) => Err(WorkerError::Stopped(self.label.clone())),
@@ -560,6 +599,67 @@ mod tests {
         for task in flood {
             task.await.unwrap().unwrap();
         }
+        assert_eq!(metrics.pending.load(Ordering::Acquire), 0);
+    }
+
+    /// A queue timeout is kept while every instance is busy: the waiting request's own timer
+    /// answers it at its level's timeout, not when the instance gets to it.
+    #[tokio::test]
+    async fn a_queued_job_past_its_level_timeout_is_answered_while_the_instance_is_busy() {
+        use crate::engine::{FairnessKey, Priority};
+        use crate::metrics::Refusal;
+        let (model, batches) = recorder(400);
+        let metrics = Arc::new(VersionMetrics::default());
+        let mut policy = batching(1, 0, vec![], 16);
+        policy.queue_timeouts =
+            QueueTimeouts::from_levels(|level| (level == 1).then(|| Duration::from_millis(50)));
+        let worker =
+            Arc::new(Worker::spawn("t/1".into(), vec![model], policy, metrics.clone()).unwrap());
+        let at = |level| Fairness {
+            key: FairnessKey::from_bits(u128::from(level)),
+            priority: Priority::new(level).unwrap(),
+        };
+        let spawn = |level: u8| {
+            let worker = worker.clone();
+            tokio::spawn(async move { worker.infer_as(at(level), 1, vec![1.0]).await })
+        };
+        // The first job's 400 ms pass starts; a level-2 job (no timeout) and a level-1 job
+        // (50 ms) queue behind it.
+        let running = spawn(1);
+        until(|| batches.lock().unwrap().len() == 1).await;
+        let patient = spawn(2);
+        let started = Instant::now();
+        let refused = worker.infer_as(at(1), 1, vec![1.0]).await;
+        let waited = started.elapsed();
+        match refused {
+            Err(WorkerError::QueueTimeout {
+                priority, timeout, ..
+            }) => {
+                assert_eq!(priority, 1);
+                assert_eq!(timeout, Duration::from_millis(50));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_millis(300),
+            "{waited:?}"
+        );
+        assert_eq!(
+            batches.lock().unwrap().len(),
+            1,
+            "answered during the first pass"
+        );
+        assert_eq!(
+            metrics.refused[Refusal::Timeout as usize].load(Ordering::Relaxed),
+            1
+        );
+        running.await.unwrap().unwrap();
+        patient.await.unwrap().unwrap();
+        assert_eq!(
+            *batches.lock().unwrap(),
+            vec![1, 1],
+            "the timed-out job never ran"
+        );
         assert_eq!(metrics.pending.load(Ordering::Acquire), 0);
     }
 

@@ -66,9 +66,9 @@ impl Error {
                 RepositoryError::List(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Error::Worker(e) => match e {
-                WorkerError::QueueFull(_) | WorkerError::Stopped(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                WorkerError::QueueFull(_)
+                | WorkerError::QueueTimeout { .. }
+                | WorkerError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
                 WorkerError::Forward { source, .. } if source.is_unavailable() => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
@@ -98,6 +98,7 @@ impl Error {
             },
             Error::Worker(e) => match e {
                 WorkerError::QueueFull(_) => "overloaded",
+                WorkerError::QueueTimeout { .. } => "queue_timeout",
                 WorkerError::Stopped(_) => "not_ready",
                 WorkerError::Forward { source, .. } if source.is_unavailable() => "not_ready",
                 WorkerError::Forward { .. } => "internal",
@@ -166,6 +167,17 @@ mod tests {
         assert_eq!(
             Error::from(WorkerError::QueueFull("m/1".into())).status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+        let e = Error::from(WorkerError::QueueTimeout {
+            label: "m/1".into(),
+            priority: 2,
+            timeout: std::time::Duration::from_millis(50),
+        });
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.error_type(), "queue_timeout");
+        assert_eq!(
+            e.client_message(),
+            "m/1: waited longer than the queue timeout of priority level 2 (50 ms); retry later"
         );
     }
 }

@@ -10,8 +10,8 @@ use super::layout::{parse_version, version_numbers};
 use super::{LoadError, LoadProblem, RepositoryError, RepositoryOptions};
 use crate::config::{ModelConfig, Platform, CONFIG_FILE};
 use crate::engine::{
-    BatchPolicy, DenseModel, Forward, PipelineModel, PipelineVersion, TorchScriptModel, Worker,
-    WorkerOptions, MODULE_FILE, WEIGHTS_FILE,
+    BatchPolicy, DenseModel, Forward, PipelineModel, PipelineVersion, QueueTimeouts,
+    TorchScriptModel, Worker, WorkerOptions, MODULE_FILE, WEIGHTS_FILE,
 };
 use crate::metrics::{PipelineMetrics, VersionMetrics};
 
@@ -277,6 +277,9 @@ pub(super) fn batch_policy(config: &ModelConfig, defaults: WorkerOptions) -> Bat
                 .collect(),
             max_queue_size: queue(batching.max_queue_size),
             intra_op_threads: threads,
+            queue_timeouts: QueueTimeouts::from_levels(|level| {
+                Some(Duration::from_micros(batching.timeout_us(level)))
+            }),
         },
         _ => BatchPolicy::unbatched(queue(0), threads),
     }

@@ -88,7 +88,10 @@ fn router(state: AdminState) -> Router {
             put(plans::put_tenant_plan),
         )
         .route("/admin/v1/plans", get(plans::list_plans))
-        .route("/admin/v1/plans/{plan}", get(plans::get_plan))
+        .route(
+            "/admin/v1/plans/{plan}",
+            get(plans::get_plan).put(plans::put_plan),
+        )
         .route(
             "/admin/v1/plans/{plan}/prices/{model}",
             put(plans::put_price),

@@ -1,11 +1,12 @@
 //! Plans and prices over the admin API (operator only; the same data as `maas-billing plan
-//! set|show|assign`): list the plans with their prices, read one, set one model's price
-//! (creating the plan), and put a tenant on a plan. Money is integer micro-USD. A change is
+//! set|show|assign`): list the plans with their prices, read one, create or update one (its
+//! description and priority level), set one model's price (creating the plan), and put a
+//! tenant on a plan. Money is integer micro-USD. A change is
 //! announced to every gateway ([`crate::invalidation`]): budgets are priced with these rows.
 
 use axum::extract::State;
 use axum::Json;
-use maas_billing::plans::{self as billing_plans, ModelPrice, Plan};
+use maas_billing::plans::{self as billing_plans, ModelPrice, Plan, PlanPriority};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -33,6 +34,20 @@ pub struct PriceBody {
     pub included_inferences: i64,
     /// Compute microseconds per month at no charge.
     pub included_compute_us: i64,
+}
+
+/// Body of `PUT /admin/v1/plans/{plan}`: the fields to set; a field left out keeps its value
+/// (for a new plan: an empty description, priority 1).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanBody {
+    /// Free text.
+    pub description: Option<String>,
+    /// The plan's priority level in the backends' fair batchers, 1 to 16: its tenants'
+    /// requests get this many rows per round of the batchers' deficit round robin under
+    /// contention (a level-1 plan's one) and their level's queue timeout.
+    #[schema(minimum = 1, maximum = 16)]
+    pub priority: Option<i64>,
 }
 
 /// Body of `PUT /admin/v1/tenants/{tenant_id}/plan`.
@@ -86,6 +101,33 @@ pub async fn get_plan(
     State(state): State<AdminState>,
     AppPath(PlanName(plan)): AppPath<PlanName>,
 ) -> Result<Json<Plan>, AppError> {
+    Ok(Json(plan_named(&state, &plan).await?))
+}
+
+/// Create `plan` or update its description and priority level; the plan as it now is. Every
+/// gateway hears of the change; a tenant's requests carry the new level once its cached
+/// credential is read again (`auth.cache_ttl_ms`, or at once through the invalidation
+/// channel).
+#[utoipa::path(
+    put, path = "/admin/v1/plans/{plan}",
+    params(("plan" = String, Path, description = "Plan name")),
+    request_body = PlanBody,
+    responses(
+        (status = 200, description = "The plan as it now is", body = Plan),
+        (status = 400, description = "A priority outside 1 to 16, an unknown field or a bad name", body = ErrorBody),
+        (status = 401, description = "Missing or wrong operator token", body = ErrorBody),
+        (status = 403, description = "A tenant admin's token (operator only)", body = ErrorBody)
+    )
+)]
+pub async fn put_plan(
+    State(state): State<AdminState>,
+    AppPath(PlanName(plan)): AppPath<PlanName>,
+    AppJson(body): AppJson<PlanBody>,
+) -> Result<Json<Plan>, AppError> {
+    let priority = body.priority.map(PlanPriority::try_from).transpose()?;
+    billing_plans::set_plan(&state.pool, &plan, body.description.as_deref(), priority).await?;
+    tracing::info!(%plan, priority = ?priority.map(PlanPriority::level), "admin: plan set");
+    state.announce_change(None).await;
     Ok(Json(plan_named(&state, &plan).await?))
 }
 

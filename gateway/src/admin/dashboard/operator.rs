@@ -1,6 +1,6 @@
 //! The operator's page: every tenant ranked by this month's spend (list price), with
-//! suspend and reactivate buttons, the plans with their prices, and this gateway's backend
-//! pools (health, ejection, requests in flight).
+//! suspend and reactivate buttons, the plans with their priority levels and prices, and this
+//! gateway's backend pools (health, ejection, requests in flight).
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -58,12 +58,12 @@ pub async fn page(State(state): State<AdminState>, signed: SignedIn) -> Result<M
         }
         h2 { "Plans (micro-USD)" }
         table id="plans-table" {
-            thead { tr { th { "Plan" } th { "Model" } th.num { "Per request" } th.num { "Per 1k inferences" }
+            thead { tr { th { "Plan" } th.num { "Priority" } th { "Model" } th.num { "Per request" } th.num { "Per 1k inferences" }
                 th.num { "Per compute second" } th.num { "Included requests" } th.num { "Included inferences" } } }
             tbody {
                 @for p in &plans {
                     @for price in &p.prices {
-                        tr { td { (p.name) } td { (price.model) } td.num { (price.per_request_micro_usd) }
+                        tr { td { (p.name) } td.num { (p.priority.level()) } td { (price.model) } td.num { (price.per_request_micro_usd) }
                              td.num { (price.per_1k_inferences_micro_usd) } td.num { (price.per_compute_second_micro_usd) }
                              td.num { (price.included_requests) } td.num { (price.included_inferences) } }
                     }
