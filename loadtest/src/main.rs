@@ -17,8 +17,8 @@ mod plot;
 mod record;
 mod report;
 mod runner;
-mod schedule;
 mod scenario;
+mod schedule;
 mod timer;
 
 use std::path::PathBuf;
@@ -85,6 +85,11 @@ struct Args {
     /// Write a latency-by-percentile SVG plot here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Open loop: keep the thread awake (polling, not sleeping) while a request is in flight,
+    /// so that the answer is read when it comes rather than after a wake-up; costs a core
+    /// while requests are in flight.
+    #[arg(long)]
+    busy_poll: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -293,6 +298,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut slots = Slots::open(addr, s.concurrency).await;
 
     let phase = Phase {
+        busy_poll: args.busy_poll,
         mode: s.mode,
         rate: s.rate,
         duration_s: s.duration_s,

@@ -250,7 +250,10 @@ mod tests {
         assert_eq!(r.keys["a"].transport_errors, 1);
         assert_eq!(r.percentile_curve.last(), Some(&(100.0, 1000)));
         assert!(r.table().contains("p99.9"));
-        assert!(r.send_lag_us.is_none(), "closed loop has no intended send times");
+        assert!(
+            r.send_lag_us.is_none(),
+            "closed loop has no intended send times"
+        );
     }
 
     #[test]
@@ -281,7 +284,10 @@ mod tests {
         assert_eq!(at(99.9), r.latency_us.p999);
         assert_eq!(at(100.0), r.latency_us.max);
         // Send lags 0..9 us, each a tenth of the requests (0 is recorded as 1 us).
-        let lag = r.send_lag_us.as_ref().expect("open loop reports its send lag");
+        let lag = r
+            .send_lag_us
+            .as_ref()
+            .expect("open loop reports its send lag");
         assert_eq!((lag.p50, lag.p90, lag.max), (4, 8, 9));
         assert!(table.contains("send lag"), "{table}");
         assert!(

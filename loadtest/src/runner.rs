@@ -108,6 +108,10 @@ pub fn weight_schedule(weights: &[u32]) -> Vec<usize> {
 /// Parameters of one phase (warm-up or measured); its concurrency is the number of [`Slots`].
 #[derive(Debug, Clone, Copy)]
 pub struct Phase {
+    /// Open loop: while a request is in flight, poll the reactor without sleeping (the thread
+    /// stays awake for the answer instead of being woken for it, as a back-to-back closed loop
+    /// does); costs a core while requests are in flight.
+    pub busy_poll: bool,
     /// Open or closed loop.
     pub mode: Mode,
     /// Open loop: requests per second.
@@ -142,6 +146,8 @@ struct Arrivals {
     /// The pacer has scheduled its last request.
     done: Cell<bool>,
     ready: Notify,
+    /// A request went in flight (wakes the busy poller).
+    busy: Notify,
 }
 
 impl Arrivals {
@@ -203,16 +209,38 @@ pub async fn run_phase(
     match phase.mode {
         Mode::Open => {
             let arrivals = Rc::new(Arrivals::default());
+            let in_flight = Rc::new(Cell::new(0usize));
+            let poller = phase.busy_poll.then(|| {
+                let (arrivals, in_flight) = (arrivals.clone(), in_flight.clone());
+                tokio::task::spawn_local(async move {
+                    loop {
+                        if in_flight.get() > 0 {
+                            // A yielded task runs again after a non-blocking poll of the reactor.
+                            tokio::task::yield_now().await;
+                        } else {
+                            arrivals.busy.notified().await;
+                        }
+                    }
+                })
+            });
             for mut conn in slots.conns.drain(..) {
-                let (target, arrivals, rec, sent) =
-                    (target.clone(), arrivals.clone(), rec.clone(), sent.clone());
+                let (target, arrivals, rec, sent, in_flight) = (
+                    target.clone(),
+                    arrivals.clone(),
+                    rec.clone(),
+                    sent.clone(),
+                    in_flight.clone(),
+                );
                 workers.spawn_local(async move {
                     while let Some((i, intended)) = arrivals.next().await {
                         // Waiting for a free slot counts as latency: it is the server's delay.
                         let started = Instant::now();
                         sent.set(sent.get() + 1);
+                        in_flight.set(in_flight.get() + 1);
+                        arrivals.busy.notify_one();
                         let (key, status) = target.send(&mut conn, i).await;
                         let done = Instant::now();
+                        in_flight.set(in_flight.get() - 1);
                         rec.borrow_mut().record(Sample {
                             key,
                             status,
@@ -236,6 +264,12 @@ pub async fn run_phase(
             }
             arrivals.done.set(true);
             arrivals.ready.notify_waiters();
+            while let Some(conn) = workers.join_next().await {
+                slots.conns.push(conn.context("a load slot")?);
+            }
+            if let Some(p) = poller {
+                p.abort();
+            }
         }
         Mode::Closed => {
             let next = Rc::new(Cell::new(0u64));

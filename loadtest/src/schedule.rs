@@ -66,6 +66,9 @@ mod tests {
         let t0 = Instant::now();
         let s = Schedule::new(t0, Duration::from_secs(2000), 3.0, u64::MAX);
         let d = s.at(3000).expect("in the phase") - t0;
-        assert!(d.abs_diff(Duration::from_secs(1000)) < Duration::from_nanos(2), "{d:?}");
+        assert!(
+            d.abs_diff(Duration::from_secs(1000)) < Duration::from_nanos(2),
+            "{d:?}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::time::{
     timerfd_create, timerfd_settime, Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags,
@@ -15,6 +15,10 @@ use rustix::time::{
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+/// The last stretch before a deadline is spun, not slept: waking a sleeping thread takes tens
+/// of microseconds on a busy machine, a spin on the clock costs at most this much CPU per wait.
+pub const SPIN: Duration = Duration::from_micros(50);
 
 /// A one-shot timer on `CLOCK_MONOTONIC` (the clock of [`Instant`] on Linux).
 pub struct Timer {
@@ -37,11 +41,21 @@ impl Timer {
         Ok(Timer { fd })
     }
 
-    /// Returns at `deadline` (at once when it has passed).
+    /// Returns at `deadline` (at once when it has passed): sleeps on the timerfd until
+    /// [`SPIN`] before it, then spins on the clock.
     ///
     /// # Errors
     /// `timerfd_settime` or the read of the expiration count failed.
     pub async fn sleep_until(&mut self, deadline: Instant) -> io::Result<()> {
+        self.sleep_on_fd(deadline.checked_sub(SPIN).unwrap_or(deadline))
+            .await?;
+        while Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    async fn sleep_on_fd(&mut self, deadline: Instant) -> io::Result<()> {
         let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
             return Ok(());
