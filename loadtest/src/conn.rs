@@ -1,14 +1,15 @@
 //! One keep-alive HTTP/1.1 connection to the target, owned by one load slot (hyper's
 //! connection-level client, `hyper::client::conn::http1`): no pool to check out of, no
-//! connection task on another thread. The connection's driver runs as a task on the same
-//! current-thread runtime as the slot, so a request and its answer cross no thread.
+//! connection task: the connection's state machine is polled by the slot's own task together
+//! with the request, so a request and its answer cross no thread and wake no other task.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{handshake, SendRequest};
+use hyper::client::conn::http1::{handshake, Connection as Driver, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
@@ -19,6 +20,8 @@ pub enum ConnError {
     Connect(std::io::Error),
     /// The HTTP exchange failed (reset, closed early, malformed answer).
     Http(hyper::Error),
+    /// The server closed the connection before answering.
+    Closed,
 }
 
 impl std::fmt::Display for ConnError {
@@ -26,20 +29,30 @@ impl std::fmt::Display for ConnError {
         match self {
             ConnError::Connect(e) => write!(f, "connect: {e}"),
             ConnError::Http(e) => write!(f, "http: {e}"),
+            ConnError::Closed => write!(f, "the server closed the connection"),
         }
     }
 }
+
+/// hyper's HTTP/1.1 client state machine over a TCP stream, sending full-body requests.
+type HttpDriver = Driver<TokioIo<TcpStream>, Full<Bytes>>;
 
 /// A connection that reconnects on the next request after a failure or a server close.
 pub struct Connection {
     addr: SocketAddr,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// hyper's connection state machine, polled by [`Connection::send`] itself (no task).
+    driver: Option<Pin<Box<HttpDriver>>>,
 }
 
 impl Connection {
     /// A connection to `addr`, not yet open.
     pub fn new(addr: SocketAddr) -> Self {
-        Connection { addr, sender: None }
+        Connection {
+            addr,
+            sender: None,
+            driver: None,
+        }
     }
 
     /// The open connection, or a new one (TCP_NODELAY: a request is one small write that
@@ -58,11 +71,7 @@ impl Connection {
                 let (sender, conn) = handshake(TokioIo::new(stream))
                     .await
                     .map_err(ConnError::Http)?;
-                tokio::task::spawn_local(async move {
-                    // Ends when the server closes or the sender is dropped; a failure shows up
-                    // as the next request's error.
-                    let _ = conn.await;
-                });
+                self.driver = Some(Box::pin(conn));
                 sender
             }
         };
@@ -73,6 +82,7 @@ impl Connection {
     /// opens a new one.
     pub fn close(&mut self) {
         self.sender = None;
+        self.driver = None;
     }
 
     /// Sends one request and reads the whole answer; returns its HTTP status.
@@ -81,17 +91,31 @@ impl Connection {
     /// The connection could not be (re)opened or the exchange failed; the connection is then
     /// dropped and the next request opens a new one.
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<u16, ConnError> {
-        let result = async {
-            let sender = self.open().await?;
-            sender.ready().await.map_err(ConnError::Http)?;
-            let resp = sender.send_request(req).await.map_err(ConnError::Http)?;
-            let status = resp.status().as_u16();
-            resp.into_body().collect().await.map_err(ConnError::Http)?;
-            Ok(status)
+        if let Err(e) = self.open().await {
+            self.close();
+            return Err(e);
         }
-        .await;
+        let result = {
+            let (Some(sender), Some(driver)) = (self.sender.as_mut(), self.driver.as_mut()) else {
+                return Err(ConnError::Closed);
+            };
+            let exchange = async {
+                sender.ready().await.map_err(ConnError::Http)?;
+                let resp = sender.send_request(req).await.map_err(ConnError::Http)?;
+                let status = resp.status().as_u16();
+                resp.into_body().collect().await.map_err(ConnError::Http)?;
+                Ok(status)
+            };
+            tokio::pin!(exchange);
+            // The exchange and the connection's state machine, polled together in this task.
+            tokio::select! {
+                biased;
+                r = &mut exchange => r,
+                _ = driver.as_mut() => Err(ConnError::Closed),
+            }
+        };
         if result.is_err() {
-            self.sender = None;
+            self.close();
         }
         result
     }
