@@ -6,7 +6,7 @@ Usage: bench_report.py RESULTS_DIR OUTPUT.md
 Every figure is a ratio or a difference of two measurements taken in the same run, on the
 same machine, so the machine's speed cancels out as far as it can.
 
-Each section of bench/run.sh (gateway, backend, torchserve, auth, ingest, split, pools, metrics,
+Each section of bench/run.sh (loadtool, gateway, backend, torchserve, auth, ingest, split, pools, metrics,
 soak) is written on its own: a section
 that failed (RESULTS_DIR/<section>.failed), was not run (<section>.skipped) or left incomplete
 results gets a "not measured: <why>" line, and the others are written all the same.
@@ -119,6 +119,64 @@ def fmt_batch(b):
 
 
 # --- sections ------------------------------------------------------------------------------------
+
+
+# --- section loadtool ----------------------------------------------------------------------------
+
+
+def loadtool_section(res):
+    cfg = load(res, "lt-config")
+    w1, w32 = load(res, "lt-wrk-c1"), load(res, "lt-wrk-c32")
+    lt_open, lt_busy = load(res, "lt-open"), load_opt(res, "lt-open-busy")
+    lt_c1, lt_c32 = load(res, "lt-closed-c1"), load(res, "lt-closed-c32")
+    rate = cfg["rate"]
+    lines = [
+        "## 0. The load generator's own floor",
+        "",
+        f"wrk (`-t1`, Debian's package, a Lua script posting the body) and `maas-loadtest` (one thread)",
+        f"side by side against nginx's fixed OIP answer, the same digits body, {cfg['duration_s']} s per run.",
+        "maas-loadtest's open loop measures from each request's intended send time (no coordinated",
+        "omission); its send lag is how late it handed a request to its connection.",
+        "",
+        "| run | requests/s | p50 µs | p90 µs | p99 µs | send lag p50 / p99 µs |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(name, r, lag=None):
+        lat = r["latency_us"]
+        lag_text = f"{lag['p50']:,} / {lag['p99']:,}" if lag else "-"
+        lines.append(f"| {name} | {r['throughput_rps']:,.0f} | {lat['p50']:,} | {lat['p90']:,} |"
+                     f" {lat['p99']:,} | {lag_text} |")
+
+    row("wrk -c1", w1)
+    row(f"maas-loadtest open loop, {rate} req/s", lt_open, lt_open.get("send_lag_us"))
+    if lt_busy:
+        row(f"maas-loadtest open loop, {rate} req/s, --busy-poll", lt_busy, lt_busy.get("send_lag_us"))
+    row("maas-loadtest closed, c=1", lt_c1)
+    row("wrk -c32", w32)
+    row("maas-loadtest closed, c=32", lt_c32)
+    p50_ratio = lt_open["latency_us"]["p50"] / max(w1["latency_us"]["p50"], 1)
+    best = min([lt_open] + ([lt_busy] if lt_busy else []), key=lambda r: r["latency_us"]["p50"])
+    best_ratio = best["latency_us"]["p50"] / max(w1["latency_us"]["p50"], 1)
+    tput_ratio = lt_c32["throughput_rps"] / max(w32["throughput_rps"], 1e-9)
+    lines += [
+        "",
+        f"- Open-loop p50 at {rate} req/s: {lt_open['latency_us']['p50']:,} µs = {p50_ratio:.2f}x wrk -c1's"
+        f" {w1['latency_us']['p50']:,} µs (target: <= 1.5x): {verdict(p50_ratio <= 1.5)}."
+        + (f" With `--busy-poll`: {lt_busy['latency_us']['p50']:,} µs = "
+           f"{lt_busy['latency_us']['p50'] / max(w1['latency_us']['p50'], 1):.2f}x." if lt_busy else ""),
+        f"- Closed loop at c=32: {lt_c32['throughput_rps']:,.0f} req/s = {tput_ratio:.2f}x wrk -c32's"
+        f" {w32['throughput_rps']:,.0f} (target: >= 0.8x): {verdict(tput_ratio >= 0.8)}.",
+        f"- Closed loop at c=1 (back to back, as wrk -c1): p50 {lt_c1['latency_us']['p50']:,} µs ="
+        f" {lt_c1['latency_us']['p50'] / max(w1['latency_us']['p50'], 1):.2f}x wrk's. The open loop's"
+        " p50 exceeds it by the wake-ups an idle client pays and a back-to-back one does not: its send"
+        " lag (timerfd expiry to the write) and the wake-up for the answer (what `--busy-poll` removes).",
+        "",
+    ]
+    if best_ratio > 1.5:
+        lines += [f"- Floor that stops the p50 target here: the best open-loop p50 is {best_ratio:.2f}x"
+                  f" wrk -c1's; of it, send lag p50 {best.get('send_lag_us', {}).get('p50', '?')} µs.", ""]
+    return lines
 
 
 def gateway_section(res):
@@ -761,6 +819,7 @@ def soak_section(res):
 
 
 SECTIONS = [
+    ("loadtool", "0. The load generator's own floor", loadtool_section),
     ("gateway", "Gateway (figures 1-3: overhead, peak throughput against nginx, metering accuracy)",
      gateway_section),
     ("backend", "4. Backend: dynamic batching", backend_section),

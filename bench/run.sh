@@ -3,6 +3,10 @@
 # BENCHMARKS.md (bench/report.py) from the JSON results in .data/bench/results/.
 #
 # Sections (each figure judged by a ratio of two measurements taken in this same run):
+#   loadtool    0. the load generator's own floor: wrk (-t1) and maas-loadtest side by side
+#                  against nginx's fixed answer, the same digits body: wrk -c1 p50 against
+#                  maas-loadtest's open loop at a low rate (target: within 1.5x), and closed-loop
+#                  throughput at concurrency 32 (target: >= 0.8x wrk's).
 #   gateway     1. gateway overhead: the same open-loop load (1,000 requests/s) straight to a
 #                  trivially fast upstream (nginx returning a fixed OIP answer) and through
 #                  maas-gateway with authentication and metering on; added p50 and p99.
@@ -48,11 +52,12 @@
 #
 # Environment:
 #   MAAS_BENCH_ONLY=backend,torchserve   run only these sections (default: all,
-#                                        gateway,backend,torchserve,auth,ingest,split,pools,metrics,
+#                                        loadtool,gateway,backend,torchserve,auth,ingest,split,pools,metrics,
 #                                        dashboard,soak)
 #   MAAS_BENCH_DASHBOARD_EVENTS=10000000 usage events generated (dashboard)
 #   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
+#   MAAS_BENCH_LOADTOOL_DURATION=5       seconds per measured run (loadtool)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, maas-bench forward,
 #                                        TorchServe's worker)
@@ -73,7 +78,7 @@ RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
-ONLY="${MAAS_BENCH_ONLY:-gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard,soak}"
+ONLY="${MAAS_BENCH_ONLY:-loadtool,gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard,soak}"
 MET_DURATION="${MAAS_BENCH_METRICS_DURATION:-5}"
 MET_ROUNDS=3
 MET_CONCURRENCY=32
@@ -117,6 +122,7 @@ fail() { echo "$*" > "$RES/$SECTION.failed"; echo "bench: $SECTION: $*" >&2; exi
 # The result files of each section (kept across runs that leave the section out).
 section_files() {
     case "$1" in
+        loadtool) echo "lt-*" ;;
         gateway) echo "overhead-* gw-* peak-* lim-* metering-rows.txt" ;;
         metrics) echo "met-*" ;;
         backend) echo "be-*" ;;
@@ -158,6 +164,47 @@ run_section() {
     rm -f "$RES/$name.error"
     [ "$rc" = 0 ] || echo "bench: section $name failed: $(cat "$RES/$name.failed")"
     return 0
+}
+
+# ================================================================================================
+# Section loadtool: the load generator's own floor, wrk and maas-loadtest side by side.
+# ================================================================================================
+LT_DURATION="${MAAS_BENCH_LOADTOOL_DURATION:-5}"
+LT_RATE=500
+
+section_loadtool() {
+    command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    command -v wrk >/dev/null || fail "wrk is not installed and could not be installed"
+    local UP_PORT NGX_PROXY_PORT
+    start_fixed_upstream
+    local URL="http://127.0.0.1:$UP_PORT/v2/models/digits/infer"
+    # The same digits row for both tools: maas-loadtest builds it, wrk sends it as a file.
+    local LT=("$BIN/maas-loadtest" --no-progress --url "$URL" --body file --body-file "$OUT/lt-body.json")
+    python3 - "$OUT/lt-body.json" <<'PY'
+import gzip, json, sys
+row = gzip.open("data/digits.csv.gz", "rt").readline().strip().split(",")[:64]
+body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [float(x) for x in row]}]}
+open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
+PY
+    wrk_run() { # connections name
+        WRK_BODY="$OUT/lt-body.json" WRK_JSON="$RES/$2.json" \
+            wrk -t1 -c"$1" -d"${LT_DURATION}s" --latency -s bench/wrk/post.lua "$URL"
+    }
+    echo "bench: loadtool: warm-up"
+    "${LT[@]}" --mode closed --concurrency 32 --duration 1 --json "$OUT/lt-warmup.json" 2>/dev/null
+    echo "bench: loadtool: concurrency 1 (${LT_DURATION} s each)"
+    wrk_run 1 lt-wrk-c1
+    "${LT[@]}" --mode open --rate "$LT_RATE" --concurrency 4 --duration "$LT_DURATION" \
+        --name lt-open --json "$RES/lt-open.json"
+    "${LT[@]}" --mode open --rate "$LT_RATE" --concurrency 4 --duration "$LT_DURATION" --busy-poll \
+        --name lt-open-busy --json "$RES/lt-open-busy.json"
+    "${LT[@]}" --mode closed --concurrency 1 --duration "$LT_DURATION" \
+        --name lt-closed-c1 --json "$RES/lt-closed-c1.json"
+    echo "bench: loadtool: concurrency 32"
+    wrk_run 32 lt-wrk-c32
+    "${LT[@]}" --mode closed --concurrency 32 --duration "$LT_DURATION" \
+        --name lt-closed-c32 --json "$RES/lt-closed-c32.json"
+    printf '{"rate": %s, "duration_s": %s}\n' "$LT_RATE" "$LT_DURATION" > "$RES/lt-config.json"
 }
 
 # ================================================================================================
@@ -1061,15 +1108,23 @@ trap 'stop_servers' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if { want gateway || want pools || want metrics; } && ! command -v nginx >/dev/null; then
+if { want loadtool || want gateway || want pools || want metrics; } && ! command -v nginx >/dev/null; then
     echo "bench: installing nginx"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; };
     else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
+fi
+if want loadtool && ! command -v wrk >/dev/null; then
+    echo "bench: installing wrk"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null;
+    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; fi || true
 fi
 
 # The backend, the load generator and the bench's own tools (maas-bench: benchmark models,
 # in-process timings) are needed by every section but ingest; the gateway and billing only by
 # the gateway section, whose build failure must not stop the others.
+if want loadtool; then
+    cargo build --release -p maas-loadtest
+fi
 if want gateway || want backend || want torchserve || want split || want pools || want metrics || want soak; then
     cargo build --release -p maas-backend -p maas-loadtest -p maas-bench
 fi
@@ -1094,6 +1149,7 @@ if want auth; then
     cargo bench -q -p maas-gateway --bench auth --no-run
 fi
 
+run_section loadtool section_loadtool
 run_section gateway section_gateway
 run_section backend section_backend
 run_section torchserve section_torchserve

@@ -12,20 +12,23 @@
 //! Scenario files live in `loadtest/scenarios/`.
 
 mod body;
+mod conn;
 mod plot;
 mod record;
 mod report;
 mod runner;
 mod scenario;
+mod schedule;
+mod timer;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::rc::Rc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
 
 use report::Report;
-use runner::{run_phase, weight_schedule, Phase, Target};
+use runner::{run_phase, weight_schedule, Phase, Slots, Target};
 use scenario::{BodySource, Encoding, KeySpec, Mode, Scenario};
 
 #[derive(Parser, Debug)]
@@ -82,6 +85,11 @@ struct Args {
     /// Write a latency-by-percentile SVG plot here.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Open loop: keep the thread awake (polling, not sleeping) while a request is in flight,
+    /// so that the answer is read when it comes rather than after a wake-up; costs a core
+    /// while requests are in flight.
+    #[arg(long)]
+    busy_poll: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -199,9 +207,12 @@ async fn fetch_input_metadata(
         .context("the model's metadata lists no input")
 }
 
-#[tokio::main]
+/// One thread, as `wrk -t1`: the load loops, their connections and their pacing timer share a
+/// current-thread runtime (see `runner`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
-    match run(Args::parse()).await {
+    let local = tokio::task::LocalSet::new();
+    match local.run_until(run(Args::parse())).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // One line, the causes joined by ": " (anyhow's alternate form), and no backtrace.
         Err(e) => {
@@ -223,8 +234,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     check_target(&url, args.allow_remote)?;
 
     let keys = s.resolved_keys()?;
+    if url.scheme() != "http" {
+        bail!("only http:// targets are supported, got {url_text}");
+    }
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(s.concurrency)
         .timeout(std::time::Duration::from_secs_f64(s.timeout_s))
         .build()?;
     let auth_headers: Vec<(String, Option<String>)> = if keys.is_empty() {
@@ -233,6 +246,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         keys.iter()
             .map(|(l, k, _)| (l.clone(), Some(format!("Bearer {k}"))))
             .collect()
+    };
+    let auth_values = auth_headers
+        .iter()
+        .map(|(l, a)| {
+            let value = a
+                .as_deref()
+                .map(http::HeaderValue::from_str)
+                .transpose()
+                .with_context(|| format!("key {l}: not a valid header value"))?;
+            Ok((l.clone(), value))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let host = url.host_str().context("the url has no host")?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let authority = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
     };
     let weights: Vec<u32> = if keys.is_empty() {
         vec![1]
@@ -246,18 +285,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None
     };
     let bodies = body::build_pool(&s.body, metadata.as_ref())?;
-    let target = Arc::new(Target {
-        client,
-        url: url_text,
-        keys: auth_headers,
+    let target = Rc::new(Target {
+        uri: http::Uri::try_from(path.as_str())
+            .with_context(|| format!("bad path in {url_text}"))?,
+        host: http::HeaderValue::from_str(&authority)
+            .with_context(|| format!("bad host in {url_text}"))?,
+        keys: auth_values,
         schedule: weight_schedule(&weights),
         bodies,
+        timeout: std::time::Duration::from_secs_f64(s.timeout_s),
     });
+    let mut slots = Slots::open(addr, s.concurrency).await;
 
     let phase = Phase {
+        busy_poll: args.busy_poll,
         mode: s.mode,
         rate: s.rate,
-        concurrency: s.concurrency,
         duration_s: s.duration_s,
         max_requests: s.max_requests,
     };
@@ -267,9 +310,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             duration_s: s.warmup_s,
             ..phase
         };
-        run_phase(target.clone(), warm, progress).await?;
+        run_phase(target.clone(), &mut slots, warm, progress).await?;
     }
-    let (rec, elapsed) = run_phase(target, phase, progress).await?;
+    let (rec, elapsed) = run_phase(target, &mut slots, phase, progress).await?;
     let mode = match s.mode {
         Mode::Open => "open",
         Mode::Closed => "closed",

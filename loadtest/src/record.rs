@@ -14,6 +14,10 @@ pub struct Sample {
     pub status: Option<u16>,
     /// Latency, microseconds.
     pub latency_us: u64,
+    /// Open loop: how late the request was handed to its connection after its intended send
+    /// time, microseconds (the load generator's own lateness plus any wait for a free slot);
+    /// `None` in closed loop.
+    pub send_lag_us: Option<u64>,
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -29,6 +33,8 @@ pub struct Recorder {
     pub overall: Histogram<u64>,
     /// Latencies per key, microseconds.
     pub per_key: Vec<Histogram<u64>>,
+    /// Open loop: send lag of every request ([`Sample::send_lag_us`]), microseconds.
+    pub send_lag: Histogram<u64>,
     /// Answers per HTTP status, per key.
     pub statuses: Vec<BTreeMap<u16, u64>>,
     /// Requests without an HTTP answer, per key.
@@ -48,6 +54,7 @@ impl Recorder {
         Ok(Recorder {
             labels,
             overall: histogram()?,
+            send_lag: histogram()?,
             per_key: (0..n).map(|_| histogram()).collect::<anyhow::Result<_>>()?,
             statuses: vec![BTreeMap::new(); n],
             transport_errors: vec![0; n],
@@ -57,6 +64,10 @@ impl Recorder {
     /// Records one sample. Only answered requests enter the latency histograms.
     pub fn record(&mut self, s: Sample) {
         let k = s.key.min(self.labels.len() - 1);
+        if let Some(lag) = s.send_lag_us {
+            // A lag of 0 us is recorded as 1 us, the histogram's lowest value.
+            self.send_lag.saturating_record(lag.max(1));
+        }
         match s.status {
             Some(code) => {
                 self.overall.saturating_record(s.latency_us.max(1));

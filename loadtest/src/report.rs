@@ -33,6 +33,10 @@ pub struct Report {
     pub ok_throughput_rps: f64,
     /// Latency percentiles over all answers.
     pub latency_us: Percentiles,
+    /// Open loop: how late requests were handed to their connection after their intended send
+    /// times (the tool's own lateness plus waits for a free slot); absent in closed loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_us: Option<Percentiles>,
     /// Per key label: statuses and latency.
     pub keys: BTreeMap<String, KeyReport>,
     /// (percentile, latency us) points for plotting, from the overall histogram.
@@ -160,6 +164,7 @@ impl Report {
             throughput_rps: per_s(responses),
             ok_throughput_rps: per_s(ok),
             latency_us: Percentiles::of(&rec.overall),
+            send_lag_us: (!rec.send_lag.is_empty()).then(|| Percentiles::of(&rec.send_lag)),
             keys,
             percentile_curve,
         }
@@ -197,6 +202,9 @@ impl Report {
             ));
         };
         row("all", &self.latency_us);
+        if let Some(lag) = &self.send_lag_us {
+            row("send lag", lag);
+        }
         if self.keys.len() > 1 {
             for (k, r) in &self.keys {
                 row(k, &r.latency_us);
@@ -219,12 +227,14 @@ mod tests {
                 key: (v % 2) as usize,
                 status: Some(if v <= 900 { 200 } else { 429 }),
                 latency_us: v,
+                send_lag_us: None,
             });
         }
         rec.record(Sample {
             key: 0,
             status: None,
             latency_us: 5,
+            send_lag_us: None,
         });
         let r = Report::new("t", "closed", None, 4, &rec, Duration::from_secs(2));
         assert_eq!(r.responses, 1000);
@@ -240,6 +250,10 @@ mod tests {
         assert_eq!(r.keys["a"].transport_errors, 1);
         assert_eq!(r.percentile_curve.last(), Some(&(100.0, 1000)));
         assert!(r.table().contains("p99.9"));
+        assert!(
+            r.send_lag_us.is_none(),
+            "closed loop has no intended send times"
+        );
     }
 
     #[test]
@@ -252,6 +266,7 @@ mod tests {
                 key: 0,
                 status: Some(200),
                 latency_us: 100 + v * v / 1_000_000,
+                send_lag_us: Some(v % 10),
             });
         }
         let r = Report::new("t", "open", Some(1.0), 1, &rec, Duration::from_secs(1));
@@ -262,12 +277,19 @@ mod tests {
                 .map(|&(_, v)| v)
                 .expect("point on the curve")
         };
+        let table = r.table();
         assert_eq!(at(50.0), r.latency_us.p50);
         assert_eq!(at(90.0), r.latency_us.p90);
         assert_eq!(at(99.0), r.latency_us.p99);
         assert_eq!(at(99.9), r.latency_us.p999);
         assert_eq!(at(100.0), r.latency_us.max);
-        let table = r.table();
+        // Send lags 0..9 us, each a tenth of the requests (0 is recorded as 1 us).
+        let lag = r
+            .send_lag_us
+            .as_ref()
+            .expect("open loop reports its send lag");
+        assert_eq!((lag.p50, lag.p90, lag.max), (4, 8, 9));
+        assert!(table.contains("send lag"), "{table}");
         assert!(
             table.contains(&format!(
                 " {:>9} {:>9}\n",

@@ -44,7 +44,12 @@ fn temp(name: &str) -> PathBuf {
 fn run(addr: SocketAddr, mode: &str, extra: &[String]) -> serde_json::Value {
     let body = temp("body.json");
     std::fs::write(&body, br#"{"inputs":[]}"#).expect("body file");
-    let json = temp(&format!("{mode}.json"));
+    // Tests run in parallel in one process: one report file per run.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let json = temp(&format!(
+        "{mode}-{}.json",
+        RUNS.fetch_add(1, Ordering::SeqCst)
+    ));
     let out = Command::new(env!("CARGO_BIN_EXE_maas-loadtest"))
         .arg("--url")
         .arg(format!("http://{addr}/v2/models/m/infer"))
@@ -95,6 +100,13 @@ async fn open_loop_sends_the_scheduled_count_and_charges_stalls_to_delayed_reque
         p95 >= 50_000,
         "open-loop p95 {p95} us should show the stall"
     );
+    // The stall also shows as send lag: the requests behind it waited for the one connection.
+    let lag = &r["send_lag_us"];
+    assert!(
+        lag["p50"].as_u64().is_some(),
+        "open loop reports its send lag: {r}"
+    );
+    assert!(lag["max"].as_u64().expect("max lag") >= 100_000, "{lag}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(
         svg.starts_with("<svg") && svg.contains("<polyline"),
@@ -110,8 +122,26 @@ async fn open_loop_sends_the_scheduled_count_and_charges_stalls_to_delayed_reque
     .await
     .expect("join");
     assert_eq!(r["responses"], 300);
+    assert!(
+        r.get("send_lag_us").is_none(),
+        "closed loop has no intended send times"
+    );
     assert!(r["latency_us"]["max"].as_u64().expect("max") >= 200_000);
     assert!(r["latency_us"]["p99"].as_u64().expect("p99") < 50_000);
+}
+
+/// `--busy-poll` keeps the same schedule and the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_polling_sends_the_same_schedule() {
+    let addr = start_server().await;
+    let r = tokio::task::spawn_blocking(move || {
+        let args = ["--rate", "100", "--duration", "1", "--busy-poll"].map(String::from);
+        run(addr, "open", &args)
+    })
+    .await
+    .expect("join");
+    assert_eq!(r["responses"], 100);
+    assert_eq!(r["statuses"]["200"], 100);
 }
 
 /// A mistake is one line on stderr without a backtrace, even with backtraces asked for.
