@@ -362,9 +362,10 @@ def wrk_peak_lines(res, lt_gateway_rows):
         f"- The pingora floor: bare pingora reaches **{b_n:.2f}** of nginx's throughput "
         f"({bare['rps']:.0f} against {ngx['rps']:.0f} req/s). Why: it spends {fmt_us(proxy_cpu['wrk-c32-bare'])} us "
         f"of CPU per request where nginx's proxy spends {fmt_us(proxy_cpu['wrk-c32-nginx'])} us, and on 2 cores shared "
-        "with wrk and the upstream throughput follows CPU per request. The server's knobs tried "
-        "(README, `[server]`) do not close that gap: it is pingora's own per-request work (its HTTP/1 "
-        "parser and header maps, the tokio runtime's scheduling, a task per connection).",
+        "with wrk and the upstream, throughput follows CPU per request. TCP_NODELAY is on on both of "
+        "pingora's sides already; its other server knobs (`threads`, `work_stealing`, "
+        "`listener_tasks_per_fd`, `upstream_keepalive_pool_size`: config/gateway.toml, and `BARE_*` "
+        "for `bare_proxy`) change where that CPU runs, not how much a request needs.",
     ]
     lt32 = [r for r in lt_gateway_rows if r[0] == 32]
     if lt32:
