@@ -365,7 +365,7 @@ def wrk_peak_lines(res, lt_gateway_rows):
         "with wrk and the upstream, throughput follows CPU per request. TCP_NODELAY is on on both of "
         "pingora's sides already; its other server knobs (`threads`, `work_stealing`, "
         "`listener_tasks_per_fd`, `upstream_keepalive_pool_size`: config/gateway.toml, and `BARE_*` "
-        "for `bare_proxy`) change where that CPU runs, not how much a request needs.",
+        "for `bare_proxy`) are there to try against this CPU figure.",
     ]
     lt32 = [r for r in lt_gateway_rows if r[0] == 32]
     if lt32:
