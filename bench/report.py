@@ -118,6 +118,46 @@ def fmt_batch(b):
     return "n/a" if b is None else f"{b:.1f}"
 
 
+# --- wrk (figures 1, 2 and 6 side by side with maas-loadtest) -------------------------------------
+
+
+def wrk_bad(r):
+    """Non-2xx answers plus socket errors of a wrk run."""
+    return r["non2xx"] + r["errors"]
+
+
+def cpu_us_per_request(r, *procs):
+    """CPU microseconds the processes `procs` spent per request during wrk run `r` (None when
+    one of them was not sampled)."""
+    cpu = r.get("cpu_s", {})
+    if not r["requests"] or any(p not in cpu for p in procs):
+        return None
+    return sum(cpu[p] for p in procs) * 1e6 / r["requests"]
+
+
+def fmt_us(v):
+    return "n/a" if v is None else f"{v:.1f}"
+
+
+def load_redis_benchmark(res, name):
+    """The data line of a `redis-benchmark --csv` run: rps and latencies in microseconds."""
+    import csv
+    with open(os.path.join(res, name + ".csv")) as f:
+        rows = list(csv.DictReader(f))
+    row = rows[-1]
+    return {"rps": float(row["rps"]),
+            "p50_us": float(row["p50_latency_ms"]) * 1000,
+            "p99_us": float(row["p99_latency_ms"]) * 1000}
+
+
+def target_line(what, value, target, ok, floor=None):
+    """One `- what: value (target: meets / misses)` line; a miss names the measured floor."""
+    line = f"- {what}: **{value}** (target {target}: {verdict(ok)})"
+    if not ok and floor:
+        line += f"; floor: {floor}"
+    return line
+
+
 # --- sections ------------------------------------------------------------------------------------
 
 
@@ -216,6 +256,7 @@ def gateway_section(res):
             f"{bare['latency_us']['p99'] - d['latency_us']['p99']} us; the gateway's own work (authentication, "
             f"metering) is the rest")
     lines.append("")
+    lines += wrk_overhead_lines(res, d)
 
     # 2. Peak throughput against nginx.
     def best(prefix):
@@ -263,6 +304,8 @@ def gateway_section(res):
     else:
         lines += ["", "- No run kept p99 under 10 ms; no ratio.", ""]
 
+    lines += wrk_peak_lines(res, grows)
+
     # 3. Metering accuracy.
     seen = sum(ok_2xx(json.load(open(p))) for p in glob.glob(os.path.join(res, "gw-*.json")))
     with open(os.path.join(res, "metering-rows.txt")) as f:
@@ -277,6 +320,162 @@ def gateway_section(res):
         f" (target exactly 1: {verdict(rows == seen)})",
         "",
     ]
+    return lines
+
+
+def wrk_overhead_lines(res, lt_direct):
+    """Figure 1 with wrk: one connection, closed loop, the same four paths; the issue's targets
+    for the gateway's own work against bare pingora."""
+    names = (("straight to upstream", "wrk-c1-direct"), ("nginx as reverse proxy", "wrk-c1-nginx"),
+             ("bare pingora", "wrk-c1-bare"), ("maas-gateway (API key + metering)", "wrk-c1-gateway"))
+    runs = {key: load_opt(res, key) for _, key in names}
+    if any(r is None for r in runs.values()):
+        return ["- wrk at one connection: not measured (no wrk results in this run)", ""]
+    first = runs["wrk-c1-direct"]
+    lines = [
+        f"With wrk (one thread, one connection, closed loop, {first['duration_s']:.0f} s each, `bench/wrk/infer.lua`:",
+        "the same digits body): the latency of one request at a time, wrk's own floor being a few",
+        "microseconds. wrk's key belongs to a tenant of its own (its last requests in flight are",
+        "metered but not counted by wrk, so they stay out of figure 3).",
+        "",
+        "| path (wrk, 1 connection) | req/s | p50 us | p90 us | p99 us | p99.9 us | non-2xx + errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, key in names:
+        r = runs[key]
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['p50_us']} | {r['p90_us']} | {r['p99_us']} |"
+                     f" {r['p999_us']} | {wrk_bad(r)} |")
+    bare, gw, direct = runs["wrk-c1-bare"], runs["wrk-c1-gateway"], runs["wrk-c1-direct"]
+    own = None
+    gw_cpu, bare_cpu = cpu_us_per_request(gw, "gateway"), cpu_us_per_request(bare, "bare")
+    if gw_cpu is not None and bare_cpu is not None:
+        own = gw_cpu - bare_cpu
+    floor = (f"the gateway's own work costs {fmt_us(own)} us of CPU per request more than bare pingora's "
+             f"({fmt_us(gw_cpu)} against {fmt_us(bare_cpu)} us, CPU time over requests in these runs)")
+    add50 = gw["p50_us"] - bare["p50_us"]
+    ratio99 = gw["p99_us"] / bare["p99_us"] if bare["p99_us"] else float("inf")
+    lt_ratio = lt_direct["latency_us"]["p50"] / direct["p50_us"] if direct["p50_us"] else float("inf")
+    lines += [
+        "",
+        target_line("Gateway p50 at one connection minus bare pingora's", f"{add50} us", "<= 25 us",
+                    add50 <= 25, floor),
+        target_line("Gateway p99 at one connection / bare pingora's", f"{ratio99:.2f}", "<= 2.0",
+                    ratio99 <= 2.0, floor),
+        f"- The pingora hop itself (bare pingora minus straight to upstream): p50 "
+        f"{bare['p50_us'] - direct['p50_us']} us; nginx's: {runs['wrk-c1-nginx']['p50_us'] - direct['p50_us']} us",
+        target_line("maas-loadtest's p50 straight to upstream (open loop above) / wrk's at one connection",
+                    f"{lt_ratio:.2f}", "<= 1.5", lt_ratio <= 1.5,
+                    "the load generator's own floor (`maas-loadtest`, measured against the same upstream)"),
+        "",
+    ]
+    return lines
+
+
+def wrk_peak_lines(res, lt_gateway_rows):
+    """Figure 2 with wrk: 32 connections, closed loop; throughput of each path, CPU per request
+    of each proxy, and the issue's targets (gateway against bare pingora, the whole product
+    against nginx, and what bare pingora reaches against nginx and why)."""
+    names = (("straight to upstream", "wrk-c32-direct"), ("nginx as reverse proxy", "wrk-c32-nginx"),
+             ("bare pingora", "wrk-c32-bare"), ("maas-gateway (API key + metering)", "wrk-c32-gateway"),
+             ("maas-gateway (API key + Redis limits + metering)", "wrk-c32-redis"))
+    runs = {key: load_opt(res, key) for _, key in names}
+    if any(r is None for r in runs.values()):
+        return ["- wrk at 32 connections: not measured (no wrk results in this run)", ""]
+    direct, ngx, bare, gw, full = (runs[k] for _, k in names)
+    # CPU per request of the proxy alone: nginx's worker serves the upstream too, so its proxy
+    # cost is its CPU in the proxy run less its CPU per request serving the upstream alone.
+    up_cpu = cpu_us_per_request(direct, "nginx")
+    ngx_all = cpu_us_per_request(ngx, "nginx")
+    proxy_cpu = {
+        "wrk-c32-direct": None,
+        "wrk-c32-nginx": None if ngx_all is None or up_cpu is None else ngx_all - up_cpu,
+        "wrk-c32-bare": cpu_us_per_request(bare, "bare"),
+        "wrk-c32-gateway": cpu_us_per_request(gw, "gateway"),
+        "wrk-c32-redis": cpu_us_per_request(full, "gateway2"),
+    }
+    lines = [
+        f"With wrk (one thread, 32 connections, closed loop, {direct['duration_s']:.0f} s each). CPU per request: the",
+        "proxy process's user + system time over its requests (nginx: its worker's time less what it",
+        "spends per request as the upstream alone); wrk, the upstream and the proxy share the 2 cores.",
+        "",
+        "| path (wrk, 32 connections) | req/s | p50 us | p99 us | proxy CPU us / request | non-2xx + errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in names:
+        r = runs[key]
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['p50_us']} | {r['p99_us']} | {fmt_us(proxy_cpu[key])} |"
+                     f" {wrk_bad(r)} |")
+    g_b = gw["rps"] / bare["rps"]
+    f_n = full["rps"] / ngx["rps"]
+    b_n = bare["rps"] / ngx["rps"]
+    own = (None if proxy_cpu["wrk-c32-gateway"] is None or proxy_cpu["wrk-c32-bare"] is None
+           else proxy_cpu["wrk-c32-gateway"] - proxy_cpu["wrk-c32-bare"])
+    lines += [
+        "",
+        target_line("Gateway (API key + metering) / bare pingora, 32 connections", f"{g_b:.2f}", ">= 0.90",
+                    g_b >= 0.9, f"the gateway's own work: {fmt_us(own)} us of CPU per request above bare pingora's"),
+        target_line("Gateway (API key + Redis limits + metering) / nginx as reverse proxy", f"{f_n:.2f}",
+                    ">= 0.70", f_n >= 0.7,
+                    f"bare pingora itself reaches {b_n:.2f} of nginx here (below)"),
+        f"- The pingora floor: bare pingora reaches **{b_n:.2f}** of nginx's throughput "
+        f"({bare['rps']:.0f} against {ngx['rps']:.0f} req/s). Why: it spends {fmt_us(proxy_cpu['wrk-c32-bare'])} us "
+        f"of CPU per request where nginx's proxy spends {fmt_us(proxy_cpu['wrk-c32-nginx'])} us, and on 2 cores shared "
+        "with wrk and the upstream, throughput follows CPU per request. TCP_NODELAY is on on both of "
+        "pingora's sides already; its other server knobs (`threads`, `work_stealing`, "
+        "`listener_tasks_per_fd`, `upstream_keepalive_pool_size`: config/gateway.toml, and `BARE_*` "
+        "for `bare_proxy`) are there to try against this CPU figure.",
+    ]
+    lt32 = [r for r in lt_gateway_rows if r[0] == 32]
+    if lt32:
+        ratio = lt32[0][1] / gw["rps"]
+        lines.append(target_line("maas-loadtest's closed-loop throughput through the gateway at 32 / wrk's",
+                                 f"{ratio:.2f}", ">= 0.80", ratio >= 0.8,
+                                 "the load generator's own CPU per request (it shares the cores)"))
+    lines.append("")
+    return lines
+
+
+def wrk_limiter_lines(res):
+    """Figure 6 with wrk: gateway 2 (Redis limiter) with an unlimited key and a limited one at 1
+    and 32 connections, and a bare EVALSHA of the limiter's own script (redis-benchmark)."""
+    keys = ("wrk-c1-redis-base", "wrk-c1-redis", "wrk-c32-redis-base", "wrk-c32-redis")
+    runs = {k: load_opt(res, k) for k in keys}
+    if any(r is None for r in runs.values()):
+        return ["- wrk: not measured (no wrk results in this run)", ""]
+    try:
+        ev1 = load_redis_benchmark(res, "redis-evalsha-c1")
+        ev32 = load_redis_benchmark(res, "redis-evalsha-c32")
+    except (OSError, KeyError, IndexError, ValueError):
+        ev1 = ev32 = None
+    lines = [
+        "With wrk (one thread, closed loop), gateway 2: a key without limits against a key of the",
+        "limited tenant, and a bare round trip of the limiter's own script (`admit.lua`, one rate and",
+        "one concurrency item, as the tenant's rule gives it) with `redis-benchmark` against the same Redis.",
+        "",
+        "| run | req/s | p50 us | p99 us | non-2xx + errors |",
+        "|---|---|---|---|---|",
+    ]
+    for label, key in (("1 connection, no limits", "wrk-c1-redis-base"), ("1 connection, Redis limiter", "wrk-c1-redis"),
+                       ("32 connections, no limits", "wrk-c32-redis-base"),
+                       ("32 connections, Redis limiter", "wrk-c32-redis")):
+        r = runs[key]
+        lines.append(f"| {label} | {r['rps']:.0f} | {r['p50_us']} | {r['p99_us']} | {wrk_bad(r)} |")
+    if ev1 and ev32:
+        lines.append(f"| bare EVALSHA, 1 client | {ev1['rps']:.0f} | {ev1['p50_us']:.0f} | {ev1['p99_us']:.0f} | - |")
+        lines.append(f"| bare EVALSHA, 32 clients | {ev32['rps']:.0f} | {ev32['p50_us']:.0f} | {ev32['p99_us']:.0f} | - |")
+    ratio = runs["wrk-c32-redis"]["rps"] / runs["wrk-c32-redis-base"]["rps"]
+    added = runs["wrk-c1-redis"]["p50_us"] - runs["wrk-c1-redis-base"]["p50_us"]
+    lines += [
+        "",
+        target_line("Redis-limited / unlimited throughput, 32 connections", f"{ratio:.2f}", ">= 0.90", ratio >= 0.9,
+                    "each admitted request costs one script call on the same 2 cores"),
+    ]
+    if ev1:
+        bound = 1.5 * ev1["p50_us"]
+        lines.append(target_line("Added p50 at one connection", f"{added} us",
+                                 f"<= 1.5 x the bare EVALSHA p50 = {bound:.0f} us", added <= bound,
+                                 f"one EVALSHA round trip is {ev1['p50_us']:.0f} us here"))
+    lines.append("")
     return lines
 
 
@@ -310,9 +509,9 @@ def limiter_section(res):
         lines.append("")
         lines.append(f"- {name} limiter: added p50 **{r['latency_us']['p50'] - b['latency_us']['p50']} us**, "
                      f"added p99 **{r['latency_us']['p99'] - b['latency_us']['p99']} us**")
+    lines += [""] + wrk_limiter_lines(res)
     rate, burst = cfg["rate"], cfg["burst"]
     lines += [
-        "",
         f"Accuracy (`loadtest/scenarios/limits.toml`): one key limited to {rate} requests/s with a burst",
         f"of {burst}, 32 clients in a closed loop (refused clients retry at once); admitted = 2xx answers; the GCRA bound is",
         "rate x elapsed + burst, elapsed from the first send to the last answer.",

@@ -58,6 +58,7 @@
 #   MAAS_BENCH_METRICS_DURATION=5        seconds per measured run (metrics; 3 rounds each)
 #   MAAS_BENCH_DURATION=10               seconds per measured run (gateway section)
 #   MAAS_BENCH_LOADTOOL_DURATION=5       seconds per measured run (loadtool)
+#   MAAS_BENCH_WRK_DURATION=5            seconds per wrk run (gateway section: figures 1, 2, 6)
 #   MAAS_BENCH_BACKEND_DURATION=<same>   seconds per measured run (backend, torchserve)
 #   MAAS_BENCH_THREADS=2                 libtorch intra-op threads (maas-backend, maas-bench forward,
 #                                        TorchServe's worker)
@@ -76,6 +77,7 @@ BIN=target/release
 OUT=.data/bench
 RES="$OUT/results"
 DURATION="${MAAS_BENCH_DURATION:-10}"
+WRK_DURATION="${MAAS_BENCH_WRK_DURATION:-5}"
 BE_DURATION="${MAAS_BENCH_BACKEND_DURATION:-$DURATION}"
 THREADS="${MAAS_BENCH_THREADS:-2}"
 ONLY="${MAAS_BENCH_ONLY:-loadtool,gateway,backend,torchserve,auth,ingest,split,pools,metrics,dashboard,soak}"
@@ -123,7 +125,7 @@ fail() { echo "$*" > "$RES/$SECTION.failed"; echo "bench: $SECTION: $*" >&2; exi
 section_files() {
     case "$1" in
         loadtool) echo "lt-*" ;;
-        gateway) echo "overhead-* gw-* peak-* lim-* metering-rows.txt" ;;
+        gateway) echo "overhead-* gw-* peak-* lim-* wrk-* redis-evalsha-* metering-rows.txt" ;;
         metrics) echo "met-*" ;;
         backend) echo "be-*" ;;
         torchserve) echo "ts-*" ;;
@@ -260,8 +262,63 @@ NGX
     wait_http "http://127.0.0.1:$UP_PORT/" || fail "nginx did not answer"
 }
 
+# CPU time (user + system, seconds) of the processes named in CPU_PIDS ("label=pid" words), as a
+# JSON object on stdout: what each process spent on a run (wrk_run takes the difference).
+CPU_PIDS=""
+cpu_seconds() {
+    # shellcheck disable=SC2086
+    python3 -c '
+import json, os, sys
+tick = os.sysconf("SC_CLK_TCK")
+out = {}
+for word in sys.argv[1:]:
+    label, pid = word.split("=")
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        out[label] = (int(fields[11]) + int(fields[12])) / tick
+    except OSError:
+        pass
+print(json.dumps(out))' $CPU_PIDS
+}
+
+# wrk_run NAME URL CONNECTIONS [KEY]: one wrk run (one thread, `--latency`, bench/wrk/infer.lua
+# posting the digits infer body) for WRK_DURATION seconds. RES/NAME.json: its summary
+# (requests/s, latency percentiles in microseconds, non-2xx answers, socket errors), the
+# connections, and `cpu_s`, the CPU seconds each process of CPU_PIDS spent meanwhile; wrk's own
+# text output goes to OUT/logs/NAME.txt.
+wrk_run() {
+    local name="$1" url="$2" conns="$3" key="${4:-}" before after
+    before="$(cpu_seconds)"
+    MAAS_BENCH_WRK_KEY="$key" wrk -t1 -c"$conns" -d"${WRK_DURATION}s" --latency -s bench/wrk/infer.lua "$url" \
+        >"$OUT/logs/$name.txt" 2>"$RES/$name.json" || fail "wrk $name failed (see $OUT/logs/$name.txt)"
+    after="$(cpu_seconds)"
+    python3 -c '
+import json, sys
+path, conns, before, after = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+r = json.load(open(path))
+r["connections"] = conns
+r["cpu_s"] = {k: round(after[k] - before[k], 3) for k in after if k in before}
+json.dump(r, open(path, "w"))' "$RES/$name.json" "$conns" "$before" "$after" \
+        || fail "wrk $name wrote no summary (see $RES/$name.json)"
+    echo "bench: wrk $name: $(cat "$RES/$name.json")"
+}
+
+# redis_evalsha NAME CLIENTS: a bare EVALSHA round trip of the limiter's own admit.lua with the
+# shape section 6's tenant rule gives it (one GCRA item and one concurrency item, never refused),
+# redis-benchmark against the section's Redis; its CSV line goes to RES/NAME.csv.
+redis_evalsha() {
+    local name="$1" clients="$2" host port sha
+    host="$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).hostname)' "$REDIS_URL")"
+    port="$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port or 6379)' "$REDIS_URL")"
+    sha="$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat gateway/src/limits/limiter/admit.lua)")"
+    redis-benchmark -h "$host" -p "$port" -c "$clients" -n $((20000 * clients)) --csv \
+        EVALSHA "$sha" 2 'maas:bench:{b}:rate' 'maas:bench:{b}:conc' bench-rid 1 g 10 100000000 c 256 0 \
+        > "$RES/$name.csv" || fail "redis-benchmark $name failed"
+    echo "bench: redis-benchmark $name: $(tail -n 1 "$RES/$name.csv")"
+}
+
 section_gateway_inner() {
-    local UP_PORT NGX_PROXY_PORT GW_PORT KEY
+    local UP_PORT NGX_PROXY_PORT GW_PORT KEY WKEY
     start_fixed_upstream
 
     # --- the gateway in front of the same upstream ----------------------------------------------
@@ -274,6 +331,9 @@ section_gateway_inner() {
     pids+=("$gw_pid")
     wait_http "http://127.0.0.1:$GW_PORT/v2/health/live" || fail "maas-gateway did not start (see $OUT/logs/gateway.log)"
     KEY="$("$BIN/maas-gateway" keys create --tenant bench --name "bench-$(date +%s)")"
+    # wrk's key has a tenant of its own: wrk leaves requests in flight when its time is up (the
+    # gateway still meters them), so its answers stay out of figure 3's exact count.
+    WKEY="$("$BIN/maas-gateway" keys create --tenant bench-wrk --name "wrk-$(date +%s)")"
 
     # Context: pingora itself with no filters (no authentication, limits or metering), same
     # threads, same upstream: what the gateway's own work is added to.
@@ -283,6 +343,8 @@ section_gateway_inner() {
     bare_pid=$!
     pids+=("$bare_pid")
     wait_http "http://127.0.0.1:$BARE_PORT/" 50 "$bare_pid" || fail "bare_proxy did not start (see $OUT/logs/bare-proxy.log)"
+    # nginx runs one worker for both of its servers (the upstream and the peer proxy).
+    CPU_PIDS="nginx=$(pgrep -P "$(cat "$OUT/nginx/nginx.pid")" | head -n 1) gateway=$gw_pid bare=$bare_pid"
     local BARE_URL="http://127.0.0.1:$BARE_PORT/v2/models/digits/infer"
     local LT=("$BIN/maas-loadtest" --no-progress --body digits --digits data/digits.csv.gz)
     local DIRECT_URL="http://127.0.0.1:$UP_PORT/v2/models/digits/infer"
@@ -303,6 +365,11 @@ section_gateway_inner() {
         --plot "$OUT/overhead-gateway.svg"
     "${LT[@]}" --url "$BARE_URL" --mode open --rate 1000 --concurrency 64 --duration "$DURATION" \
         --name overhead-bare --json "$RES/overhead-bare.json"
+    echo "bench: 1. the same paths with wrk, one connection (${WRK_DURATION} s each)"
+    wrk_run wrk-c1-direct "$DIRECT_URL" 1
+    wrk_run wrk-c1-nginx "$NGX_URL" 1
+    wrk_run wrk-c1-bare "$BARE_URL" 1
+    wrk_run wrk-c1-gateway "$GW_URL" 1 "$WKEY"
 
     # --- 6. the rate limiter on the same path ----------------------------------------------------
     # Tenant bench-limits has a tenant rule no run reaches (100,000 requests/s, burst 10,000, 256
@@ -329,6 +396,7 @@ section_gateway_inner() {
     pids+=("$gw2_pid")
     wait_http "http://127.0.0.1:$GW2_PORT/v2/health/live" || fail "the Redis-limited maas-gateway did not start (see $OUT/logs/gateway-redis.log)"
     GW2_URL="http://127.0.0.1:$GW2_PORT/v2/models/digits/infer"
+    CPU_PIDS="$CPU_PIDS gateway2=$gw2_pid"
     "${LT[@]}" --url "$GW2_URL" --key "$KEY" --mode closed --concurrency 8 --duration 2 \
         --name gw-warmup-redis --json "$RES/gw-warmup-redis.json" 2>/dev/null
     echo "bench: 6. limiter latency at 1,000 requests/s (open loop, ${DURATION} s each)"
@@ -343,6 +411,15 @@ section_gateway_inner() {
         --duration "$DURATION" --name lim-accuracy-local --json "$RES/lim-accuracy-local.json"
     MAAS_LIMITED_KEY="$AKEY2" "${LT[@]}" --scenario loadtest/scenarios/limits.toml --url "$GW2_URL" \
         --duration "$DURATION" --name lim-accuracy-redis --json "$RES/lim-accuracy-redis.json"
+    echo "bench: 6. the Redis limiter with wrk: gateway 2, unlimited key against limited key, 1 and 32 connections"
+    local WLKEY
+    WLKEY="$("$BIN/maas-gateway" keys create --tenant bench-limits --name "wrk-$(date +%s)")"
+    wrk_run wrk-c1-redis-base "$GW2_URL" 1 "$WKEY"
+    wrk_run wrk-c1-redis "$GW2_URL" 1 "$WLKEY"
+    wrk_run wrk-c32-redis-base "$GW2_URL" 32 "$WKEY"
+    wrk_run wrk-c32-redis "$GW2_URL" 32 "$WLKEY"
+    redis_evalsha redis-evalsha-c1 1
+    redis_evalsha redis-evalsha-c32 32
     kill -TERM "$gw2_pid"; wait "$gw2_pid" 2>/dev/null || true
     printf '{"rate": %s, "burst": %s, "redis_timeout_ms": %s, "redis_failures": %s}\n' "$LIM_RATE" "$LIM_BURST" \
         "$LIM_REDIS_TIMEOUT_MS" "$(grep -c 'rate limiter: Redis failed' "$OUT/logs/gateway-redis.log" || true)" > "$RES/lim-config.json"
@@ -359,6 +436,11 @@ section_gateway_inner() {
         "${LT[@]}" --url "$BARE_URL" --mode closed --concurrency "$c" --duration "$peak_d" \
             --name "peak-bare-c$c" --json "$RES/peak-bare-c$c.json"
     done
+    echo "bench: 2. the same paths with wrk, 32 connections (${WRK_DURATION} s each)"
+    wrk_run wrk-c32-direct "$DIRECT_URL" 32
+    wrk_run wrk-c32-nginx "$NGX_URL" 32
+    wrk_run wrk-c32-bare "$BARE_URL" 32
+    wrk_run wrk-c32-gateway "$GW_URL" 32 "$WKEY"
     # SIGKILL: it holds no state, and pingora's SIGTERM would wait out a graceful shutdown.
     kill -KILL "$bare_pid" 2>/dev/null; wait "$bare_pid" 2>/dev/null || true
 
@@ -387,6 +469,7 @@ LIM_REDIS_TIMEOUT_MS=200
 section_gateway() {
     [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
     command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    command -v wrk >/dev/null || fail "wrk is not installed and could not be installed"
     # A fresh PostgreSQL and Redis for this section only; the section itself runs in a second
     # invocation of this script under scripts/with-services.sh.
     scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=gateway "$0"
@@ -926,6 +1009,7 @@ backends = [\"127.0.0.1:$FAST_PORT\", \"127.0.0.1:$SLOW_PORT\"]" "$A_RR" rr
 section_pools() {
     [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
     command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    command -v wrk >/dev/null || fail "wrk is not installed and could not be installed"
     scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=pools "$0"
 }
 
@@ -974,6 +1058,7 @@ section_metrics_inner() {
 section_metrics() {
     [ -z "${GATEWAY_BUILD_FAILED:-}" ] || fail "$GATEWAY_BUILD_FAILED"
     command -v nginx >/dev/null || fail "nginx is not installed and could not be installed"
+    command -v wrk >/dev/null || fail "wrk is not installed and could not be installed"
     scripts/with-services.sh env MAAS_BENCH_SECTION_INNER=metrics "$0"
 }
 
@@ -1108,25 +1193,26 @@ trap 'stop_servers' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-if { want loadtool || want gateway || want pools || want metrics; } && ! command -v nginx >/dev/null; then
-    echo "bench: installing nginx"
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; };
-    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; fi || true
-fi
-if want loadtool && ! command -v wrk >/dev/null; then
-    echo "bench: installing wrk"
-    if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null;
-    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; fi || true
+# Bench peers (Debian packages, installed when missing; tests need neither): nginx (the fixed
+# upstream and the peer proxy) and wrk (the load tool's calibration, figures 1, 2 and 6 beside
+# maas-loadtest).
+peers=()
+if want loadtool || want gateway || want pools || want metrics; then command -v nginx >/dev/null || peers+=(nginx); fi
+if want loadtool || want gateway; then command -v wrk >/dev/null || peers+=(wrk); fi
+if [ ${#peers[@]} -gt 0 ]; then
+    echo "bench: installing ${peers[*]}"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${peers[@]}" >/dev/null;
+    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${peers[@]}" >/dev/null; fi || true
 fi
 
 # The backend, the load generator and the bench's own tools (maas-bench: benchmark models,
-# in-process timings) are needed by every section but ingest; the gateway and billing only by
-# the gateway section, whose build failure must not stop the others.
-if want loadtool; then
-    cargo build --release -p maas-loadtest
-fi
-if want gateway || want backend || want torchserve || want split || want pools || want metrics || want soak; then
+# in-process timings) are needed by every section but ingest and gateway (which needs only the
+# load generator); the gateway and billing by the gateway section, whose build failure must not
+# stop the others.
+if want backend || want torchserve || want split || want pools || want metrics || want soak; then
     cargo build --release -p maas-backend -p maas-loadtest -p maas-bench
+elif want gateway || want loadtool; then
+    cargo build --release -p maas-loadtest
 fi
 export GATEWAY_BUILD_FAILED=""
 if want gateway || want pools || want metrics || want soak; then

@@ -94,6 +94,9 @@ pub fn serve(config: GatewayConfig) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: config.threads,
+        work_stealing: config.work_stealing,
+        listener_tasks_per_fd: config.listener_tasks_per_fd,
+        upstream_keepalive_pool_size: config.upstream_keepalive_pool_size,
         grace_period_seconds: Some(config.grace_period_s),
         graceful_shutdown_timeout_seconds: Some(config.graceful_shutdown_timeout_s),
         ..ServerConf::default()

@@ -71,6 +71,15 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Worker threads of the proxy's tokio runtime (pingora `threads`). Default 2.
     pub threads: usize,
+    /// The proxy's worker threads share one work-stealing tokio runtime (pingora
+    /// `work_stealing`); false: each thread runs its own single-threaded runtime and keeps the
+    /// connections it accepted. Default true (see `BENCHMARKS.md`, figure 2).
+    pub work_stealing: bool,
+    /// Accept tasks per listening socket (pingora `listener_tasks_per_fd`). Default 1.
+    pub listener_tasks_per_fd: usize,
+    /// Idle connections to backends kept for reuse, over all backends (pingora
+    /// `upstream_keepalive_pool_size`). Default 128.
+    pub upstream_keepalive_pool_size: usize,
     /// Apply the sqlx migrations (`migrations/*.sql`) before serving. Default true.
     pub run_migrations: bool,
     /// Seconds pingora keeps serving in-flight requests after SIGTERM before stopping its
@@ -109,6 +118,9 @@ impl Default for GatewayConfig {
             redis_cluster: false,
             max_body_bytes: 32 << 20,
             threads: 2,
+            work_stealing: true,
+            listener_tasks_per_fd: 1,
+            upstream_keepalive_pool_size: 128,
             run_migrations: true,
             grace_period_s: 5,
             graceful_shutdown_timeout_s: 5,
@@ -153,6 +165,14 @@ impl GatewayConfig {
         self.listen_addr()?;
         if self.threads == 0 {
             bail!("threads must be at least 1");
+        }
+        if self.listener_tasks_per_fd == 0 {
+            bail!("listener_tasks_per_fd must be at least 1");
+        }
+        if self.upstream_keepalive_pool_size == 0 {
+            bail!(
+                "upstream_keepalive_pool_size must be at least 1 (idle backend connections kept)"
+            );
         }
         if self.max_body_bytes == 0 {
             bail!("max_body_bytes must be at least 1");
@@ -342,6 +362,9 @@ mod tests {
             assert_eq!(c.listen, "127.0.0.1:8080");
             assert_eq!(c.upstream.backends, vec!["127.0.0.1:8001".to_string()]);
             assert_eq!(c.threads, 2);
+            assert!(c.work_stealing);
+            assert_eq!(c.listener_tasks_per_fd, 1);
+            assert_eq!(c.upstream_keepalive_pool_size, 128);
             assert_eq!(c.metering.batch_size, 500);
             assert_eq!(c.metering.flush_interval_ms, 200);
             assert!(c.run_migrations);
@@ -547,6 +570,23 @@ mod tests {
             assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
             jail.set_env("MAAS_GATEWAY_UPSTREAM__BACKENDS", r#"["nope"]"#);
             assert!(GatewayConfig::load(Path::new("none.toml"), false).is_err());
+            jail.set_env("MAAS_GATEWAY_UPSTREAM__BACKENDS", r#"["127.0.0.1:8001"]"#);
+            for (key, value) in [
+                ("MAAS_GATEWAY_LISTENER_TASKS_PER_FD", "0"),
+                ("MAAS_GATEWAY_UPSTREAM_KEEPALIVE_POOL_SIZE", "0"),
+            ] {
+                jail.set_env(key, value);
+                let err = GatewayConfig::load(Path::new("none.toml"), false).unwrap_err();
+                assert!(
+                    err.to_string().contains("must be at least 1"),
+                    "{key}: {err}"
+                );
+                jail.set_env(key, "1");
+            }
+            jail.set_env("MAAS_GATEWAY_WORK_STEALING", "false");
+            let c = GatewayConfig::load(Path::new("none.toml"), false).unwrap();
+            assert!(!c.work_stealing);
+            assert_eq!(c.listener_tasks_per_fd, 1);
             Ok(())
         });
     }
@@ -595,6 +635,9 @@ mod tests {
                 entries in proptest::collection::vec((
                     prop_oneof![
                         Just(("", "threads")),
+                        Just(("", "work_stealing")),
+                        Just(("", "listener_tasks_per_fd")),
+                        Just(("", "upstream_keepalive_pool_size")),
                         Just(("", "run_migrations")),
                         Just(("metering", "batch_size")),
                         Just(("metering", "spool_segment_bytes")),

@@ -81,17 +81,23 @@ pub struct RequestCtx {
     pub upstream_done: Option<Instant>,
 }
 
+/// A UUIDv7 (RFC 9562 section 5.7: 48 bits of Unix milliseconds, then 74 random bits) and its
+/// timestamp as a UTC time (millisecond precision). The random bits come from `rand`'s
+/// thread-local generator (ChaCha, seeded once per thread from the OS), so a request costs no
+/// `getrandom` system call, which `Uuid::now_v7` makes for every id. Ids of the same
+/// millisecond are unique by their 74 random bits, not ordered among themselves.
+fn new_request_id() -> (Uuid, DateTime<Utc>) {
+    let now = Utc::now();
+    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &rand::random()).into_uuid();
+    let started_at = DateTime::<Utc>::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+    (id, started_at)
+}
+
 impl RequestCtx {
     /// A fresh context: a new UUIDv7 request id, its timestamp as `started_at`, the clock started.
     pub(super) fn new() -> Self {
-        let request_id = Uuid::now_v7();
-        let started_at = request_id
-            .get_timestamp()
-            .and_then(|ts| {
-                let (secs, nanos) = ts.to_unix();
-                DateTime::<Utc>::from_timestamp(i64::try_from(secs).ok()?, nanos)
-            })
-            .unwrap_or_else(Utc::now);
+        let (request_id, started_at) = new_request_id();
         RequestCtx {
             request_id,
             started_at,
@@ -178,5 +184,26 @@ impl RequestCtx {
             overhead,
             upstream,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_v7_carrying_started_at_and_unique() {
+        let before = Utc::now().timestamp_millis();
+        let ctx = RequestCtx::new();
+        let after = Utc::now().timestamp_millis();
+        assert_eq!(ctx.request_id.get_version_num(), 7);
+        assert_eq!(ctx.request_id.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = ctx.request_id.get_timestamp().unwrap().to_unix();
+        let id_millis = i64::try_from(secs).unwrap() * 1000 + i64::from(nanos / 1_000_000);
+        assert_eq!(id_millis, ctx.started_at.timestamp_millis());
+        assert!((before..=after).contains(&id_millis));
+        let ids: std::collections::HashSet<Uuid> =
+            (0..10_000).map(|_| new_request_id().0).collect();
+        assert_eq!(ids.len(), 10_000);
     }
 }
