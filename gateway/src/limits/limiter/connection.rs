@@ -93,6 +93,13 @@ impl RedisEndpoint {
     }
 }
 
+impl RedisConnection {
+    /// Whether it is a Redis Cluster's (a pipeline must then keep to one slot).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+}
+
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

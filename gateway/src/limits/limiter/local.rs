@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use super::headers::{denial, rate_limit_headers};
 use super::monthly::month_total;
 use super::plan::{Item, Kind};
+use super::release::{Release, ReleaseOp};
 use super::{lock, Admission, Inner, Permit};
 
 type Gcra = RateLimiter<
@@ -158,17 +159,21 @@ impl Inner {
         })
     }
 
-    /// Apply settled `deltas` (item key, delta, whether it is a concurrency slot) to the
-    /// in-process counters.
-    pub(super) fn release_local(&self, deltas: Vec<(String, i64, bool)>) {
+    /// Apply `releases` (slots freed, reservations settled) to the in-process counters.
+    pub(super) fn release_local(&self, releases: &[Release]) {
         let mut state = lock(&self.local);
-        for (key, delta, slot) in deltas {
-            if slot {
-                if let Some(n) = state.concurrency.get_mut(&key) {
-                    *n = (*n - 1).max(0);
+        for r in releases {
+            match r.op {
+                ReleaseOp::Slot { .. } => {
+                    if let Some(n) = state.concurrency.get_mut(&r.key) {
+                        *n = (*n - 1).max(0);
+                    }
                 }
-            } else if let Some(n) = state.counters.get_mut(&key) {
-                *n += delta;
+                ReleaseOp::Settle { delta } => {
+                    if let Some(n) = state.counters.get_mut(&r.key) {
+                        *n += delta;
+                    }
+                }
             }
         }
     }

@@ -10,7 +10,10 @@
 //!   gateway that dies cannot leak slots for longer than `concurrency_lease_s`. Monthly quota and
 //!   budget counters are keyed by UTC month, reserved at admission with an estimate and settled
 //!   with the real usage after the response; a missing counter (Redis restarted, new month) is
-//!   rebuilt from PostgreSQL's `usage_hourly` before the script runs again.
+//!   rebuilt from PostgreSQL's `usage_hourly` before the script runs again. Releases (slots
+//!   freed, reservations settled) wait in process per tenant and ride on the tenant's next
+//!   script call, or go in one pipeline within 2 ms (the `release` module): one Redis call
+//!   per admitted request in all. Each tokio runtime calling Redis has its own connection.
 //! - `local`: governor's in-process GCRA and in-process counters, for a single gateway without
 //!   Redis.
 //!
@@ -27,6 +30,7 @@ mod local;
 mod monthly;
 mod plan;
 mod redis;
+mod release;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +48,7 @@ use self::headers::{denial, rate_limit_headers};
 use self::local::LocalState;
 use self::plan::{plan, Item, Kind};
 use self::redis::{RedisOutcome, Refusal, ADMIT_LUA};
+use self::release::{PendingReleases, Release, ReleaseOp};
 use crate::config::{LimiterBackend, LimitsConfig, RedisFailurePolicy};
 use crate::limits::rules::RequestLimits;
 pub use connection::{RedisConnection, RedisEndpoint};
@@ -218,7 +223,10 @@ impl LimiterStats {
 struct Inner {
     config: LimitsConfig,
     redis: Option<RedisEndpoint>,
-    conn: Mutex<Option<RedisConnection>>,
+    /// One connection per tokio runtime that calls Redis (see [`Inner::connection`]).
+    conns: Mutex<Vec<(tokio::runtime::Id, RedisConnection)>>,
+    /// Releases of finished requests waiting to go to Redis (`release` module).
+    pending: Mutex<PendingReleases>,
     /// Held while connecting, so that one task connects and the others wait (bounded).
     connecting: tokio::sync::Mutex<()>,
     /// Redis is not tried before this instant (after a failure).
@@ -259,7 +267,8 @@ impl Limiter {
                     LimiterBackend::Redis => redis,
                     LimiterBackend::Local => None,
                 },
-                conn: Mutex::new(None),
+                conns: Mutex::new(Vec::new()),
+                pending: Mutex::new(PendingReleases::default()),
                 connecting: tokio::sync::Mutex::new(()),
                 redis_down_until: Mutex::new(None),
                 refused: Mutex::new(HashMap::new()),
@@ -271,7 +280,9 @@ impl Limiter {
         })
     }
 
-    /// Connect to Redis now (the `redis` backend), so the first request does not pay for it.
+    /// Connect to Redis now (the `redis` backend) from the calling runtime, so that an
+    /// unreachable Redis is logged at start. Each runtime that admits requests makes its own
+    /// connection on its first call (see the `redis` module).
     pub async fn warm_up(&self) {
         if self.inner.redis.is_some() {
             let _ = self.inner.connection().await;
@@ -461,27 +472,32 @@ impl Inner {
         local: bool,
         usage: Option<(i64, i64)>,
     ) {
-        let deltas: Vec<(String, i64, bool)> = items
-            .iter()
-            .filter_map(|item| match &item.kind {
-                Kind::Concurrency { .. } => Some((item.key.clone(), 0, true)),
-                Kind::Quota { estimate, .. } => {
-                    usage.map(|(n, _)| (item.key.clone(), n - estimate, false))
-                }
-                Kind::Budget { estimate_milli, .. } => {
-                    usage.map(|(_, cost)| (item.key.clone(), cost - estimate_milli, false))
-                }
-                Kind::Gcra { .. } => None,
-            })
-            .filter(|(_, d, slot)| *slot || *d != 0)
-            .collect();
-        if deltas.is_empty() {
+        let Some(tenant) = items.first().map(|i| i.counter.tenant()) else {
             return;
-        }
+        };
+        let releases: Vec<Release> = items
+            .into_iter()
+            .filter_map(|item| {
+                let op = match &item.kind {
+                    // One slot per concurrency counter, each a lease under the request id.
+                    Kind::Concurrency { .. } => ReleaseOp::Slot {
+                        request_id: request_id.clone(),
+                    },
+                    Kind::Quota { estimate, .. } => ReleaseOp::Settle {
+                        delta: usage.map(|(n, _)| n - estimate)?,
+                    },
+                    Kind::Budget { estimate_milli, .. } => ReleaseOp::Settle {
+                        delta: usage.map(|(_, cost)| cost - estimate_milli)?,
+                    },
+                    Kind::Gcra { .. } => return None,
+                };
+                (op != ReleaseOp::Settle { delta: 0 }).then_some(Release { key: item.key, op })
+            })
+            .collect();
         if local || self.redis.is_none() {
-            self.release_local(deltas);
+            self.release_local(&releases);
         } else {
-            self.release_redis(request_id, deltas);
+            self.queue_releases(tenant, releases);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Redis limiter: one admission script call per request ([`ADMIT_LUA`]) decides every
 //! limit at once, atomically, with Redis's own clock, so any number of gateways share exact
-//! counters. Also: the shared connection, failure accounting, the rebuild of a missing monthly
-//! counter, refusals remembered in process, and settling reservations after the response.
+//! counters; it also applies the releases of the tenant's earlier requests (`release`
+//! module). Also: a connection per runtime, failure accounting, the rebuild of a missing
+//! monthly counter, refusals remembered in process.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,17 +12,23 @@ use sqlx::PgPool;
 
 use super::monthly::month_total;
 use super::plan::{Item, Kind};
+use super::release::{Release, ReleaseOp};
 use super::{lock, Denial, Inner, RedisConnection};
 
-/// The admission script. KEYS: one per item. ARGV: request id, lease (us), then three values
-/// per item: kind (`g` GCRA, `c` concurrency, `q` counter), a, b.
+/// The admission script. KEYS: one per pending release, then one per item. ARGV: request id,
+/// lease (us), the number of releases r, two values per release, then three values per item:
+/// kind (`g` GCRA, `c` concurrency, `q` counter), a, b.
+/// - release `z`, request id: the earlier request's concurrency slot is freed (`ZREM`);
+///   release `i`, delta: a quota or budget reservation settled (`INCRBY`). Applied first, so
+///   that what finished before this request counts for its decision.
 /// - `g`: a = emission interval T (us), b = tolerance tau = T x (burst - 1) (us); the key holds
 ///   the TAT (us). Allowed when max(TAT, now) - now <= tau; the new TAT is max(TAT, now) + T.
 /// - `c`: a = limit; the key is a sorted set of leases; expired leases are dropped first.
 /// - `q`: a = limit, b = reservation; the key holds the month's total; missing: rebuild first.
 ///
 /// Returns `{1, 0, 0, v1, w1, v2, w2, ...}` when admitted (per item: remaining and reset in us),
-/// `{0, i, wait_us}` when item i refuses, `{-1, i, 0}` when counter i must be rebuilt.
+/// `{0, i, wait_us}` when item i refuses, `{-1, i, 0}` when counter i must be rebuilt (i counts
+/// items from 1). Every key of one call belongs to one tenant (one Redis Cluster slot).
 pub const ADMIT_LUA: &str = include_str!("admit.lua");
 
 /// A counter Redis refused, remembered until `until`.
@@ -91,10 +98,18 @@ impl Inner {
         *down = Some(Instant::now() + Duration::from_millis(self.config.redis_retry_ms));
     }
 
-    /// The shared connection, made on first use within `5 x redis_timeout_ms` (the
-    /// ConnectionManager then reconnects by itself); `None` when Redis cannot be reached.
+    /// The calling runtime's connection, made on its first use within `5 x redis_timeout_ms`
+    /// (the ConnectionManager, or the cluster connection, then reconnects by itself); `None`
+    /// when Redis cannot be reached or there is no runtime.
+    ///
+    /// One per tokio runtime: redis-rs drives a multiplexed connection from a task spawned on
+    /// the runtime that made it, and pingora runs its services on runtimes of their own, so a
+    /// connection shared across runtimes turns every call into two cross-thread wake-ups (the
+    /// caller's runtime to the driver's and back). Made by the runtime that calls, the driver
+    /// runs beside its callers.
     pub(super) async fn connection(&self) -> Option<RedisConnection> {
-        if let Some(c) = lock(&self.conn).clone() {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        if let Some(c) = self.connection_of(runtime) {
             return Some(c);
         }
         let client = self.redis.clone()?;
@@ -103,13 +118,13 @@ impl Inner {
         let _guard = tokio::time::timeout_at(deadline, self.connecting.lock())
             .await
             .ok()?;
-        if let Some(c) = lock(&self.conn).clone() {
+        if let Some(c) = self.connection_of(runtime) {
             return Some(c);
         }
         let response = Duration::from_millis(self.config.redis_timeout_ms.max(1) * 10);
         match tokio::time::timeout_at(deadline, client.connect(budget, response)).await {
             Ok(Ok(c)) => {
-                *lock(&self.conn) = Some(c.clone());
+                lock(&self.conns).push((runtime, c.clone()));
                 Some(c)
             }
             Ok(Err(e)) => {
@@ -123,6 +138,18 @@ impl Inner {
         }
     }
 
+    /// The connection made by `runtime`, if any.
+    pub(super) fn connection_of(&self, runtime: tokio::runtime::Id) -> Option<RedisConnection> {
+        lock(&self.conns)
+            .iter()
+            .find(|(r, _)| *r == runtime)
+            .map(|(_, c)| c.clone())
+    }
+
+    /// One admission script call for `items` (with Redis's answer decoded), carrying the
+    /// releases of the items' tenant that are still pending (`release` module), applied by the
+    /// script before it checks. A counter the script finds missing is rebuilt from PostgreSQL
+    /// and the call made again (at most three calls).
     pub(super) async fn admit_redis(
         self: &Arc<Self>,
         pool: &PgPool,
@@ -136,25 +163,33 @@ impl Inner {
             return Err(());
         };
         let timeout = Duration::from_millis(self.config.redis_timeout_ms.max(1));
+        let Some(tenant) = items.first().map(|i| i.counter.tenant()) else {
+            return Err(());
+        };
+        let mut releases = self.take_releases(tenant);
         for _attempt in 0..3 {
-            let mut inv = self.script.prepare_invoke();
-            inv.arg(request_id)
-                .arg(self.config.concurrency_lease_s.saturating_mul(1_000_000));
-            for item in items {
-                inv.key(&item.key);
-                match &item.kind {
-                    Kind::Gcra { t_us, tau_us, .. } => inv.arg("g").arg(*t_us).arg(*tau_us),
-                    Kind::Concurrency { limit } => inv.arg("c").arg(*limit).arg(0),
-                    Kind::Quota { limit, estimate } => inv.arg("q").arg(*limit).arg(*estimate),
-                    Kind::Budget {
-                        limit_milli,
-                        estimate_milli,
-                    } => inv.arg("q").arg(*limit_milli).arg(*estimate_milli),
+            let cmd = admit_cmd(
+                self.script.get_hash(),
+                request_id,
+                self.config.concurrency_lease_s.saturating_mul(1_000_000),
+                &releases,
+                items,
+            );
+            let call = Instant::now();
+            let mut reply =
+                tokio::time::timeout(timeout, cmd.query_async::<Vec<i64>>(&mut conn)).await;
+            if matches!(&reply, Ok(Err(e)) if e.kind() == redis::ErrorKind::NoScriptError) {
+                // Redis restarted or was flushed: load the script (the call did not run) and
+                // call again.
+                reply = match tokio::time::timeout(timeout, self.script.load_async(&mut conn)).await
+                {
+                    Ok(Ok(_)) => {
+                        tokio::time::timeout(timeout, cmd.query_async::<Vec<i64>>(&mut conn)).await
+                    }
+                    Ok(Err(e)) => Ok(Err(e)),
+                    Err(e) => Err(e),
                 };
             }
-            let call = Instant::now();
-            let reply =
-                tokio::time::timeout(timeout, inv.invoke_async::<Vec<i64>>(&mut conn)).await;
             self.stats
                 .redis_call_seconds
                 .observe(call.elapsed().as_secs_f64());
@@ -162,18 +197,24 @@ impl Inner {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
                     self.redis_failed(&e.to_string());
+                    self.requeue_releases(tenant, releases);
                     return Err(());
                 }
                 Err(_) => {
                     self.redis_failed("timed out");
+                    self.requeue_releases(tenant, releases);
                     return Err(());
                 }
             };
+            // The script applied the releases, whatever it decided.
+            releases.clear();
             let code = reply.first().copied().unwrap_or(0);
             let index = reply.get(1).copied().unwrap_or(1).max(1) as usize - 1;
             match code {
                 1 => {
-                    let values = reply[3..]
+                    let values = reply
+                        .get(3..)
+                        .unwrap_or_default()
                         .chunks(2)
                         .map(|c| (c[0], c.get(1).copied().unwrap_or(0)))
                         .collect();
@@ -181,7 +222,7 @@ impl Inner {
                 }
                 0 => {
                     return Ok(RedisOutcome::Refused(
-                        index.min(items.len() - 1),
+                        index.min(items.len().saturating_sub(1)),
                         reply.get(2).copied().unwrap_or(0),
                     ))
                 }
@@ -217,36 +258,44 @@ impl Inner {
         tracing::info!(key = %item.key, total, "monthly counter rebuilt from PostgreSQL");
         Ok(())
     }
+}
 
-    /// Apply settled `deltas` (item key, delta, whether it is a concurrency slot) in Redis, in
-    /// the background: one pipeline, bounded by ten times `redis_timeout_ms`.
-    pub(super) fn release_redis(
-        self: &Arc<Self>,
-        request_id: String,
-        deltas: Vec<(String, i64, bool)>,
-    ) {
-        let Some(mut conn) = lock(&self.conn).clone() else {
-            return;
-        };
-        let timeout = Duration::from_millis(self.config.redis_timeout_ms.max(1) * 10);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let me = self.clone();
-        handle.spawn(async move {
-            let mut pipe = redis::pipe();
-            for (key, delta, slot) in &deltas {
-                if *slot {
-                    pipe.cmd("ZREM").arg(key).arg(&request_id).ignore();
-                } else {
-                    pipe.cmd("INCRBY").arg(key).arg(*delta).ignore();
-                }
-            }
-            match tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => me.redis_failed(&e.to_string()),
-                Err(_) => me.redis_failed("release timed out"),
-            }
-        });
+/// `EVALSHA` of the admission script (`hash`) for `items`, applying `releases` first: KEYS are
+/// the releases' keys then the items'; ARGV: request id, lease (us), the number of releases,
+/// two values per release (`z` and the request id of a slot to free, or `i` and a settlement
+/// delta), then three per item (see [`ADMIT_LUA`]). Built straight into one command buffer.
+pub(super) fn admit_cmd(
+    hash: &str,
+    request_id: &str,
+    lease_us: i64,
+    releases: &[Release],
+    items: &[Item],
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(hash).arg(releases.len() + items.len());
+    for r in releases {
+        cmd.arg(&r.key);
     }
+    for item in items {
+        cmd.arg(&item.key);
+    }
+    cmd.arg(request_id).arg(lease_us).arg(releases.len());
+    for r in releases {
+        match &r.op {
+            ReleaseOp::Slot { request_id } => cmd.arg("z").arg(request_id),
+            ReleaseOp::Settle { delta } => cmd.arg("i").arg(*delta),
+        };
+    }
+    for item in items {
+        match &item.kind {
+            Kind::Gcra { t_us, tau_us, .. } => cmd.arg("g").arg(*t_us).arg(*tau_us),
+            Kind::Concurrency { limit } => cmd.arg("c").arg(*limit).arg(0),
+            Kind::Quota { limit, estimate } => cmd.arg("q").arg(*limit).arg(*estimate),
+            Kind::Budget {
+                limit_milli,
+                estimate_milli,
+            } => cmd.arg("q").arg(*limit_milli).arg(*estimate_milli),
+        };
+    }
+    cmd
 }

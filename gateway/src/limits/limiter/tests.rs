@@ -226,3 +226,193 @@ async fn invalidating_a_tenant_forgets_its_key_counters_refusals() {
     // Another tenant's refusal stays.
     assert!(limiter.inner.cached_refusal(&refused[1]).is_some());
 }
+
+/// A private `redis-server` on a free loopback port, stopped when dropped.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (installed by scripts/setup.sh)");
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis { child, port }
+    }
+
+    fn limiter(&self) -> Limiter {
+        let config = LimitsConfig {
+            backend: crate::config::LimiterBackend::Redis,
+            redis_timeout_ms: 1000,
+            ..LimitsConfig::default()
+        };
+        let url = format!("redis://127.0.0.1:{}/", self.port);
+        let client = ::redis::Client::open(url).unwrap();
+        Limiter::new(&config, Some(super::RedisEndpoint::Single(client))).unwrap()
+    }
+
+    async fn get(&self, key: &str) -> Option<i64> {
+        let client = ::redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        ::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn no_database() -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+        .unwrap()
+}
+
+/// A finished request's slot and settlement are applied by the tenant's next admission call,
+/// before it checks: with one slot, a request right after another finished is admitted, and
+/// the quota counter holds what was used, not what was reserved.
+#[tokio::test]
+async fn the_next_admission_carries_the_releases() {
+    let redis = PrivateRedis::start();
+    let limiter = redis.limiter();
+    let pool = no_database();
+    let l = limits(LimitRule {
+        concurrency: Some(1),
+        monthly_inference_quota: Some(1_000),
+        ..rule()
+    });
+    let counter = l.rules[0].0.clone();
+    let quota_key = super::plan::redis_key(&counter, &format!("q:{}", Period::of(Utc::now())));
+    // The month's counter as PostgreSQL's rollups would have rebuilt it.
+    let client = ::redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port)).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = ::redis::cmd("SET")
+        .arg(&quota_key)
+        .arg(100)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let rows = |n| Demand::Inference { rows: Some(n) };
+    let first = match limiter.admit(&pool, Uuid::now_v7(), &l, rows(10)).await {
+        Admission::Admitted(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(redis.get(&quota_key).await, Some(110));
+    match limiter.admit(&pool, Uuid::now_v7(), &l, rows(10)).await {
+        Admission::Denied(d) => assert!(d.message.starts_with("concurrency limit reached")),
+        other => panic!("{other:?}"),
+    }
+    // 10 rows reserved, 4 used: the settlement (-6) and the slot wait for the next call ...
+    limiter.finish(first, true, 4, 0, &l.prices);
+    assert_eq!(limiter.inner.pending_releases(), 2);
+    // ... which applies them before it decides: admitted, and 100 + 4 + 5 reserved.
+    let second = match limiter.admit(&pool, Uuid::now_v7(), &l, rows(5)).await {
+        Admission::Admitted(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(redis.get(&quota_key).await, Some(109));
+    assert_eq!(limiter.inner.pending_releases(), 0);
+    assert_eq!(limiter.concurrency_in_use(&counter).await.unwrap(), 1);
+    // Nothing else comes: the releases go on their own within RELEASE_FLUSH.
+    limiter.finish(second, true, 5, 0, &l.prices);
+    tokio::time::sleep(super::release::RELEASE_FLUSH * 10).await;
+    assert_eq!(limiter.concurrency_in_use(&counter).await.unwrap(), 0);
+    assert_eq!(redis.get(&quota_key).await, Some(109));
+}
+
+/// 32 clients of two tenants, each tenant with 4 slots, on a multi-threaded runtime: no more
+/// than 4 of a tenant's requests are ever in flight, every request is either admitted or
+/// refused by concurrency, and once all are done no slot is left taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_releases_are_exact_under_concurrency() {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let redis = PrivateRedis::start();
+    let limiter = redis.limiter();
+    let pool = no_database();
+    const SLOTS: i64 = 4;
+    let tenants: Vec<Arc<RequestLimits>> = (0..2)
+        .map(|_| {
+            Arc::new(limits(LimitRule {
+                concurrency: Some(SLOTS as i32),
+                ..rule()
+            }))
+        })
+        .collect();
+    let in_flight: Arc<Vec<AtomicI64>> = Arc::new((0..2).map(|_| AtomicI64::new(0)).collect());
+    let most = Arc::new(AtomicI64::new(0));
+    let (admitted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for c in 0..32 {
+        let t = c % 2;
+        let (limiter, pool, l) = (limiter.clone(), pool.clone(), tenants[t].clone());
+        let (in_flight, most) = (in_flight.clone(), most.clone());
+        let (admitted, refused) = (admitted.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..50u64 {
+                match limiter.admit(&pool, Uuid::now_v7(), &l, UNKNOWN_ROWS).await {
+                    Admission::Admitted(p) => {
+                        let n = in_flight[t].fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(n, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_micros(200 * (round % 3))).await;
+                        in_flight[t].fetch_sub(1, Ordering::SeqCst);
+                        if round % 2 == 0 {
+                            limiter.finish(p, true, 1, 0, &l.prices);
+                        } else {
+                            drop(p); // released as unfinished
+                        }
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Admission::Denied(d) => {
+                        assert!(d.message.starts_with("concurrency limit reached"), "{d:?}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::task::yield_now().await;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (admitted, refused) = (
+        admitted.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    assert_eq!(admitted + refused, 32 * 50);
+    assert!(admitted >= 100, "only {admitted} admitted");
+    assert!(
+        most.load(Ordering::SeqCst) <= SLOTS,
+        "{} in flight",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(limiter.stats().redis_errors.load(Ordering::Relaxed), 0);
+    tokio::time::sleep(super::release::RELEASE_FLUSH * 10).await;
+    for l in &tenants {
+        assert_eq!(limiter.concurrency_in_use(&l.rules[0].0).await.unwrap(), 0);
+    }
+}
