@@ -59,7 +59,7 @@ const GATEWAYS: usize = 3;
 const POOLS: [(&str, &str); 2] = [("a", "fleet_a"), ("b", "fleet_b")];
 /// `maas-backend` processes per pool.
 const BACKENDS_PER_POOL: usize = 2;
-/// The dense model's layer widths (`maas-backend init-dense --dims`), input first.
+/// The dense model's layer widths (`maas-bench init-dense --dims`), input first.
 const DIMS: &str = "16,32,4";
 /// Input features of that model (the first of [`DIMS`]).
 const FEATURES: usize = 16;
@@ -123,12 +123,12 @@ impl Size {
 /// A repository holding the dense model `model` (random weights, `init-dense`).
 fn model_repository(model: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("maas-fleet-repo-{}", Uuid::new_v4().simple()));
-    let out = Command::new(workspace_bin("maas-backend"))
+    let out = Command::new(workspace_bin("maas-bench"))
         .args(["init-dense", "--repo"])
         .arg(&dir)
         .args(["--model", model, "--dims", DIMS])
         .output()
-        .expect("run maas-backend init-dense");
+        .expect("run maas-bench init-dense");
     assert!(
         out.status.success(),
         "init-dense: {}",
