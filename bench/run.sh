@@ -304,7 +304,7 @@ json.dump(r, open(path, "w"))' "$RES/$name.json" "$conns" "$before" "$after" \
 }
 
 # redis_evalsha NAME CLIENTS: a bare EVALSHA round trip of the limiter's own admit.lua with the
-# shape section 6's tenant rule gives it (one GCRA item and one concurrency item, never refused),
+# shape section 6's tenant rule gives it (no releases carried, one GCRA item and one concurrency item, never refused),
 # redis-benchmark against the section's Redis; its CSV line goes to RES/NAME.csv.
 redis_evalsha() {
     local name="$1" clients="$2" host port sha
@@ -312,7 +312,7 @@ redis_evalsha() {
     port="$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port or 6379)' "$REDIS_URL")"
     sha="$(redis-cli -h "$host" -p "$port" SCRIPT LOAD "$(cat gateway/src/limits/limiter/admit.lua)")"
     redis-benchmark -h "$host" -p "$port" -c "$clients" -n $((20000 * clients)) --csv \
-        EVALSHA "$sha" 2 'maas:bench:{b}:rate' 'maas:bench:{b}:conc' bench-rid 1 g 10 100000000 c 256 0 \
+        EVALSHA "$sha" 2 'maas:bench:{b}:rate' 'maas:bench:{b}:conc' bench-rid 1 0 g 10 100000000 c 256 0 \
         > "$RES/$name.csv" || fail "redis-benchmark $name failed"
     echo "bench: redis-benchmark $name: $(tail -n 1 "$RES/$name.csv")"
 }
