@@ -598,6 +598,7 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
     let repo = work.join("models");
     std::fs::create_dir_all(&repo).expect("repo");
     binary("maas-backend");
+    binary("maas-bench");
     for c in &init {
         let command: Vec<String> = c
             .command

@@ -115,7 +115,7 @@ mod tests {
         assert!(err.to_string().contains("exists"), "{err}");
         let err = init_dense(repo.path(), "other", &[4], 1, "").unwrap_err();
         assert!(err.to_string().contains("--dims"), "{err}");
-        let err = init_dense(repo.path(), "third", &[4, 2], 1, "max_batch_size = 0").unwrap_err();
+        let err = init_dense(repo.path(), "third", &[4, 2], 1, "[dynamic_batching").unwrap_err();
         assert!(err.to_string().contains("--config"), "{err}");
     }
 }
